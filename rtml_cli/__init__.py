@@ -1,0 +1,1 @@
+"""The ``rtml`` command line: entry point only, it wires settings into the domain packages."""

@@ -1,0 +1,3 @@
+from rtml_cli.main import cli
+
+cli()

@@ -1,0 +1,1 @@
+"""rtml's shared core: the one definition of market data types, candles, features and stores."""

@@ -1,0 +1,1 @@
+"""Stores behind small interfaces: offline (SQLite, PostgreSQL) and online (SQLite, Redis)."""
