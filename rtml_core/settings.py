@@ -28,6 +28,25 @@ class Settings(BaseSettings):
         default=None, description="Model artifact directory; default RTML_HOME/artifacts."
     )
     log_level: str = Field(default="INFO", description="Log level of every rtml process.")
+    # Prediction API (docs/api.md explains each one)
+    api_keys: str = Field(default="", description="Comma-separated API keys accepted in X-API-Key.")
+    api_auth_disabled: bool = Field(default=False, description="Serve without API keys (embedded demo only).")
+    api_default_exchange: str = Field(default="kraken", description="Exchange when a request names none.")
+    api_default_timeframe: str = Field(default="1m", description="Timeframe when a request names none.")
+    api_max_feature_age_ms: int | None = Field(
+        default=None, description="Oldest feature row served as fresh; default two timeframes plus 10 s."
+    )
+    api_serve_stale: bool = Field(default=False, description="Answer stale rows flagged stale instead of 503.")
+    api_rate_limit: int = Field(default=1000, description="Requests per second per client (API key or IP); 0 = off.")
+    api_max_body_bytes: int = Field(default=16_384, description="Largest request body accepted.")
+    api_max_batch: int = Field(default=50, description="Most symbols in one batch prediction.")
+    api_model_poll_s: float = Field(default=2.0, description="Seconds between registry polls for a new champion.")
+    exec_max_position: float = Field(default=1.0, description="Largest position, as a fraction of capital.")
+    exec_fee_bps: float = Field(default=10.0, description="Taker fee per side, basis points.")
+    exec_spread_bps: float = Field(default=2.0, description="Spread assumed when no live book spread is known.")
+    exec_vol_target: float = Field(default=0.5, description="Annualized volatility the position is sized to.")
+    exec_atr_stop_mult: float = Field(default=2.0, description="Stop loss distance in ATR(14) multiples.")
+    exec_atr_take_mult: float = Field(default=3.0, description="Take profit distance in ATR(14) multiples.")
 
     @property
     def resolved_offline_url(self) -> str:
