@@ -1,0 +1,1 @@
+"""rtml_stream: the streaming sidecar (sources -> pipeline -> online/offline stores)."""

@@ -1,0 +1,1 @@
+"""Market-data sources: every one yields the shared Trade and BookUpdate types."""
