@@ -28,6 +28,10 @@ class Settings(BaseSettings):
         default=None, description="Model artifact directory; default RTML_HOME/artifacts."
     )
     log_level: str = Field(default="INFO", description="Log level of every rtml process.")
+    markets_file: Path | None = Field(
+        default=None, description="YAML list of markets and their source files (docs/dagster.md); "
+        "default the real history bundled under data/."
+    )
     # Prediction API (docs/api.md explains each one)
     api_keys: str = Field(default="", description="Comma-separated API keys accepted in X-API-Key.")
     api_auth_disabled: bool = Field(default=False, description="Serve without API keys (embedded demo only).")
