@@ -30,10 +30,25 @@ class OfflineStore(ABC):
         """Upsert on (exchange, symbol, timeframe, start time); return rows written."""
 
     @abstractmethod
+    def replace_candles(
+        self, candles: Iterable[Candle], *, exchange: str, symbol: str, timeframe: str, start_ns: int, end_ns: int
+    ) -> int:
+        """Delete the candles in [start, end) and write ``candles`` (all inside it), atomically."""
+
+    @abstractmethod
     def read_trades(
-        self, exchange: str, symbol: str, start_ns: int | None = None, end_ns: int | None = None
+        self,
+        exchange: str,
+        symbol: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        *,
+        exact: bool = False,
     ) -> pd.DataFrame:
-        """Trades in [start, end) ordered by time then trade_id: time, trade_id, price, size, side."""
+        """Trades in [start, end) ordered by time then trade_id: time, trade_id, price, size, side.
+
+        ``exact=True`` gives ``Decimal`` prices and sizes instead of float64.
+        """
 
     @abstractmethod
     def read_candles(
@@ -43,8 +58,54 @@ class OfflineStore(ABC):
         timeframe: str,
         start_ns: int | None = None,
         end_ns: int | None = None,
+        *,
+        exact: bool = False,
     ) -> pd.DataFrame:
         """Candles in [start, end) by start time: time, open, high, low, close, volume, vwap, trade_count."""
+
+    @abstractmethod
+    def register_feature_set(self, version: str, names: list[str], spec: dict) -> None:
+        """Record a feature-set version (idempotent); its rows live apart from other versions."""
+
+    @abstractmethod
+    def write_features(
+        self, frame: pd.DataFrame, *, exchange: str, symbol: str, timeframe: str, feature_set_version: str
+    ) -> int:
+        """Upsert rows (``time`` plus one float column per feature) on (exchange, symbol, timeframe, time)."""
+
+    @abstractmethod
+    def replace_features(
+        self,
+        frame: pd.DataFrame,
+        *,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        feature_set_version: str,
+        start_ns: int,
+        end_ns: int,
+    ) -> int:
+        """Delete the version's rows in [start, end) and write ``frame`` (all inside it), atomically."""
+
+    @abstractmethod
+    def read_features(
+        self,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        feature_set_version: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+    ) -> pd.DataFrame:
+        """Feature rows in [start, end) by time: ``time`` then the features in registered order."""
+
+    @abstractmethod
+    def feature_set_versions(self) -> list[dict]:
+        """Every registered version: dicts with version, names, spec, created_at."""
+
+    @abstractmethod
+    def markets(self) -> pd.DataFrame:
+        """What is stored: kind, exchange, symbol, timeframe, feature_set_version, first, last, rows."""
 
     @abstractmethod
     def close(self) -> None:
