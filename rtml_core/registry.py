@@ -26,6 +26,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from rtml_core.errors import InputError, RtmlError
+from rtml_core.stores.offline_tables import Migration, apply_migrations, create_tables
 
 REGISTRY_METADATA = sa.MetaData()
 
@@ -192,9 +193,11 @@ def code_version() -> str:
     return text
 
 
-def ensure_registry_schema(connection: sa.Connection) -> None:
-    """Create the registry tables when missing (idempotent; used as an offline-store migration)."""
-    REGISTRY_METADATA.create_all(connection, tables=list(REGISTRY_TABLES), checkfirst=True)
+REGISTRY_COMPONENT = "registry"
+REGISTRY_MIGRATIONS: list[Migration] = [
+    Migration(1, "model versions and promotions", create_tables(model_versions, model_promotions)),
+]
+"""The registry's own migration steps (component ``registry`` of the offline store's schema)."""
 
 
 class ModelRegistry:
@@ -211,8 +214,10 @@ class ModelRegistry:
         else:
             raise TypeError("ModelRegistry needs an offline store, a SQLAlchemy Engine or a URL")
         self.artifacts_dir = Path(artifacts_dir)
-        with self.engine.begin() as connection:
-            ensure_registry_schema(connection)
+        if hasattr(store_or_engine, "apply_migrations"):
+            store_or_engine.apply_migrations(REGISTRY_COMPONENT, REGISTRY_MIGRATIONS)
+        else:
+            apply_migrations(self.engine.begin, REGISTRY_COMPONENT, REGISTRY_MIGRATIONS)
 
     # ---- writing -------------------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""Tuning, walk-forward evaluation and the registry, on real BTC-USD 30m history, both backends."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from rtml_core.errors import InputError
+from rtml_core.registry import ArtifactChecksumError, ModelRegistry, UnknownVersion
+from rtml_core.training.datasets import build_training_set
+from rtml_core.training.evaluation import split_holdout
+from rtml_core.training.models import fit_lasso, fit_xgboost
+from rtml_core.training.pipeline import EvaluationPlan, evaluate_baseline, train_model
+from rtml_core.training.tuning import SearchSpace, purged_time_folds
+from tests.training.data import btc_candles, trailing_features
+
+H = 3600
+FAST = SearchSpace(n_folds=2, lasso_alphas=(1e-5, 1e-4), xgb_trials=2, xgb_n_estimators=(30,), nthread=1)
+
+
+@pytest.fixture(scope="module")
+def training_set():
+    candles = btc_candles(2500)
+    return build_training_set(trailing_features(candles), candles, timeframe="30m", horizon_s=H,
+                              feature_set_version="test-v1", exchange="gym", symbol="BTC-USD")
+
+
+@pytest.fixture(scope="module")
+def trained(training_set):
+    return {kind: train_model(training_set, kind, FAST) for kind in ("lasso", "xgboost")}
+
+
+def test_folds_are_time_ordered_and_purged_by_the_horizon():
+    times = np.arange(1000, dtype=np.int64) * 1800 * 10**9
+    gap = H * 10**9
+    folds = purged_time_folds(times, 3, gap)
+    assert len(folds) == 3
+    for train, val in folds:
+        assert times[train].max() + gap <= times[val].min()
+        assert np.all(np.diff(val) == 1)
+    split = split_holdout(times, 0.2, gap)
+    assert times[split.development].max() + gap <= times[split.holdout].min()
+    assert len(split.holdout) == 200
+
+
+def test_models_are_evaluated_on_the_holdout_against_both_baselines(training_set, trained):
+    baseline = evaluate_baseline(training_set)["metrics"]
+    for kind, model in trained.items():
+        metrics = model.metrics
+        assert metrics["n_rows"] == baseline["n_rows"] > 400
+        assert metrics["baseline_mean10_mae_price"] == pytest.approx(baseline["mae_price"])
+        assert metrics["skill_vs_mean10"] == pytest.approx(1 - metrics["mae_price"] / baseline["mae_price"])
+        assert metrics["skill_vs_zero"] == pytest.approx(1 - metrics["mae_price"] / metrics["baseline_zero_mae_price"])
+        assert 0 <= metrics["directional_accuracy"] <= 1
+        assert metrics["residual_std"] > 0 and metrics["rmse_price"] >= metrics["mae_price"]
+        assert len(model.holdout) == metrics["n_rows"] and model.importances.shape == (5,)
+        assert model.tuning.trials and model.params == model.tuning.best_params
+    # the zero-return baseline's skill against itself is zero by definition
+    assert baseline["skill_vs_zero"] == pytest.approx(1 - baseline["mae_price"] / baseline["baseline_zero_mae_price"])
+
+
+def _register(registry, training_set, model, run_id="run-1"):
+    return registry.register(
+        kind=model.kind, artifact=model.artifact, artifact_format=model.artifact_format,
+        feature_names=training_set.feature_names, feature_set_version=training_set.feature_set_version,
+        timeframe=training_set.timeframe, horizon_s=training_set.horizon_s,
+        training_rows=training_set.row_count, training_set_hash=training_set.content_hash,
+        metrics=model.metrics, residual_std=model.metrics["residual_std"], params=model.params,
+        exchange=training_set.exchange, symbol=training_set.symbol,
+        train_start_ns=training_set.start.value, train_end_ns=training_set.end.value, run_id=run_id,
+    )
+
+
+def test_registry_round_trip_promotion_and_rollback(offline_url, tmp_path, training_set, trained):
+    registry = ModelRegistry(offline_url, tmp_path / "artifacts")
+    assert registry.list() == [] and registry.champion() is None and registry.champion_epoch() == 0
+    lasso = _register(registry, training_set, trained["lasso"])
+    xgb = _register(registry, training_set, trained["xgboost"], run_id="run-2")
+    assert [v.version for v in registry.list()] == [lasso.version, xgb.version]
+    assert xgb.feature_names == training_set.feature_names and xgb.run_id == "run-2"
+    assert xgb.training_set_hash == training_set.content_hash and xgb.code_version
+    assert xgb.metrics["skill_vs_mean10"] == pytest.approx(trained["xgboost"].metrics["skill_vs_mean10"])
+
+    frame = training_set.frame
+    X = frame.loc[:, list(training_set.feature_names)].to_numpy()
+    y = frame["target"].to_numpy()
+    loaded_lasso = registry.load_model(lasso.version)
+    reference = fit_lasso(X, y, alpha=trained["lasso"].params["alpha"])
+    np.testing.assert_allclose(loaded_lasso.predict(frame), reference.predict(X), rtol=1e-12, atol=1e-15)
+    loaded_xgb = registry.load_model(xgb.version)
+    reference = fit_xgboost(X, y, params=trained["xgboost"].params, nthread=FAST.nthread, seed=FAST.seed)
+    np.testing.assert_allclose(loaded_xgb.predict(frame[list(reversed(frame.columns))]), reference.predict(X), rtol=1e-6)
+    assert loaded_xgb.feature_names == training_set.feature_names
+    assert loaded_xgb.residual_std == pytest.approx(trained["xgboost"].metrics["residual_std"])
+    assert (loaded_xgb.horizon_s, loaded_xgb.timeframe, loaded_xgb.kind) == (H, "30m", "xgboost")
+    with pytest.raises(InputError, match="expects 5 features"):
+        loaded_xgb.predict(np.zeros(4))
+
+    first = registry.promote(lasso.version, "first champion")
+    second = registry.promote(xgb.version, "beats lasso")
+    assert registry.champion().version == xgb.version and second.previous_version == lasso.version
+    assert registry.champion_epoch() == second.epoch > first.epoch
+    rollback = registry.promote(lasso.version, "rollback")
+    assert registry.champion().version == lasso.version and registry.champion_epoch() == rollback.epoch
+    assert [p.version for p in registry.promotions()] == [lasso.version, xgb.version, lasso.version]
+    with pytest.raises(UnknownVersion):
+        registry.promote(999, "nope")
+    assert registry.champion_epoch() == rollback.epoch
+
+    # the same tables reopened later (a fresh process) see the same state; migration is idempotent
+    again = ModelRegistry(sa.create_engine(offline_url), tmp_path / "artifacts")
+    assert again.champion().version == lasso.version and len(again.list()) == 2
+    registry.close()
+
+
+def test_tampered_artifact_is_refused(sqlite_url, tmp_path, training_set, trained):
+    registry = ModelRegistry(sqlite_url, tmp_path / "artifacts")
+    version = _register(registry, training_set, trained["lasso"])
+    path = tmp_path / "artifacts" / version.artifact_file
+    document = json.loads(path.read_bytes())
+    document["intercept"] += 0.01
+    path.write_bytes(json.dumps(document).encode())
+    with pytest.raises(ArtifactChecksumError, match="refusing to load"):
+        registry.load_model(version.version)
+    assert not list((tmp_path / "artifacts").glob("*.pkl"))
+
+
+def test_failed_registration_leaves_no_artifact_behind(sqlite_url, tmp_path, training_set, trained):
+    registry = ModelRegistry(sqlite_url, tmp_path / "artifacts")
+    with pytest.raises(InputError, match="residual_std"):
+        registry.register(
+            kind="lasso", artifact=trained["lasso"].artifact, artifact_format="json",
+            feature_names=training_set.feature_names, feature_set_version="v", timeframe="30m",
+            horizon_s=H, training_rows=1, training_set_hash="x", metrics={}, residual_std=float("nan"),
+        )
+    with pytest.raises(sa.exc.IntegrityError):
+        registry.register(
+            kind="lasso", artifact=trained["lasso"].artifact, artifact_format="json",
+            feature_names=training_set.feature_names, feature_set_version=None, timeframe="30m",
+            horizon_s=H, training_rows=1, training_set_hash="x", metrics={}, residual_std=0.01,
+        )
+    assert registry.list() == []
+    assert list((tmp_path / "artifacts").glob("*")) == []
