@@ -1,21 +1,249 @@
 """The online store interface: the latest feature row per (exchange, symbol, timeframe).
 
 Implementations: ``RedisOnlineStore`` (real) and ``SqliteOnlineStore`` (embedded). Both pass
-``tests/contract/test_online_store.py``.
+``tests/contract/test_online_store.py``. Open one with ``rtml_core.stores.online.open_online_store``.
+
+Also here: the one JSON form of a row (``encode_row_json`` / ``decode_row_json``) that both
+backends store as history and Redis publishes, and ``Subscription``, the async iterator
+``OnlineStore.subscribe`` returns.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
+import msgspec
+
+from rtml_core.errors import InputError, RtmlError
 from rtml_core.schemas import FeatureRow
+
+RESERVED_FIELDS = frozenset({"event_time", "event_time_iso", "feature_set_version", "written_at"})
+"""Fields of the latest/live hashes that are not features (a feature may not use these names)."""
+
+
+class OnlineStoreUnavailable(RtmlError):
+    """The online store did not answer (connection refused, timeout, database locked)."""
+
+
+class LiveValues(msgspec.Struct, frozen=True):
+    """Live market-microstructure values of one market at ``time_ns`` (coalesced, not per trade)."""
+
+    exchange: str
+    symbol: str
+    time_ns: int
+    values: dict[str, float]
+
+
+class _WireRow(msgspec.Struct, frozen=True):
+    """A FeatureRow as JSON: NaN is ``null``, infinities are the strings ``"inf"``/``"-inf"``."""
+
+    exchange: str
+    symbol: str
+    timeframe: str
+    event_time: int
+    event_time_iso: str
+    feature_set_version: str
+    written_at: int
+    values: dict[str, float | str | None]
+
+
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder(_WireRow)
+
+
+def iso_from_ns(time_ns: int) -> str:
+    """``2026-11-21T14:55:00Z`` (with ``.fffffffff`` only when the time has a fraction)."""
+    seconds, fraction = divmod(time_ns, 1_000_000_000)
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{fraction:09d}Z" if fraction else f"{text}Z"
+
+
+def _json_value(value: float) -> float | str | None:
+    value = float(value)  # also turns numpy scalars into plain floats
+    if math.isfinite(value):
+        return value
+    if value != value:
+        return None
+    return "inf" if value > 0 else "-inf"
+
+
+def check_row(row: FeatureRow) -> None:
+    """Refuse a row the stores cannot hold faithfully (reserved feature names, negative times)."""
+    clash = RESERVED_FIELDS.intersection(row.values)
+    if clash:
+        raise InputError(
+            f"feature name(s) {sorted(clash)} of {row.exchange} {row.symbol} {row.timeframe} are "
+            f"reserved in the online store ({sorted(RESERVED_FIELDS)})"
+        )
+    if row.event_time_ns < 0:
+        raise InputError(f"event time {row.event_time_ns} of {row.exchange} {row.symbol} is before 1970")
+
+
+def encode_row_json(row: FeatureRow, written_at_ns: int) -> bytes:
+    """The compact JSON of a row, as kept in history and published on each update."""
+    return _json_encoder.encode(
+        _WireRow(
+            exchange=row.exchange,
+            symbol=row.symbol,
+            timeframe=row.timeframe,
+            event_time=row.event_time_ns,
+            event_time_iso=iso_from_ns(row.event_time_ns),
+            feature_set_version=row.feature_set_version,
+            written_at=written_at_ns,
+            values={name: _json_value(value) for name, value in row.values.items()},
+        )
+    )
+
+
+def decode_row_json(data: bytes | str) -> FeatureRow:
+    """Inverse of ``encode_row_json`` (NaN and infinities come back as floats)."""
+    wire = _json_decoder.decode(data)
+    return FeatureRow(
+        exchange=wire.exchange,
+        symbol=wire.symbol,
+        timeframe=wire.timeframe,
+        event_time_ns=wire.event_time,
+        feature_set_version=wire.feature_set_version,
+        values={name: math.nan if value is None else float(value) for name, value in wire.values.items()},
+    )
+
+
+def row_hash_fields(row: FeatureRow, written_at_ns: int) -> dict[str, str]:
+    """The latest-row hash: every feature as ``repr(float)`` plus the reserved fields."""
+    fields = {name: repr(float(value)) for name, value in row.values.items()}
+    fields["event_time"] = str(row.event_time_ns)
+    fields["event_time_iso"] = iso_from_ns(row.event_time_ns)
+    fields["feature_set_version"] = row.feature_set_version
+    fields["written_at"] = str(written_at_ns)
+    return fields
+
+
+def row_from_hash_fields(
+    exchange: str, symbol: str, timeframe: str, fields: Mapping[str, str]
+) -> FeatureRow:
+    """Inverse of ``row_hash_fields``."""
+    return FeatureRow(
+        exchange=exchange,
+        symbol=symbol,
+        timeframe=timeframe,
+        event_time_ns=int(fields["event_time"]),
+        feature_set_version=fields["feature_set_version"],
+        values={name: float(value) for name, value in fields.items() if name not in RESERVED_FIELDS},
+    )
+
+
+def live_hash_fields(live: LiveValues, written_at_ns: int) -> dict[str, str]:
+    """The live hash: every value as ``repr(float)`` plus ``event_time`` and ``written_at``."""
+    clash = RESERVED_FIELDS.intersection(live.values)
+    if clash:
+        raise InputError(f"live value name(s) {sorted(clash)} are reserved in the online store")
+    fields = {name: repr(float(value)) for name, value in live.values.items()}
+    fields["event_time"] = str(live.time_ns)
+    fields["event_time_iso"] = iso_from_ns(live.time_ns)
+    fields["written_at"] = str(written_at_ns)
+    return fields
+
+
+def live_from_hash_fields(exchange: str, symbol: str, fields: Mapping[str, str]) -> LiveValues:
+    return LiveValues(
+        exchange=exchange,
+        symbol=symbol,
+        time_ns=int(fields["event_time"]),
+        values={name: float(value) for name, value in fields.items() if name not in RESERVED_FIELDS},
+    )
+
+
+class Subscription(ABC):
+    """Rows that become the latest of one (exchange, symbol, timeframe), in event-time order.
+
+    Yields only rows newer than the latest row at the moment the subscription is open; use
+    ``rows = await store.subscribe(...)`` to be sure it is open before going on, or simply
+    ``async for row in store.subscribe(...)`` (opens on the first iteration). Close it with
+    ``await rows.aclose()`` or ``async with store.subscribe(...) as rows``.
+    """
+
+    def __init__(self, exchange: str, symbol: str, timeframe: str) -> None:
+        self.exchange = exchange
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self._opened = False
+        self._closed = False
+        self._last_event_time_ns = -1
+
+    @abstractmethod
+    async def _open(self) -> int | None:
+        """Start listening; return the event time of the current latest row (or None)."""
+
+    @abstractmethod
+    async def _next_row(self) -> FeatureRow:
+        """Wait for the next candidate row (may be a duplicate or older; filtered here)."""
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """Stop listening and release connections."""
+
+    async def open(self) -> Subscription:
+        if not self._opened:
+            self._opened = True
+            latest = await self._open()
+            self._last_event_time_ns = -1 if latest is None else latest
+        return self
+
+    def __await__(self):
+        return self.open().__await__()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> FeatureRow:
+        if self._closed:
+            raise StopAsyncIteration
+        await self.open()
+        while True:
+            row = await self._next_row()
+            if row.event_time_ns > self._last_event_time_ns:
+                self._last_event_time_ns = row.event_time_ns
+                return row
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._opened:
+                await self._close()
+
+    async def __aenter__(self) -> Subscription:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.aclose()
 
 
 class OnlineStore(ABC):
+    """Latest feature row, bounded history and live values per market; one round trip per batch.
+
+    Writers never expose a partial row: a reader sees a row's features all from the old row or
+    all from the new one. A row only replaces the latest when its event time is not older.
+    Backend failures raise ``OnlineStoreUnavailable``.
+    """
+
+    history: int
+    """How many newest rows per (exchange, symbol, timeframe) ``read_history`` can return."""
+
     @abstractmethod
+    def write_batch(self, rows: Sequence[FeatureRow], live: Sequence[LiveValues] = ()) -> None:
+        """Write rows (latest, history, one publish per new latest) and live values in one round trip."""
+
     def write_rows(self, rows: Sequence[FeatureRow]) -> None:
         """Write rows in one round trip: latest hash, bounded history, one publish per row."""
+        self.write_batch(rows, ())
+
+    def write_live(self, exchange: str, symbol: str, time_ns: int, values: dict[str, float]) -> None:
+        """Merge live microstructure values into the market's live hash (one round trip)."""
+        self.write_batch((), (LiveValues(exchange, symbol, time_ns, values),))
 
     @abstractmethod
     def read_latest(self, exchange: str, symbol: str, timeframe: str) -> FeatureRow | None:
@@ -26,9 +254,30 @@ class OnlineStore(ABC):
         """Up to ``n`` newest rows, newest first."""
 
     @abstractmethod
+    def read_live(self, exchange: str, symbol: str) -> LiveValues | None:
+        """The market's live values (every name ever written, each with its latest value)."""
+
+    @abstractmethod
+    def subscribe(self, exchange: str, symbol: str, timeframe: str) -> Subscription:
+        """Rows that become the latest from now on, as an async iterator (see ``Subscription``)."""
+
+    @abstractmethod
     def ping(self) -> bool:
         """True when the store answers."""
 
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+async def sleep_backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> None:
+    """Sleep ``min(cap, base * 2**attempt)`` scaled by a random factor in [0.5, 1)."""
+    import random
+
+    await asyncio.sleep(min(cap, base * 2**attempt) * (0.5 + random.random() / 2))

@@ -1,0 +1,293 @@
+"""The Redis online store: one hash per market and timeframe, a bounded history, pub/sub updates.
+
+Key schema (``docs/online-store.md``; trading bots read these keys directly). ``{E:S}`` is a
+Redis Cluster hash tag, so every key of one market lives on one slot::
+
+    {prefix}:features:{E:S}:{T}   hash   feature -> repr(float); event_time (ns), event_time_iso,
+                                         feature_set_version, written_at (ns)
+    {prefix}:history:{E:S}:{T}    zset   row JSON scored by event time in ms, newest ``history`` kept
+    {prefix}:live:{E:S}           hash   live microstructure value -> repr(float); event_time, ...
+    {prefix}:updates:{E:S}:{T}    channel  row JSON of every row that becomes the latest
+
+Each market's rows of a batch are applied by one Lua script (atomic: a reader never sees half a
+row, and an older row never replaces a newer latest); all scripts and live hashes of a batch go
+in one pipeline, so a batch costs one round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import redis
+import redis.asyncio
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from rtml_core.errors import InputError
+from rtml_core.schemas import FeatureRow
+from rtml_core.stores.online_base import (
+    LiveValues,
+    OnlineStore,
+    OnlineStoreUnavailable,
+    Subscription,
+    check_row,
+    decode_row_json,
+    encode_row_json,
+    live_from_hash_fields,
+    live_hash_fields,
+    row_from_hash_fields,
+    row_hash_fields,
+    sleep_backoff,
+)
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+# KEYS[1] latest hash, KEYS[2] history zset.
+# ARGV[1] channel, ARGV[2] history length, ARGV[3] row count r, then r triples
+# (event_time_ns, score_ms, row_json) in event-time order, then the newest row's hash fields.
+# Event times are compared as decimal strings: Lua numbers are doubles and would round ns.
+WRITE_ROWS_LUA = """
+local current = redis.call('HGET', KEYS[1], 'event_time')
+local function not_older(t)
+  if not current then return true end
+  if #t ~= #current then return #t > #current end
+  return t >= current
+end
+local keep = tonumber(ARGV[2])
+local r = tonumber(ARGV[3])
+local i = 4
+local newest = nil
+for _ = 1, r do
+  local t, score, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], score, score)
+  redis.call('ZADD', KEYS[2], score, json)
+  if not_older(t) then redis.call('PUBLISH', ARGV[1], json) end
+  newest = t
+  i = i + 3
+end
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(keep + 1))
+if not_older(newest) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, i))
+  return 1
+end
+return 0
+"""
+WRITE_ROWS_SHA = hashlib.sha1(WRITE_ROWS_LUA.encode()).hexdigest()
+
+
+def _check_part(what: str, value: str) -> str:
+    if not value or any(c in value for c in "{}: \t\r\n*?[]"):
+        raise InputError(f"{what} {value!r} cannot be part of an online-store key (no braces, colons, "
+                         "spaces or glob characters)")
+    return value
+
+
+class RedisKeys:
+    """Key and channel names of one prefix (see the module docstring)."""
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise InputError(f"online prefix {prefix!r} must be non-empty and free of braces")
+        self.prefix = prefix
+        self._cache: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+
+    @staticmethod
+    def tag(exchange: str, symbol: str) -> str:
+        return "{" + _check_part("exchange", exchange) + ":" + _check_part("symbol", symbol) + "}"
+
+    def market(self, exchange: str, symbol: str, timeframe: str) -> tuple[str, str, str]:
+        """(latest hash, history zset, updates channel) of one market and timeframe."""
+        key = (exchange, symbol, timeframe)
+        names = self._cache.get(key)
+        if names is None:
+            tag = self.tag(exchange, symbol)
+            tf = _check_part("timeframe", timeframe)
+            names = (
+                f"{self.prefix}:features:{tag}:{tf}",
+                f"{self.prefix}:history:{tag}:{tf}",
+                f"{self.prefix}:updates:{tag}:{tf}",
+            )
+            self._cache[key] = names
+        return names
+
+    def live(self, exchange: str, symbol: str) -> str:
+        return f"{self.prefix}:live:{self.tag(exchange, symbol)}"
+
+
+def _client_options() -> dict:
+    # Fail fast and let the caller (the sink) own retries: one quick retry covers a pooled
+    # connection that died with a Redis restart.
+    return {
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": 2.0,
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        "health_check_interval": 30,
+    }
+
+
+class RedisOnlineStore(OnlineStore):
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "rtml",
+        history: int = 100,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if history < 1:
+            raise InputError(f"online history length must be at least 1, got {history}")
+        self.url = url
+        self.history = history
+        self.keys = RedisKeys(prefix)
+        self._clock_ns = clock_ns
+        self._client = redis.Redis.from_url(url, decode_responses=True, **_client_options())
+
+    # writes ---------------------------------------------------------------------------------
+    def write_batch(self, rows: Sequence[FeatureRow], live: Sequence[LiveValues] = ()) -> None:
+        if not rows and not live:
+            return
+        now = self._clock_ns()
+        by_market: dict[tuple[str, str, str], list[FeatureRow]] = {}
+        for row in rows:
+            check_row(row)
+            by_market.setdefault((row.exchange, row.symbol, row.timeframe), []).append(row)
+        commands: list[tuple] = []
+        for market, market_rows in by_market.items():
+            market_rows.sort(key=lambda r: r.event_time_ns)
+            latest_key, history_key, channel = self.keys.market(*market)
+            args: list = [channel, self.history, len(market_rows)]
+            for row in market_rows:
+                args += (row.event_time_ns, row.event_time_ns // 1_000_000, encode_row_json(row, now))
+            for field, value in row_hash_fields(market_rows[-1], now).items():
+                args += (field, value)
+            commands.append(("evalsha", latest_key, history_key, args))
+        for values in live:
+            commands.append(("hset", self.keys.live(values.exchange, values.symbol), live_hash_fields(values, now)))
+        try:
+            self._execute(commands)
+        except NoScriptError:  # script cache empty (Redis restarted): load it and write again
+            self._call(self._client.script_load, WRITE_ROWS_LUA)
+            self._execute(commands)
+
+    def _execute(self, commands: list[tuple]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            if command[0] == "evalsha":
+                _, latest_key, history_key, args = command
+                pipe.evalsha(WRITE_ROWS_SHA, 2, latest_key, history_key, *args)
+            else:
+                pipe.hset(command[1], mapping=command[2])
+        self._call(pipe.execute)
+
+    # reads ----------------------------------------------------------------------------------
+    def read_latest(self, exchange: str, symbol: str, timeframe: str) -> FeatureRow | None:
+        latest_key, _, _ = self.keys.market(exchange, symbol, timeframe)
+        fields = self._call(self._client.hgetall, latest_key)
+        return row_from_hash_fields(exchange, symbol, timeframe, fields) if fields else None
+
+    def read_history(self, exchange: str, symbol: str, timeframe: str, n: int) -> list[FeatureRow]:
+        if n <= 0:
+            return []
+        _, history_key, _ = self.keys.market(exchange, symbol, timeframe)
+        members = self._call(self._client.zrevrange, history_key, 0, n - 1)
+        return [decode_row_json(member) for member in members]
+
+    def read_live(self, exchange: str, symbol: str) -> LiveValues | None:
+        fields = self._call(self._client.hgetall, self.keys.live(exchange, symbol))
+        return live_from_hash_fields(exchange, symbol, fields) if fields else None
+
+    def subscribe(self, exchange: str, symbol: str, timeframe: str) -> Subscription:
+        return RedisSubscription(self, exchange, symbol, timeframe)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except _UNAVAILABLE:
+            return False
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, function, *args):
+        try:
+            return function(*args)
+        except _UNAVAILABLE as error:
+            raise OnlineStoreUnavailable(f"Redis at {_safe_url(self.url)} is unavailable: {error}") from error
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+class RedisSubscription(Subscription):
+    """Redis pub/sub on the market's updates channel; reconnects and catches up from history."""
+
+    def __init__(self, store: RedisOnlineStore, exchange: str, symbol: str, timeframe: str) -> None:
+        super().__init__(exchange, symbol, timeframe)
+        self._url = store.url
+        self._latest_key, self._history_key, self._channel = store.keys.market(exchange, symbol, timeframe)
+        self._client: redis.asyncio.Redis | None = None
+        self._pubsub = None
+        self._pending: deque[FeatureRow] = deque()
+
+    async def _connect(self) -> None:
+        self._client = redis.asyncio.Redis.from_url(self._url, **_client_options())
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self._channel)
+
+    async def _disconnect(self) -> None:
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.aclose()
+            except _UNAVAILABLE:
+                pass
+        if self._client is not None:
+            try:
+                await self._client.aclose()
+            except _UNAVAILABLE:
+                pass
+        self._pubsub = self._client = None
+
+    async def _open(self) -> int | None:
+        await self._connect()
+        latest = await self._client.hget(self._latest_key, "event_time")
+        return None if latest is None else int(latest)
+
+    async def _catch_up(self) -> None:
+        """After a reconnect: queue the rows written meanwhile (newer than the last one yielded)."""
+        after_ms = max(self._last_event_time_ns, 0) // 1_000_000
+        members = await self._client.zrangebyscore(self._history_key, after_ms, "+inf")
+        self._pending.extend(decode_row_json(member) for member in members)
+
+    async def _next_row(self) -> FeatureRow:
+        attempt = 0
+        while True:
+            if self._pending:
+                return self._pending.popleft()
+            try:
+                if self._pubsub is None:
+                    await self._connect()
+                    await self._catch_up()
+                    attempt = 0
+                    continue
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and message["type"] == "message":
+                    return decode_row_json(message["data"])
+            except _UNAVAILABLE:
+                await self._disconnect()
+                await sleep_backoff(attempt)
+                attempt += 1
+
+    async def _close(self) -> None:
+        await self._disconnect()
