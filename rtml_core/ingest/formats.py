@@ -1,0 +1,192 @@
+"""Small parsing steps shared by the importers: opening files, times, decimals, sides."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO
+
+from rtml_core.errors import InputError
+from rtml_core.schemas import Side
+from rtml_core.symbols import normalize_symbol
+
+NS_PER_S = 1_000_000_000
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a text file for reading, gunzipping ``*.gz`` (by magic bytes, not only name)."""
+    file = Path(path)
+    try:
+        with open(file, "rb") as probe:
+            magic = probe.read(2)
+    except OSError as error:
+        raise InputError(f"cannot read the file: {error.strerror or error}", source=str(path)) from None
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(file, "rb"), encoding="utf-8", newline="")
+    return open(file, encoding="utf-8", newline="")
+
+
+def read_text(path: str | Path) -> str:
+    with open_text(path) as handle:
+        try:
+            return handle.read()
+        except (UnicodeDecodeError, OSError, EOFError) as error:
+            raise InputError(f"the file is not readable text: {error}", source=str(path)) from None
+
+
+def parse_decimal(text: str, what: str, source: str, line: int | None, *, positive: bool = False,
+                  allow_zero: bool = True) -> Decimal:
+    """An exact Decimal from an exchange's decimal string; finite and not negative."""
+    try:
+        value = Decimal(text)
+    except (InvalidOperation, TypeError, ValueError):
+        raise InputError(f"{what} {text!r} is not a decimal number", source=source, line=line) from None
+    if not value.is_finite() or value < 0 or (positive and not value) or (not allow_zero and not value):
+        raise InputError(f"{what} {text!r} must be a finite number >= 0" + (" and > 0" if positive else ""),
+                         source=source, line=line)
+    return value
+
+
+def checked_symbol(raw: str, source: str, line: int | None = None) -> str:
+    """``normalize_symbol`` with the file and line in the error."""
+    try:
+        return normalize_symbol(raw)
+    except InputError as error:
+        raise InputError(error.problem, source=source, line=line) from None
+
+
+def epoch_to_ns(value: int) -> int:
+    """Seconds, milliseconds, microseconds or nanoseconds since the epoch -> ns, by size.
+
+    Valid for dates between 1973 and 2286 in every unit (the ranges do not overlap there).
+    """
+    magnitude = abs(value)
+    if magnitude < 10**11:
+        return value * NS_PER_S
+    if magnitude < 10**14:
+        return value * 1_000_000
+    if magnitude < 10**17:
+        return value * 1_000
+    return value
+
+
+def canonical_timeframe(seconds: int) -> str:
+    """A whole number of seconds as rtml's timeframe name: 60 -> ``1m``, 3600 -> ``1h``."""
+    if seconds <= 0:
+        raise ValueError(f"timeframe of {seconds} s")
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+_CDD_HOUR = re.compile(r"^(\d{4}-\d{2}-\d{2}) (\d{1,2})-(AM|PM)$")
+
+
+class TimeParser:
+    """Text -> int ns: ISO 8601 (``2013-09-01 17:00:00.083``, ``...T...Z``), epoch numbers in
+    s/ms/µs/ns, and CryptoDataDownload's ``2019-10-17 09-AM``. Naive times are UTC.
+
+    Parsing is cached per whole second, so a tick file pays for ``datetime`` once a second.
+    """
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, int] = {}
+        self._last_text = ""
+        self._last_ns = 0
+
+    def __call__(self, text: str) -> int:
+        if text == self._last_text:  # tick files repeat a timestamp for a burst of trades
+            return self._last_ns
+        seconds = self._seconds.get(text[:19])
+        if seconds is not None and len(text) > 20 and text[19] == "." and text[20:].isdigit():
+            ns = seconds * NS_PER_S + int((text[20:] + "000000000")[:9])
+        else:
+            ns = self._parse(text.strip())
+        self._last_text = text
+        self._last_ns = ns
+        return ns
+
+    def _parse(self, text: str) -> int:
+        if not text:
+            raise ValueError("empty time")
+        head = text[:19]
+        if text[0].isdigit() and (text.isdigit() or _is_plain_number(text)):
+            if "." in text:
+                return epoch_to_ns_decimal(text)
+            return epoch_to_ns(int(text))
+        match = _CDD_HOUR.match(text)
+        if match:
+            hour = int(match.group(2)) % 12 + (12 if match.group(3) == "PM" else 0)
+            day = datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC)
+            return (int(day.timestamp()) + hour * 3600) * NS_PER_S
+        iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+        moment = datetime.fromisoformat(iso)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        whole = int(moment.replace(microsecond=0).timestamp())
+        frac_ns = moment.microsecond * 1000
+        dot = text.find(".", 17)
+        if dot != -1:  # keep sub-microsecond digits datetime would drop
+            digits = re.match(r"\d+", text[dot + 1:])
+            if digits:
+                frac_ns = int((digits.group(0) + "000000000")[:9])
+        if len(self._seconds) > 200_000:
+            self._seconds.clear()
+        if len(text) >= 19 and text[10] in " T" and moment.utcoffset() == UTC.utcoffset(None):
+            self._seconds[head] = whole
+        return whole * NS_PER_S + frac_ns
+
+
+def _is_plain_number(text: str) -> bool:
+    whole, dot, frac = text.partition(".")
+    return whole.isdigit() and (not dot or frac.isdigit())
+
+
+def epoch_to_ns_decimal(text: str) -> int:
+    """An epoch number with a fraction (``1762795433.97``): the unit by the whole part's size."""
+    whole, _, frac = text.partition(".")
+    ns = epoch_to_ns(int(whole))
+    unit = ns // int(whole) if int(whole) else NS_PER_S
+    return ns + int(Decimal("0." + frac) * unit)
+
+
+class TickRule:
+    """The tick rule for files without a side: up-tick buy, down-tick sell, else as before."""
+
+    def __init__(self) -> None:
+        self._last_price: Decimal | None = None
+        self._last_side: Side = "unknown"
+
+    def __call__(self, price: Decimal) -> Side:
+        last = self._last_price
+        if last is not None:
+            if price > last:
+                self._last_side = "buy"
+            elif price < last:
+                self._last_side = "sell"
+        self._last_price = price
+        return self._last_side
+
+
+def parse_mapping(text: str | None) -> dict[str, str]:
+    """``'time=Date,open=BTC.open'`` -> ``{'time': 'Date', 'open': 'BTC.open'}``."""
+    if not text:
+        return {}
+    mapping: dict[str, str] = {}
+    for part in text.split(","):
+        field, sep, column = part.partition("=")
+        if not sep or not field.strip() or not column.strip():
+            raise InputError(f"--map entry {part!r} is not FIELD=COLUMN")
+        mapping[field.strip().lower()] = column.strip()
+    return mapping
+
+
+def numbered_lines(handle: IO[str]) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) for each line of a text file."""
+    return enumerate(handle, start=1)
