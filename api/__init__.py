@@ -1,0 +1,1 @@
+"""rtml's prediction API (Litestar): ``from api.app import create_app``."""

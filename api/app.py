@@ -1,0 +1,116 @@
+"""The Litestar app: ``create_app(settings, *, online_store=None, registry=None)``.
+
+The lifespan owns the clients it opens (online store, registry) and the champion poller.
+Passed-in clients stay the caller's to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.openapi.config import OpenAPIConfig
+
+from api.auth import PUBLIC_PATHS, ApiKeyMiddleware, check_auth_config, parse_keys, rate_limit_identity
+from api.champion import ChampionHolder, ChampionSource, RegistryChampionSource, poll_champion, refresh_champion
+from api.controllers.features import FeaturesController
+from api.controllers.health import health, metrics, ready
+from api.controllers.models import ModelsController
+from api.controllers.predict import PredictController, prediction_stream
+from api.errors import ApiError, api_error_handler, http_error_handler, internal_error_handler
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.serving import PredictionService
+from rtml_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _champion_source(registry) -> ChampionSource:
+    if isinstance(registry, ChampionSource):
+        return registry
+    return RegistryChampionSource(registry)
+
+
+def create_app(settings: Settings, *, online_store=None, registry=None) -> Litestar:
+    """Build the API. ``registry``: a ``ModelRegistry`` or any ``ChampionSource``; None opens them."""
+    keys = parse_keys(settings.api_keys)
+    check_auth_config(keys, settings.api_auth_disabled)
+    metrics_ = ApiMetrics()
+    holder = ChampionHolder()
+
+    def on_swap(previous, current) -> None:
+        metrics_.serving(current and current.version, current and current.kind,
+                         current and current.predictor.path)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        owned: list = []
+        store = online_store
+        if store is None:
+            from rtml_core.stores.online import open_online_store
+
+            store = open_online_store(settings.resolved_online_url, settings.online_prefix)
+            owned.append(store)
+        source = registry
+        if source is None:
+            from rtml_core.registry import ModelRegistry
+
+            source = ModelRegistry(settings.resolved_offline_url, settings.resolved_artifacts_dir)
+            owned.append(source)
+        source = _champion_source(source)
+        app.state.champion_source = source
+        app.state.service = PredictionService(settings, store, holder, metrics_)
+        try:
+            await refresh_champion(holder, source, on_swap)
+        except Exception as error:  # noqa: BLE001 - serve 503s and keep polling; /ready says why
+            holder.last_error = f"{type(error).__name__}: {error}"[:300]
+            log.warning("no champion at start: %s", holder.last_error)
+        poller = asyncio.create_task(poll_champion(holder, source, settings.api_model_poll_s, on_swap))
+        try:
+            yield
+        finally:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+            for client in owned:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - closing is best effort at shutdown
+                    log.exception("closing %r", client)
+
+    middleware: list = []
+    if keys and not settings.api_auth_disabled:
+        middleware.append(DefineMiddleware(ApiKeyMiddleware, keys=keys))
+    if settings.api_rate_limit > 0:
+        middleware.append(RateLimitConfig(
+            rate_limit=("second", settings.api_rate_limit), exclude=[p for p in PUBLIC_PATHS],
+            identifier_for_request=rate_limit_identity,
+        ).middleware)
+    middleware.append(MetricsMiddleware)
+
+    return Litestar(
+        route_handlers=[PredictController, FeaturesController, ModelsController, prediction_stream,
+                        health, ready, metrics],
+        lifespan=[lifespan],
+        middleware=middleware,
+        state=State({"metrics": metrics_, "holder": holder, "settings": settings}),
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_error_handler,
+            Exception: internal_error_handler,
+        },
+        request_max_body_size=settings.api_max_body_bytes,
+        openapi_config=OpenAPIConfig(title="rtml prediction API", version="1.0.0", path="/schema"),
+        debug=False,
+    )
+
+
+def app_from_environment() -> Litestar:
+    """Entry point for servers (``rtml serve``, ``uvicorn --factory``): Settings from RTML_*."""
+    return create_app(Settings())

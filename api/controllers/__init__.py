@@ -1,0 +1,1 @@
+"""HTTP and WebSocket handlers: thin, they call ``api.serving.PredictionService``."""

@@ -1,0 +1,113 @@
+"""POST /v1/predict, POST /v1/predict/batch and the WebSocket /v1/predictions/stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from litestar import Controller, WebSocket, post, websocket
+from litestar.datastructures import State
+from litestar.exceptions import WebSocketDisconnect
+
+from api.errors import ERROR_RESPONSES, ApiError
+from api.schemas import (
+    BatchItemError, BatchPredictRequest, BatchPrediction, ErrorBody, Prediction, PredictRequest,
+)
+from api.serving import PredictionService
+
+log = logging.getLogger(__name__)
+_FATAL_FOR_BATCH = {"online_store_unavailable", "no_champion"}
+
+
+class PredictController(Controller):
+    path = "/v1/predict"
+    tags = ["predictions"]
+
+    @post(status_code=200, summary="Predict one symbol from its freshest online features",
+          responses=ERROR_RESPONSES)
+    async def predict(self, data: PredictRequest, state: State) -> Prediction:
+        service: PredictionService = state.service
+        return service.predict(data.symbol, data.exchange, data.timeframe)
+
+    @post("/batch", status_code=200, summary="Predict several symbols; per-symbol errors are listed",
+          responses=ERROR_RESPONSES)
+    async def predict_batch(self, data: BatchPredictRequest, state: State) -> BatchPrediction:
+        service: PredictionService = state.service
+        limit = service.settings.api_max_batch
+        if len(data.symbols) > limit:
+            raise ApiError(400, "batch_too_large", f"at most {limit} symbols per batch, got "
+                           f"{len(data.symbols)}")
+        predictions: list[Prediction] = []
+        errors: list[BatchItemError] = []
+        for symbol in data.symbols:
+            try:
+                predictions.append(service.predict(symbol, data.exchange, data.timeframe, "batch"))
+            except ApiError as error:
+                if error.kind in _FATAL_FOR_BATCH:
+                    raise
+                service.metrics.errors.labels(error.kind).inc()
+                errors.append(BatchItemError(symbol, error.status_code, error.kind, error.detail))
+        return BatchPrediction(predictions=predictions, errors=errors)
+
+
+async def _until_disconnect(socket: WebSocket) -> None:
+    try:
+        while True:
+            await socket.receive_data(mode="text")
+    except WebSocketDisconnect:
+        return
+
+
+@websocket("/v1/predictions/stream", name="prediction_stream")
+async def prediction_stream(socket: WebSocket, symbol: str, exchange: str | None = None,
+                            timeframe: str | None = None) -> None:
+    """Push a prediction each time the sidecar publishes features for ``symbol``.
+
+    The first message is the prediction from the current row; errors arrive as ErrorBody
+    messages (the stream continues) except for a bad request, which closes with code 1008.
+    """
+    service: PredictionService = socket.app.state.service
+    encoder = msgspec.json.Encoder()
+    await socket.accept()
+    try:
+        exchange, symbol, timeframe = service.target(service.holder.current, symbol, exchange, timeframe)
+    except ApiError as error:
+        await socket.send_data(encoder.encode(ErrorBody(error.status_code, error.kind, error.detail)).decode())
+        await socket.close(code=1008, reason=error.kind)
+        return
+    watcher = asyncio.create_task(_until_disconnect(socket))
+
+    async def send(row=None) -> None:
+        try:
+            if row is None:
+                message = service.predict(symbol, exchange, timeframe, "stream")
+            else:
+                message = service.predict_row(service.champion(), row,
+                                              service.live_spread_bps(exchange, symbol), "stream")
+        except ApiError as error:
+            message = ErrorBody(error.status_code, error.kind, error.detail)
+        await socket.send_data(encoder.encode(message).decode())
+
+    async def pump() -> None:
+        subscription = service.store.subscribe(exchange, symbol, timeframe)
+        try:
+            await subscription.open()  # listening before the first answer: no update falls between
+            await send()
+            async for row in subscription:
+                await send(row)
+        finally:
+            await subscription.aclose()
+
+    pumping = asyncio.create_task(pump())
+    try:
+        done, _ = await asyncio.wait({watcher, pumping}, return_when=asyncio.FIRST_COMPLETED)
+        if pumping in done and pumping.exception() is not None and not watcher.done():
+            log.warning("prediction stream ended: %r", pumping.exception())
+            await socket.send_data(encoder.encode(ErrorBody(
+                503, "online_store_unavailable", "the feature subscription ended")).decode())
+            await socket.close(code=1011, reason="subscription ended")
+    finally:
+        for task in (watcher, pumping):
+            task.cancel()
+        await asyncio.gather(watcher, pumping, return_exceptions=True)

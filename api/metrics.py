@@ -1,0 +1,81 @@
+"""Prometheus metrics of one API process, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+import time
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "rtml_api_requests", "HTTP requests by route template, method and status.",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "rtml_api_request_latency_seconds", "Time from request to response start, by route.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.errors = Counter(
+            "rtml_api_errors", "Error answers by kind (unknown_symbol, stale_features, ...).",
+            ["kind"], registry=self.registry,
+        )
+        self.feature_age = Gauge(
+            "rtml_api_feature_age_seconds", "Age of the feature row behind the last prediction.",
+            ["exchange", "symbol", "timeframe"], registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "rtml_api_model_info", "1 for the model version being served.",
+            ["version", "kind", "inference_path"], registry=self.registry,
+        )
+        self.model_swaps = Counter(
+            "rtml_api_model_swaps", "Champion hot-swaps (promotions and rollbacks).", registry=self.registry
+        )
+        self.predictions = Counter(
+            "rtml_api_predictions", "Predictions served (HTTP, batch items and stream pushes).",
+            ["source"], registry=self.registry,
+        )
+        self._served: tuple[str, str, str] | None = None
+
+    def serving(self, version: str | None, kind: str | None, path: str | None, swapped: bool = True) -> None:
+        if self._served is not None:
+            self.model_info.remove(*self._served)
+            self._served = None
+        if version is not None:
+            self._served = (version, kind or "", path or "")
+            self.model_info.labels(*self._served).set(1)
+        if swapped:
+            self.model_swaps.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times every routed request (raw ASGI: a few microseconds)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics: ApiMetrics = scope["litestar_app"].state.metrics
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                route = scope.get("path_template", "unrouted")
+                metrics.latency.labels(route).observe(time.perf_counter() - started)
+                metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)

@@ -1,0 +1,183 @@
+"""One prediction from the freshest online features and the champion held at request start."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+
+from api.champion import ChampionHolder, ServedModel
+from api.errors import ApiError
+from api.execution import ExecutionParams, execution_payload, prob_up
+from api.metrics import ApiMetrics
+from api.schemas import ExecutionPayload, Prediction
+from rtml_core.errors import InputError
+from rtml_core.schemas import FeatureRow
+from rtml_core.settings import Settings
+from rtml_core.symbols import normalize_symbol
+from rtml_core.timeframes import timeframe_seconds
+
+PRICE_KEYS = ("close", "price")
+"""Where the current price is read from the feature row, first match wins."""
+STORE_RETRY_AFTER_S = 1.0
+"""After a failed online-store call, answer 503 at once for this long before trying again."""
+
+
+def iso_time(time_ns: int) -> str:
+    return datetime.fromtimestamp(time_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def canonical_symbol(raw: str) -> str:
+    try:
+        return normalize_symbol(raw)
+    except InputError as error:
+        raise ApiError(400, "invalid_symbol", str(error)) from None
+
+
+class PredictionService:
+    """Reads the online store, checks version and freshness, predicts, builds the order intent."""
+
+    def __init__(self, settings: Settings, store, holder: ChampionHolder, metrics: ApiMetrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.holder = holder
+        self.metrics = metrics
+        self.params = ExecutionParams(
+            max_position=settings.exec_max_position, fee_bps=settings.exec_fee_bps,
+            spread_bps=settings.exec_spread_bps, vol_target=settings.exec_vol_target,
+            atr_stop_mult=settings.exec_atr_stop_mult, atr_take_mult=settings.exec_atr_take_mult,
+        )
+        self._store_down_until = 0.0
+        self._has_live = callable(getattr(store, "read_live", None))
+
+    # -- resolution ---------------------------------------------------------------------
+    def champion(self) -> ServedModel:
+        model = self.holder.current
+        if model is None:
+            raise ApiError(503, "no_champion", "no champion model is loaded yet (registry empty or "
+                           "unreachable); /ready reports why")
+        return model
+
+    def target(self, model: ServedModel | None, symbol: str, exchange: str | None,
+               timeframe: str | None) -> tuple[str, str, str]:
+        exchange = exchange or self.settings.api_default_exchange
+        timeframe = timeframe or (model.timeframe if model and model.timeframe
+                                  else self.settings.api_default_timeframe)
+        try:
+            timeframe_seconds(timeframe)
+        except InputError as error:
+            raise ApiError(400, "invalid_timeframe", str(error)) from None
+        return exchange, canonical_symbol(symbol), timeframe
+
+    def max_age_ms(self, timeframe: str) -> float:
+        configured = self.settings.api_max_feature_age_ms
+        if configured is not None:
+            return float(configured)
+        return 2_000.0 * timeframe_seconds(timeframe) + 10_000.0
+
+    # -- the store, guarded -------------------------------------------------------------
+    def _store_call(self, what: str, call, *args):
+        if time.monotonic() < self._store_down_until:
+            raise ApiError(503, "online_store_unavailable",
+                           f"the online store is unreachable ({what}); retry shortly")
+        try:
+            return call(*args)
+        except ApiError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any store failure is a 503, logged by kind
+            self._store_down_until = time.monotonic() + STORE_RETRY_AFTER_S
+            raise ApiError(503, "online_store_unavailable",
+                           f"the online store is unreachable ({what}: {type(error).__name__})") from None
+
+    def latest_row(self, exchange: str, symbol: str, timeframe: str) -> FeatureRow:
+        row = self._store_call("read_latest", self.store.read_latest, exchange, symbol, timeframe)
+        if row is None:
+            raise ApiError(404, "unknown_symbol",
+                           f"no online features for {exchange} {symbol} {timeframe}: the stream "
+                           "sidecar does not serve this symbol (or timeframe)")
+        return row
+
+    def live_spread_bps(self, exchange: str, symbol: str) -> float | None:
+        if not self._has_live:
+            return None
+        try:
+            live = self.store.read_live(exchange, symbol)
+        except Exception:  # noqa: BLE001 - the spread is optional; the configured one is used
+            return None
+        if not live:
+            return None
+        values = getattr(live, "values", live)
+        spread = values.get("spread_bps") if hasattr(values, "get") else None
+        return float(spread) if spread is not None else None
+
+    # -- the prediction -----------------------------------------------------------------
+    def predict(self, symbol: str, exchange: str | None = None, timeframe: str | None = None,
+                source: str = "http") -> Prediction:
+        model = self.champion()
+        exchange, symbol, timeframe = self.target(model, symbol, exchange, timeframe)
+        if model.timeframe and timeframe != model.timeframe:
+            raise ApiError(409, "timeframe_mismatch",
+                           f"model {model.version} was trained on {model.timeframe} candles, "
+                           f"not {timeframe}")
+        row = self.latest_row(exchange, symbol, timeframe)
+        spread = self.live_spread_bps(exchange, symbol)
+        return self.predict_row(model, row, spread, source)
+
+    def predict_row(self, model: ServedModel, row: FeatureRow, live_spread_bps: float | None = None,
+                    source: str = "http") -> Prediction:
+        if row.feature_set_version != model.feature_set_version:
+            raise ApiError(409, "feature_set_mismatch",
+                           f"model {model.version} needs feature set {model.feature_set_version}; "
+                           f"the online row for {row.symbol} is {row.feature_set_version}")
+        age_ms = (time.time_ns() - row.event_time_ns) / 1e6
+        self.metrics.feature_age.labels(row.exchange, row.symbol, row.timeframe).set(age_ms / 1e3)
+        limit = self.max_age_ms(row.timeframe)
+        stale = age_ms > limit
+        if stale and not self.settings.api_serve_stale:
+            raise ApiError(503, "stale_features",
+                           f"newest {row.exchange} {row.symbol} {row.timeframe} features are "
+                           f"{age_ms:.0f} ms old (limit {limit:.0f} ms): is the stream sidecar running?")
+        values = row.values
+        try:
+            x = np.array([[values[name] for name in model.feature_names]], dtype=model.predictor.dtype)
+        except KeyError:
+            missing = [name for name in model.feature_names if name not in values]
+            raise ApiError(409, "feature_set_mismatch",
+                           f"online row for {row.symbol} lacks features {missing[:10]} that model "
+                           f"{model.version} needs") from None
+        if not np.isfinite(x).all():
+            warming = [n for n, v in zip(model.feature_names, x[0]) if not math.isfinite(v)]
+            raise ApiError(503, "features_warming_up",
+                           f"features {warming[:10]} of {row.symbol} are not defined yet (indicator "
+                           "warm-up)")
+        price = next((values[key] for key in PRICE_KEYS if key in values), None)
+        if price is None or not math.isfinite(price) or price <= 0:
+            raise ApiError(409, "no_price", f"the online row for {row.symbol} carries no close price")
+        predicted_return = model.predictor.predict(x)
+        execution = execution_payload(
+            price=price, predicted_return=predicted_return,
+            realized_vol=values.get("realized_vol_20"), atr=values.get("atr_14"),
+            timeframe_s=timeframe_seconds(row.timeframe), params=self.params,
+            live_spread_bps=live_spread_bps,
+        )
+        self.metrics.predictions.labels(source).inc()
+        return Prediction(
+            symbol=row.symbol, exchange=row.exchange, timeframe=row.timeframe,
+            model_version=model.version, feature_set_version=model.feature_set_version,
+            feature_event_time=iso_time(row.event_time_ns), feature_age_ms=round(age_ms, 3),
+            price=price, predicted_price=price * math.exp(predicted_return),
+            predicted_return=predicted_return,
+            prob_up=prob_up(predicted_return, model.residual_std), horizon_s=model.horizon_s,
+            stale=stale,
+            execution=ExecutionPayload(
+                side=execution.side, size=execution.size, stop_loss=execution.stop_loss,
+                take_profit=execution.take_profit, expected_edge_bps=execution.expected_edge_bps,
+                cost_bps=execution.cost_bps, spread_bps=execution.spread_bps,
+                volatility_annualized=execution.volatility_annualized, atr=execution.atr,
+                reason=execution.reason,
+            ),
+            inference_path=model.predictor.path,
+        )
