@@ -3,3 +3,5 @@
 from __future__ import annotations
 
 ALL: list = []
+from rtml_cli.candles import backfill, candles, import_history  # noqa: E402
+ALL.extend([candles, import_history, backfill])
