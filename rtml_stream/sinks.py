@@ -30,8 +30,9 @@ import numpy as np
 import pandas as pd
 import structlog
 
+from rtml_core.errors import InputError
 from rtml_core.schemas import Candle, FeatureRow
-from rtml_core.stores.online_base import LiveValues, OnlineStore, check_row
+from rtml_core.stores.online_base import RESERVED_FIELDS, LiveValues, OnlineStore, check_row
 
 log = structlog.get_logger("rtml_stream.sinks")
 
@@ -147,12 +148,23 @@ class _RetryingSink:
               retry_in_s=round(delay, 3), failures=self.stats.consecutive_failures)
         self._enforce_bound()
 
+    def _rejected(self, batch, error: InputError) -> None:
+        n = self._size(batch)
+        self.stats.count_dropped("rejected", n)
+        log.error("store_rejected_batch", sink=self.name, items=n, error=str(error))
+
+    def _size(self, batch) -> int:
+        raise NotImplementedError
+
     def flush_sync(self, now: float | None = None) -> bool:
         """Write everything due at ``now`` (in ``max_batch`` chunks); False if a write failed."""
         now = self.clock() if now is None else now
         while (batch := self._take(now)) is not None:
             try:
                 self._write(batch)
+            except InputError as error:  # the store refuses the data itself: retrying cannot help
+                self._rejected(batch, error)
+                continue
             except Exception as error:  # noqa: BLE001 - any store failure is buffered and retried
                 self._failed(batch, error, now)
                 return False
@@ -164,6 +176,9 @@ class _RetryingSink:
         while (batch := self._take(self.clock())) is not None:
             try:
                 await asyncio.to_thread(self._write, batch)
+            except InputError as error:
+                self._rejected(batch, error)
+                continue
             except Exception as error:  # noqa: BLE001
                 self._failed(batch, error, self.clock())
                 return False
@@ -261,6 +276,9 @@ class OnlineSink(_RetryingSink):
 
     def add_live(self, exchange: str, symbol: str, time_ns: int, values: Mapping[str, float]) -> None:
         """Merge live values of a market; written at most every ``coalesce_ms``."""
+        clash = RESERVED_FIELDS.intersection(values)
+        if clash:
+            raise InputError(f"live value name(s) {sorted(clash)} are reserved in the online store")
         key = (exchange, symbol)
         before = self._live.get(key)
         if before is None:
@@ -297,6 +315,10 @@ class OnlineSink(_RetryingSink):
     def _write(self, batch) -> None:
         rows, live = batch
         self.store.write_batch(rows, live)
+
+    def _size(self, batch) -> int:
+        rows, live = batch
+        return len(rows) + len(live)
 
     def _succeeded(self, batch, now: float) -> None:
         super()._succeeded(batch, now)
@@ -423,24 +445,33 @@ class OfflineLogSink(_RetryingSink):
     def _write(self, batch: _OfflineBatch) -> None:
         """Write candles, then one frame per feature group; what succeeded leaves ``batch``."""
         if batch.candles:
-            self.store.write_candles(batch.candles)
-            self.stats.count_written("candles", len(batch.candles))
+            try:
+                self.store.write_candles(batch.candles)
+                self.stats.count_written("candles", len(batch.candles))
+            except InputError as error:  # refused data: drop it (counted), keep the rest flowing
+                self._rejected(_OfflineBatch(batch.candles, []), error)
             batch.candles = []
         while batch.rows:
             group_key, group, rest = _first_group(batch.rows)
             exchange, symbol, timeframe, version, names = group_key
-            if (version, names) not in self._registered:
-                self.store.register_feature_set(version, list(names), self.feature_specs.get(version, {}))
-                self._registered.add((version, names))
-            self.store.write_features(
-                feature_frame(group, names),
-                exchange=exchange,
-                symbol=symbol,
-                timeframe=timeframe,
-                feature_set_version=version,
-            )
-            self.stats.count_written("rows", len(group))
+            try:
+                if (version, names) not in self._registered:
+                    self.store.register_feature_set(version, list(names), self.feature_specs.get(version, {}))
+                    self._registered.add((version, names))
+                self.store.write_features(
+                    feature_frame(group, names),
+                    exchange=exchange,
+                    symbol=symbol,
+                    timeframe=timeframe,
+                    feature_set_version=version,
+                )
+                self.stats.count_written("rows", len(group))
+            except InputError as error:
+                self._rejected(_OfflineBatch([], group), error)
             batch.rows = rest
+
+    def _size(self, batch: _OfflineBatch) -> int:
+        return len(batch.candles) + len(batch.rows)
 
     def _requeue(self, batch: _OfflineBatch) -> None:
         self._candles.extendleft(reversed(batch.candles))

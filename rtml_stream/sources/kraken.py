@@ -42,8 +42,9 @@ DEFAULT_REST_URL = "https://api.kraken.com"
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 CHECKSUM_LEVELS = 10
 
-Backfill = Callable[[str, int, int], Iterable[Trade]]
-"""``backfill(symbol, first_id, last_id)`` -> the trades with ids in [first_id, last_id]."""
+Backfill = Callable[..., Iterable[Trade]]
+"""``backfill(symbol, first_id, last_id, since_ns=...)`` -> the trades with ids in [first_id, last_id];
+``since_ns`` is the time of the last trade the stream had (where the REST pager starts)."""
 
 
 class _Envelope(msgspec.Struct):
@@ -103,7 +104,7 @@ def kraken_checksum(book: OrderBook) -> int:
 
 
 def default_backfill(rest_url: str = DEFAULT_REST_URL) -> Backfill | None:
-    """The REST ``Trades`` backfill of ``rtml_core.ingest.backfill`` (None if not installed)."""
+    """``KrakenRestClient.trades_between_ids`` of ``rtml_core.ingest.backfill`` (paced, retried)."""
     try:
         from rtml_core.ingest.backfill import KrakenRestClient
     except ImportError:
@@ -146,6 +147,7 @@ class KrakenSource(WebSocketSource):
         self.backfill_attempts = max(1, backfill_attempts)
         self.books: dict[str, OrderBook] = {s: OrderBook(depth) for s in self.symbols}
         self.last_trade_id: dict[str, int] = {}
+        self.last_trade_time_ns: dict[str, int] = {}
         self._wire = {s: to_exchange_symbol("kraken", s) for s in self.symbols}
         self._canonical: dict[str, str] = {w: s for s, w in self._wire.items()}
         self._has_snapshot: set[str] = set()
@@ -279,14 +281,16 @@ class KrakenSource(WebSocketSource):
                 self.metrics.duplicate_trades.labels(self.exchange, trade.symbol).inc()
                 continue
             if last is not None and trade.trade_id > last + 1:
-                out.extend(await self._fill_gap(trade.symbol, last + 1, trade.trade_id - 1))
+                since_ns = self.last_trade_time_ns[trade.symbol]
+                out.extend(await self._fill_gap(trade.symbol, last + 1, trade.trade_id - 1, since_ns))
             self.last_trade_id[trade.symbol] = trade.trade_id
+            self.last_trade_time_ns[trade.symbol] = trade.time_ns
             self.metrics.trades_in.labels(self.exchange, trade.symbol).inc()
             self.metrics.exchange_lag.labels(self.exchange).observe(max(0.0, (now_ns - trade.time_ns) / 1e9))
             out.append(trade)
         return out
 
-    async def _fill_gap(self, symbol: str, first_id: int, last_id: int) -> list[Trade]:
+    async def _fill_gap(self, symbol: str, first_id: int, last_id: int, since_ns: int) -> list[Trade]:
         """The trades with ids first_id..last_id from REST, in id order (as many as were found)."""
         missing = last_id - first_id + 1
         log.warning("trade_id_gap", exchange=self.exchange, symbol=symbol, first_id=first_id, last_id=last_id,
@@ -296,7 +300,8 @@ class KrakenSource(WebSocketSource):
             delays = self.reconnect_policy.delays()
             for attempt in range(1, self.backfill_attempts + 1):
                 try:
-                    fetched = await asyncio.to_thread(lambda: list(self.backfill(symbol, first_id, last_id)))
+                    fetched = await asyncio.to_thread(
+                        lambda: list(self.backfill(symbol, first_id, last_id, since_ns=since_ns)))
                     found = sorted({t.trade_id: t for t in fetched if first_id <= t.trade_id <= last_id}.values(),
                                    key=lambda t: t.trade_id)
                     break
