@@ -140,14 +140,16 @@ class RedisOnlineStore(OnlineStore):
         history: int = 100,
         *,
         clock_ns: Callable[[], int] = time.time_ns,
+        client: redis.Redis | None = None,
     ) -> None:
+        """``client`` (optional, ``decode_responses=True``) replaces the one built from ``url``."""
         if history < 1:
             raise InputError(f"online history length must be at least 1, got {history}")
         self.url = url
         self.history = history
         self.keys = RedisKeys(prefix)
         self._clock_ns = clock_ns
-        self._client = redis.Redis.from_url(url, decode_responses=True, **_client_options())
+        self._client = client or redis.Redis.from_url(url, decode_responses=True, **_client_options())
 
     # writes ---------------------------------------------------------------------------------
     def write_batch(self, rows: Sequence[FeatureRow], live: Sequence[LiveValues] = ()) -> None:

@@ -1,0 +1,427 @@
+"""One contract for every online store: embedded SQLite and real Redis (``online_url``).
+
+Plus the Redis key schema trading bots read directly, round trips per batch, and a subscription
+that lives through a real Redis restart (a throwaway ``redis-server`` of the test's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from rtml_core.errors import InputError
+from rtml_core.schemas import FeatureRow
+from rtml_core.stores.online import open_online_store
+from rtml_core.stores.online_base import LiveValues, OnlineStoreUnavailable, decode_row_json, encode_row_json
+from rtml_core.stores.online_redis import RedisOnlineStore
+from rtml_core.stores.online_sqlite import SqliteOnlineStore
+from tests.conftest import IN_CI
+
+T0 = 1_763_700_000_000_000_000  # 2025-11-21 04:40:00 UTC
+MINUTE = 60_000_000_000
+
+
+def make_row(k: int, *, exchange="kraken", symbol="BTC-USD", timeframe="1m", version="v1", values=None):
+    if values is None:
+        values = {"close": 100.0 + k, "rsi_14": 50.0 + k / 10, "macd": float("nan")}
+    return FeatureRow(exchange, symbol, timeframe, T0 + k * MINUTE, version, values)
+
+
+def same_float(a: float, b: float) -> bool:
+    """Bit-for-bit the same value (NaN equals NaN, -0.0 differs from 0.0)."""
+    return np.float64(a).tobytes() == np.float64(b).tobytes() or (math.isnan(a) and math.isnan(b))
+
+
+def assert_same_row(got: FeatureRow | None, want: FeatureRow) -> None:
+    assert got is not None
+    assert (got.exchange, got.symbol, got.timeframe, got.event_time_ns, got.feature_set_version) == (
+        want.exchange, want.symbol, want.timeframe, want.event_time_ns, want.feature_set_version)
+    assert list(got.values) == list(want.values) or set(got.values) == set(want.values)
+    for name, value in want.values.items():
+        assert same_float(got.values[name], float(value)), (name, got.values[name], value)
+
+
+@pytest.fixture
+def store(online_url):
+    url, prefix = online_url
+    opened = open_online_store(url, prefix=prefix, history=5)
+    yield opened
+    opened.close()
+
+
+# --- the contract ---------------------------------------------------------------------------
+
+def test_empty_store_reads_nothing(store):
+    assert store.ping()
+    assert store.read_latest("kraken", "BTC-USD", "1m") is None
+    assert store.read_history("kraken", "BTC-USD", "1m", 10) == []
+    assert store.read_live("kraken", "BTC-USD") is None
+
+
+def test_every_float_round_trips_bit_for_bit(store):
+    tricky = {
+        "nan": float("nan"), "inf": float("inf"), "minus_inf": float("-inf"), "minus_zero": -0.0,
+        "denormal": 5e-324, "huge": 1.7976931348623157e308, "tenth_sum": 0.1 + 0.2,
+        "numpy": np.float64(1) / 3, "negative": -123456.789012345678,
+    }
+    row = make_row(1, values=tricky)
+    store.write_rows([row])
+    assert_same_row(store.read_latest("kraken", "BTC-USD", "1m"), row)
+    (from_history,) = store.read_history("kraken", "BTC-USD", "1m", 5)
+    assert_same_row(from_history, row)
+
+
+def test_newest_event_time_stays_latest_when_an_older_row_comes_later(store):
+    newer, older = make_row(3), make_row(1)
+    store.write_rows([newer])
+    store.write_rows([older])
+    assert_same_row(store.read_latest("kraken", "BTC-USD", "1m"), newer)
+    assert [r.event_time_ns for r in store.read_history("kraken", "BTC-USD", "1m", 5)] == [
+        newer.event_time_ns, older.event_time_ns]
+
+
+def test_history_keeps_the_newest_n_newest_first_and_rewrites_are_idempotent(store):
+    store.write_rows([make_row(k) for k in range(4)])
+    store.write_rows([make_row(k) for k in range(4, 8)])
+    history = store.read_history("kraken", "BTC-USD", "1m", 100)
+    assert [r.event_time_ns for r in history] == [T0 + k * MINUTE for k in (7, 6, 5, 4, 3)]
+    assert [r.event_time_ns for r in store.read_history("kraken", "BTC-USD", "1m", 2)] == [T0 + 7 * MINUTE,
+                                                                                        T0 + 6 * MINUTE]
+    corrected = make_row(7, values={"close": 999.0, "rsi_14": 1.0, "macd": 2.0})
+    store.write_rows([corrected])  # the same event time again: replaces, never duplicates
+    store.write_rows([corrected])
+    history = store.read_history("kraken", "BTC-USD", "1m", 100)
+    assert len(history) == 5
+    assert_same_row(history[0], corrected)
+    assert_same_row(store.read_latest("kraken", "BTC-USD", "1m"), corrected)
+
+
+def test_a_new_feature_set_leaves_no_stale_features(store):
+    store.write_rows([make_row(1, values={"a": 1.0, "b": 2.0, "c": 3.0})])
+    replacement = make_row(2, version="v2", values={"a": 10.0, "d": 40.0})
+    store.write_rows([replacement])
+    latest = store.read_latest("kraken", "BTC-USD", "1m")
+    assert latest.values == {"a": 10.0, "d": 40.0}
+    assert latest.feature_set_version == "v2"
+
+
+def test_one_batch_of_many_markets_lands_each_row_in_its_place(store):
+    markets = [(e, s, tf) for e in ("kraken", "binance", "coinbase") for s in ("BTC-USD", "ETH-USD")
+               for tf in ("1m", "5m")]
+    rows = [make_row(k, exchange=e, symbol=s, timeframe=tf,
+                     values={"k": float(k), "market": float(i)})
+            for i, (e, s, tf) in enumerate(markets) for k in range(7)]
+    random.Random(4).shuffle(rows)
+    store.write_rows(rows)
+    for i, (e, s, tf) in enumerate(markets):
+        latest = store.read_latest(e, s, tf)
+        assert latest.event_time_ns == T0 + 6 * MINUTE and latest.values == {"k": 6.0, "market": float(i)}
+        assert [r.values["k"] for r in store.read_history(e, s, tf, 10)] == [6.0, 5.0, 4.0, 3.0, 2.0]
+
+
+def test_live_values_merge_per_market_and_the_latest_value_wins(store):
+    store.write_live("kraken", "BTC-USD", T0, {"spread_bps": 1.5, "microprice": 100.25})
+    store.write_live("kraken", "BTC-USD", T0 + 1000, {"spread_bps": 2.0, "book_imbalance": float("nan")})
+    store.write_live("kraken", "ETH-USD", T0 + 5, {"spread_bps": 9.0})
+    live = store.read_live("kraken", "BTC-USD")
+    assert live.time_ns == T0 + 1000
+    assert live.values["spread_bps"] == 2.0 and live.values["microprice"] == 100.25
+    assert math.isnan(live.values["book_imbalance"])
+    assert store.read_live("kraken", "ETH-USD").values == {"spread_bps": 9.0}
+
+
+def test_rows_and_live_values_write_together(store):
+    store.write_batch([make_row(1), make_row(2)], [LiveValues("kraken", "BTC-USD", T0, {"trade_count": 12.0})])
+    assert store.read_latest("kraken", "BTC-USD", "1m").event_time_ns == T0 + 2 * MINUTE
+    assert store.read_live("kraken", "BTC-USD").values == {"trade_count": 12.0}
+
+
+def test_reserved_names_are_refused_and_nothing_is_written(store):
+    with pytest.raises(InputError, match="reserved"):
+        store.write_rows([make_row(1), make_row(2, values={"event_time": 1.0})])
+    with pytest.raises(InputError, match="reserved"):
+        store.write_live("kraken", "BTC-USD", T0, {"written_at": 1.0})
+    assert store.read_latest("kraken", "BTC-USD", "1m") is None
+    assert store.read_live("kraken", "BTC-USD") is None
+
+
+async def test_subscribers_hear_each_new_row_in_order_and_nothing_older(store):
+    store.write_rows([make_row(5)])
+    rows = await store.subscribe("kraken", "BTC-USD", "1m")
+    try:
+        store.write_rows([make_row(3)])  # older than the latest at subscription: not news
+        store.write_rows([make_row(6), make_row(7)])
+        store.write_rows([make_row(8, values={"close": float("nan")})])
+        got = [await asyncio.wait_for(rows.__anext__(), 5) for _ in range(3)]
+    finally:
+        await rows.aclose()
+    assert [r.event_time_ns for r in got] == [T0 + 6 * MINUTE, T0 + 7 * MINUTE, T0 + 8 * MINUTE]
+    assert_same_row(got[2], make_row(8, values={"close": float("nan")}))
+
+
+async def test_a_subscription_works_as_async_for_and_context_manager(store):
+    async def first_two():
+        async with store.subscribe("kraken", "ETH-USD", "5m") as rows:
+            seen = []
+            async for row in rows:
+                seen.append(row.values["k"])
+                if len(seen) == 2:
+                    return seen
+
+    listener = asyncio.create_task(first_two())
+    await asyncio.sleep(0.2)  # let it subscribe
+    for k in range(2):
+        store.write_rows([make_row(k, symbol="ETH-USD", timeframe="5m", values={"k": float(k)})])
+        await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(listener, 5) == [0.0, 1.0]
+
+
+_READER = textwrap.dedent("""
+    import json, sys, time
+    from rtml_core.stores.online import open_online_store
+    url, prefix, last_k, features = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    store = open_online_store(url, prefix=prefix)
+    reads = torn = 0
+    deadline = time.monotonic() + 60
+    print("ready", flush=True)
+    while time.monotonic() < deadline:
+        row = store.read_latest("kraken", "BTC-USD", "1m")
+        if row is None:
+            continue
+        reads += 1
+        k = row.values["k"]
+        if (len(row.values) != features or any(v != k for v in row.values.values())
+                or row.event_time_ns != 1_763_700_000_000_000_000 + int(k) * 60_000_000_000):
+            torn += 1
+        if k == last_k:
+            break
+    print(json.dumps({"reads": reads, "torn": torn, "last": k}))
+""")
+
+
+def test_a_reader_in_another_process_never_sees_a_partial_row(store, online_url):
+    url, prefix = online_url
+    features, last_k = 300, 400
+    reader = subprocess.Popen([sys.executable, "-c", _READER, url, prefix, str(last_k), str(features)],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert reader.stdout.readline().strip() == "ready"
+    names = [f"f{i:03d}" for i in range(features - 1)]
+    for k in range(last_k + 1):
+        values = {"k": float(k), **{name: float(k) for name in names}}
+        store.write_rows([make_row(k, values=values)])
+    out, _ = reader.communicate(timeout=60)
+    result = json.loads(out)
+    assert result["last"] == last_k
+    assert result["reads"] > 10
+    assert result["torn"] == 0
+
+
+def test_an_unreachable_store_raises_a_named_error(tmp_path):
+    unreachable = RedisOnlineStore(f"redis://127.0.0.1:{free_port()}/0", prefix="rtmltest")
+    assert unreachable.ping() is False
+    with pytest.raises(OnlineStoreUnavailable, match="Redis at redis://127.0.0.1"):
+        unreachable.write_rows([make_row(1)])
+    with pytest.raises(OnlineStoreUnavailable):
+        unreachable.read_latest("kraken", "BTC-USD", "1m")
+    unreachable.close()
+
+    path = tmp_path / "online.sqlite"
+    locked = SqliteOnlineStore(path, busy_timeout_s=0.05)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(OnlineStoreUnavailable, match="locked"):
+            locked.write_rows([make_row(1)])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    locked.write_rows([make_row(1)])  # and it works once the lock is gone
+    assert locked.read_latest("kraken", "BTC-USD", "1m").event_time_ns == T0 + MINUTE
+    locked.close()
+
+
+def test_bad_urls_prefixes_and_names_are_refused(tmp_path):
+    with pytest.raises(InputError, match="redis://"):
+        open_online_store("mysql://localhost/x")
+    with pytest.raises(InputError, match="must name a file"):
+        open_online_store("sqlite:///:memory:")
+    with pytest.raises(InputError, match="braces"):
+        open_online_store("redis://127.0.0.1:6379/0", prefix="a{b}")
+    store = open_online_store(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    store.close()
+    redis_store = RedisOnlineStore("redis://127.0.0.1:1/0")
+    with pytest.raises(InputError, match="symbol"):
+        redis_store.keys.market("kraken", "BTC:USD", "1m")
+    redis_store.close()
+
+
+def test_row_json_is_plain_json_with_null_for_nan():
+    data = encode_row_json(make_row(2, values={"a": 1.5, "b": float("nan"), "c": float("-inf")}), written_at_ns=7)
+    plain = json.loads(data)
+    assert plain["values"] == {"a": 1.5, "b": None, "c": "-inf"}
+    assert plain["event_time"] == T0 + 2 * MINUTE and plain["event_time_iso"] == "2025-11-21T04:42:00Z"
+    assert plain["written_at"] == 7
+    assert_same_row(decode_row_json(data), make_row(2, values={"a": 1.5, "b": float("nan"), "c": float("-inf")}))
+
+
+# --- Redis: the key schema bots read, round trips, restarts ----------------------------------
+
+@pytest.mark.redis
+def test_redis_keys_are_the_documented_schema(redis_url, redis_prefix):
+    store = RedisOnlineStore(redis_url, redis_prefix, history=3, clock_ns=lambda: 42)
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)
+    channel = f"{redis_prefix}:updates:{{kraken:BTC-USD}}:1m"
+    pubsub.subscribe(channel)
+    store.write_rows([make_row(k) for k in range(4)])
+    store.write_live("kraken", "BTC-USD", T0 + 5, {"spread_bps": 1.25})
+
+    features = raw.hgetall(f"{redis_prefix}:features:{{kraken:BTC-USD}}:1m")
+    assert features == {"close": "103.0", "rsi_14": "50.3", "macd": "nan", "event_time": str(T0 + 3 * MINUTE),
+                        "event_time_iso": "2025-11-21T04:43:00Z", "feature_set_version": "v1",
+                        "written_at": "42"}
+    history_key = f"{redis_prefix}:history:{{kraken:BTC-USD}}:1m"
+    assert raw.zcard(history_key) == 3
+    newest, score = raw.zrevrange(history_key, 0, 0, withscores=True)[0]
+    assert score == (T0 + 3 * MINUTE) // 1_000_000
+    assert json.loads(newest)["values"] == {"close": 103.0, "rsi_14": 50.3, "macd": None}
+    live = raw.hgetall(f"{redis_prefix}:live:{{kraken:BTC-USD}}")
+    assert live == {"spread_bps": "1.25", "event_time": str(T0 + 5), "event_time_iso": "2025-11-21T04:40:00.000000005Z",
+                    "written_at": "42"}
+    published = []
+    deadline = time.monotonic() + 5
+    while len(published) < 4 and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.5)
+        if message:
+            published.append(json.loads(message["data"])["event_time"])
+    assert published == [T0 + k * MINUTE for k in range(4)]
+    # one market's keys share a Redis Cluster slot (the {exchange:symbol} hash tag)
+    from redis.crc import key_slot
+
+    slots = {key_slot(key.encode()) for key in (history_key, f"{redis_prefix}:live:{{kraken:BTC-USD}}",
+                                               f"{redis_prefix}:features:{{kraken:BTC-USD}}:5m")}
+    assert len(slots) == 1
+    pubsub.close()
+    raw.close()
+    store.close()
+
+
+class CountingConnection(redis.Connection):
+    """A real connection that counts the packets it sends (one per round trip)."""
+
+    sends = 0
+
+    def send_packed_command(self, command, check_health=True):
+        CountingConnection.sends += 1
+        return super().send_packed_command(command, check_health)
+
+
+@pytest.mark.redis
+def test_redis_writes_a_whole_batch_in_one_round_trip(redis_url, redis_prefix):
+    pool = redis.ConnectionPool.from_url(redis_url, decode_responses=True, connection_class=CountingConnection)
+    store = RedisOnlineStore(redis_url, redis_prefix, client=redis.Redis(connection_pool=pool))
+    store.ping()
+    store.write_rows([make_row(0)])  # loads the Lua script on a fresh server
+    rows = [make_row(k, symbol=f"C{i}-USD") for i in range(50) for k in range(20)]
+    live = [LiveValues("kraken", f"C{i}-USD", T0, {"spread_bps": float(i)}) for i in range(50)]
+    CountingConnection.sends = 0
+    store.write_batch(rows, live)
+    assert CountingConnection.sends == 1
+    assert store.read_latest("kraken", "C49-USD", "1m").event_time_ns == T0 + 19 * MINUTE
+    store.close()
+
+
+# --- a Redis server of the test's own, to kill and restart ----------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ThrowawayRedis:
+    """``redis-server`` on a free loopback port, no persistence: start, kill, start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        client.close()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def throwaway_redis_server(tmp_path: Path):
+    if shutil.which("redis-server") is None:
+        message = "redis-server binary not found"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: never a skip)")
+        pytest.skip(message)
+    server = ThrowawayRedis(tmp_path)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = throwaway_redis_server(tmp_path)
+    yield server
+    server.kill()
+
+
+async def test_a_redis_subscription_lives_through_a_restart_and_catches_up(own_redis):
+    store = RedisOnlineStore(own_redis.url, "rtml")
+    store.write_rows([make_row(0)])
+    rows = await store.subscribe("kraken", "BTC-USD", "1m")
+    try:
+        store.write_rows([make_row(1)])
+        assert (await asyncio.wait_for(rows.__anext__(), 5)).event_time_ns == T0 + MINUTE
+        own_redis.kill()
+        waiting = asyncio.create_task(rows.__anext__())
+        await asyncio.sleep(0.3)  # the subscriber notices and retries with backoff
+        own_redis.start()  # empty again (no persistence): script cache and data are gone
+        store.write_rows([make_row(2), make_row(3)])  # may land before the subscriber is back
+        got = [await asyncio.wait_for(waiting, 10)]
+        got.append(await asyncio.wait_for(rows.__anext__(), 5))
+        assert [r.event_time_ns for r in got] == [T0 + 2 * MINUTE, T0 + 3 * MINUTE]
+    finally:
+        await rows.aclose()
+        store.close()
