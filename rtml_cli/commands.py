@@ -5,3 +5,5 @@ from __future__ import annotations
 ALL: list = []
 from rtml_cli.candles import backfill, candles, import_history  # noqa: E402
 ALL.extend([candles, import_history, backfill])
+from rtml_cli.online import online  # noqa: E402
+ALL.append(online)
