@@ -583,7 +583,7 @@ def frame_times_ns(frame: pd.DataFrame) -> np.ndarray:
         raise InputError(f"'time' must be timezone-aware datetimes (UTC) or integer ns, not {time.dtype}")
     if time.isna().any():
         raise InputError(f"'time' is missing on row {int(np.flatnonzero(time.isna().to_numpy())[0])}")
-    return time.dt.tz_convert("UTC").dt.as_unit("ns").to_numpy().view(np.int64)
+    return pd.DatetimeIndex(time).as_unit("ns").asi8
 
 
 def _feature_rows(
