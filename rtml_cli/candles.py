@@ -65,7 +65,7 @@ def candles(input_path: Path, fmt: str, exchange: str | None, symbol: str | None
             preset: str | None, timeframe: str, output: Path, fill_gaps: bool) -> None:
     """Build exact candles from a trade file and write them as CSV (atomically)."""
     source = str(input_path)
-    if format_kind(fmt) != "trades":
+    if format_kind(fmt, source) != "trades":
         raise InputError(f"format {fmt!r} holds candles; rtml candles needs trades "
                          "(kraken-rest, binance-trades, ticks-csv)", source=source)
     timeframe_seconds(timeframe)
@@ -95,7 +95,7 @@ def import_history(input_path: Path, fmt: str, exchange: str | None, symbol: str
     Rows are written in batches, one transaction each; on bad input the command stops at
     the bad line, earlier batches stay stored (importing again changes nothing).
     """
-    kind = format_kind(fmt)
+    kind = format_kind(fmt, str(input_path))
     if timeframe is not None:
         timeframe_seconds(timeframe)
     options = dict(exchange=exchange, symbol=symbol, mapping=parse_mapping(mapping), preset=preset)

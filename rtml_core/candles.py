@@ -30,11 +30,13 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CSV_COLUMNS",
@@ -85,6 +87,8 @@ class CandleBuilder:
     ``add(trade)`` and ``advance(now_ns)`` return the candles they closed, oldest first;
     ``flush()`` closes every open window; ``peek()`` previews the newest open window.
     State is the open windows only (one, when trades arrive in time order).
+    ``allowed_lateness_ns=None`` keeps every window open until ``advance``/``flush``
+    (the batch mode: order-independent, nothing is ever late).
     """
 
     def __init__(
@@ -93,12 +97,12 @@ class CandleBuilder:
         symbol: str,
         timeframe: str,
         *,
-        allowed_lateness_ns: int = 0,
+        allowed_lateness_ns: int | None = 0,
         fill_gaps: bool = False,
         on_late: Callable[[Trade], None] | None = None,
         keep_late_trades: int = 10_000,
     ):
-        if allowed_lateness_ns < 0:
+        if allowed_lateness_ns is not None and allowed_lateness_ns < 0:
             raise ValueError("allowed_lateness_ns must be >= 0")
         self.exchange = exchange
         self.symbol = symbol
@@ -137,7 +141,7 @@ class CandleBuilder:
                 window = _Window(start, t, trade.trade_id, trade.price, trade.size)
                 self._windows[start] = window
                 self._current = window
-                return self._after_event(t)
+                return self._after_event(t) if self.allowed_lateness_ns is not None else []
             self._current = window
         price = trade.price
         tid = trade.trade_id
@@ -157,8 +161,11 @@ class CandleBuilder:
         window.volume = _add(window.volume, size)
         window.notional = _add(window.notional, _mul(price, size))
         window.count += 1
+        lateness = self.allowed_lateness_ns
+        if lateness is None:
+            return []
         watermark = self.watermark_ns
-        if watermark is not None and t - self.allowed_lateness_ns <= watermark:
+        if watermark is not None and t - lateness <= watermark:
             return []
         return self._after_event(t)
 
@@ -211,7 +218,7 @@ class CandleBuilder:
             self.on_late(trade)
 
     def _after_event(self, event_ns: int) -> list[Candle]:
-        watermark = event_ns - self.allowed_lateness_ns
+        watermark = event_ns - (self.allowed_lateness_ns or 0)
         if self.watermark_ns is not None and watermark <= self.watermark_ns:
             return []
         self.watermark_ns = watermark
@@ -304,7 +311,7 @@ def build_candles(
         exchange if exchange is not None else first.exchange,
         symbol if symbol is not None else first.symbol,
         timeframe,
-        allowed_lateness_ns=2**62,
+        allowed_lateness_ns=None,
     )
     builder.add(first)
     builder.add_many(iterator)
@@ -344,8 +351,10 @@ def _plain(value: Decimal | None) -> str:
     return "" if value is None else format(value, "f")
 
 
-def candles_to_frame(candles: Iterable[Candle]) -> pd.DataFrame:
+def candles_to_frame(candles: Iterable[Candle]) -> "pd.DataFrame":
     """Candles as a frame: ``time`` (datetime64[ns, UTC]) then float64 columns."""
+    import pandas as pd
+
     rows = list(candles)
     frame = pd.DataFrame(
         {

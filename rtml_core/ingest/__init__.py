@@ -27,32 +27,37 @@ __all__ = [
 ]
 
 
-def format_kind(fmt: str) -> str:
+def format_kind(fmt: str, source: str | None = None) -> str:
     """``'trades'`` or ``'candles'`` for a format name; InputError for an unknown one."""
     if fmt in TRADE_FORMATS:
         return "trades"
     if fmt in CANDLE_FORMATS:
         return "candles"
-    raise InputError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    raise InputError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})", source=source)
 
 
 def read_trades(path: str | Path, fmt: str, *, exchange: str | None = None, symbol: str | None = None,
-                mapping: dict[str, str] | None = None, preset: str | None = None) -> Iterator[Trade]:
-    """Trades from ``path`` in format ``fmt`` (one of ``TRADE_FORMATS``)."""
-    if format_kind(fmt) != "trades":
+                mapping: dict[str, str] | None = None, preset: str | None = None,
+                default_symbol: str | None = None) -> Iterator[Trade]:
+    """Trades from ``path`` in format ``fmt`` (one of ``TRADE_FORMATS``).
+
+    ``default_symbol`` serves a tick CSV that has no symbol column when none is given.
+    """
+    if format_kind(fmt, str(path)) != "trades":
         raise InputError(f"format {fmt!r} holds candles, not trades", source=str(path))
     if fmt == "kraken-rest":
         return read_kraken_trades(path, symbol=symbol)
     if fmt == "binance-trades":
         return read_binance_trades(path, symbol=symbol)
-    return read_tick_csv(path, exchange=exchange or "file", symbol=symbol, mapping=mapping, preset=preset)
+    return read_tick_csv(path, exchange=exchange or "file", symbol=symbol, mapping=mapping, preset=preset,
+                         default_symbol=default_symbol)
 
 
 def read_candles(path: str | Path, fmt: str, *, timeframe: str | None = None, exchange: str | None = None,
                  symbol: str | None = None, mapping: dict[str, str] | None = None,
                  preset: str | None = None) -> Iterator[Candle]:
     """Candles from ``path`` in format ``fmt`` (one of ``CANDLE_FORMATS``)."""
-    if format_kind(fmt) != "candles":
+    if format_kind(fmt, str(path)) != "candles":
         raise InputError(f"format {fmt!r} holds trades, not candles", source=str(path))
     if fmt == "kraken-ohlc":
         return read_kraken_ohlc(path, symbol=symbol, timeframe=timeframe)

@@ -21,6 +21,7 @@ from rtml_core.ingest.formats import canonical_timeframe, checked_symbol, epoch_
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
 
+_PRICES = ("open", "high", "low", "close")
 EXCHANGE = "binance"
 _TRUE = {"true": True, "True": True, "TRUE": True, "1": True,
          "false": False, "False": False, "FALSE": False, "0": False}
@@ -120,7 +121,7 @@ def parse_kline(cells, symbol: str, timeframe: str, tf_ns: int, source: str, lin
     if start % tf_ns:
         raise InputError(f"open_time {cells[0]} is not on a {timeframe} boundary", source=source, line=line)
     o, h, low, c, volume, quote = (
-        parse_decimal(str(cells[i]), name, source, line)
+        parse_decimal(str(cells[i]), name, source, line, positive=name in _PRICES)
         for i, name in ((1, "open"), (2, "high"), (3, "low"), (4, "close"), (5, "volume"), (7, "quote_volume"))
     )
     vwap = _divide(quote, volume) if volume else None

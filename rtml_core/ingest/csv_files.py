@@ -111,8 +111,12 @@ def _check_preset(preset: str | None) -> None:
 
 
 def read_tick_csv(path: str | Path, *, exchange: str = "file", symbol: str | None = None,
-                  mapping: dict[str, str] | None = None, preset: str | None = None) -> Iterator[Trade]:
-    """Trades from a tick CSV (``.csv`` or ``.csv.gz``), streamed row by row."""
+                  mapping: dict[str, str] | None = None, preset: str | None = None,
+                  default_symbol: str | None = None) -> Iterator[Trade]:
+    """Trades from a tick CSV (``.csv`` or ``.csv.gz``), streamed row by row.
+
+    The symbol is ``symbol`` if given, else the file's symbol column, else ``default_symbol``.
+    """
     _check_preset(preset)
     source = str(path)
     fixed_symbol = checked_symbol(symbol, source) if symbol else None
@@ -124,8 +128,10 @@ def read_tick_csv(path: str | Path, *, exchange: str = "file", symbol: str | Non
         i_time, i_price, i_size = cols["time"], cols["price"], cols["size"]
         i_id, i_side, i_symbol = cols.get("trade_id"), cols.get("side"), cols.get("symbol")
         if fixed_symbol is None and i_symbol is None:
-            raise InputError("no symbol: pass --symbol BASE-QUOTE (the file has no symbol column)",
-                             source=source)
+            if default_symbol is None:
+                raise InputError("no symbol: pass --symbol BASE-QUOTE (the file has no symbol column)",
+                                 source=source)
+            fixed_symbol = default_symbol
         parse_time = TimeParser()
         symbols: dict[str, str] = {}
         prices: dict[str, Decimal] = {}  # tick files repeat few distinct prices and sizes
@@ -237,7 +243,8 @@ def read_candle_csv(path: str | Path, *, timeframe: str, exchange: str = "file",
             if start % tf_ns:
                 raise InputError(f"time {cells[cols['time']]!r} is not on a {timeframe} boundary",
                                  source=source, line=line)
-            o, h, low, c = (parse_decimal(cells[cols[f]], f, source, line) for f in ("open", "high", "low", "close"))
+            o, h, low, c = (parse_decimal(cells[cols[f]], f, source, line, positive=True)
+                            for f in ("open", "high", "low", "close"))
             volume = parse_decimal(cells[i_volume], "volume", source, line)
             vwap = parse_decimal(cells[cols["vwap"]], "vwap", source, line) if "vwap" in cols else None
             count = 0

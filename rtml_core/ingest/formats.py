@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import IO
 
 from rtml_core.errors import InputError
-from rtml_core.schemas import Side
 from rtml_core.symbols import normalize_symbol
 
 NS_PER_S = 1_000_000_000
@@ -85,6 +84,7 @@ def canonical_timeframe(seconds: int) -> str:
     return f"{seconds}s"
 
 
+_DIGITS = re.compile(r"\d+")
 _CDD_HOUR = re.compile(r"^(\d{4}-\d{2}-\d{2}) (\d{1,2})-(AM|PM)$")
 
 
@@ -92,20 +92,27 @@ class TimeParser:
     """Text -> int ns: ISO 8601 (``2013-09-01 17:00:00.083``, ``...T...Z``), epoch numbers in
     s/ms/µs/ns, and CryptoDataDownload's ``2019-10-17 09-AM``. Naive times are UTC.
 
-    Parsing is cached per whole second, so a tick file pays for ``datetime`` once a second.
+    Parsing is cached per minute, so a tick file pays for ``datetime`` once a minute.
     """
 
     def __init__(self) -> None:
-        self._seconds: dict[str, int] = {}
+        self._minutes: dict[str, int] = {}
         self._last_text = ""
         self._last_ns = 0
 
     def __call__(self, text: str) -> int:
         if text == self._last_text:  # tick files repeat a timestamp for a burst of trades
             return self._last_ns
-        seconds = self._seconds.get(text[:19])
-        if seconds is not None and len(text) > 20 and text[19] == "." and text[20:].isdigit():
-            ns = seconds * NS_PER_S + int((text[20:] + "000000000")[:9])
+        minute = self._minutes.get(text[:16])
+        seconds = text[17:19]
+        if minute is not None and text[16:17] == ":" and seconds.isdigit():
+            rest = text[19:]
+            if not rest:
+                ns = (minute + int(seconds)) * NS_PER_S
+            elif rest[0] == "." and rest[1:].isdigit():
+                ns = (minute + int(seconds)) * NS_PER_S + int((rest[1:] + "000000000")[:9])
+            else:
+                ns = self._parse(text.strip())
         else:
             ns = self._parse(text.strip())
         self._last_text = text
@@ -115,7 +122,6 @@ class TimeParser:
     def _parse(self, text: str) -> int:
         if not text:
             raise ValueError("empty time")
-        head = text[:19]
         if text[0].isdigit() and (text.isdigit() or _is_plain_number(text)):
             if "." in text:
                 return epoch_to_ns_decimal(text)
@@ -133,13 +139,13 @@ class TimeParser:
         frac_ns = moment.microsecond * 1000
         dot = text.find(".", 17)
         if dot != -1:  # keep sub-microsecond digits datetime would drop
-            digits = re.match(r"\d+", text[dot + 1:])
+            digits = _DIGITS.match(text, dot + 1)
             if digits:
                 frac_ns = int((digits.group(0) + "000000000")[:9])
-        if len(self._seconds) > 200_000:
-            self._seconds.clear()
-        if len(text) >= 19 and text[10] in " T" and moment.utcoffset() == UTC.utcoffset(None):
-            self._seconds[head] = whole
+        if len(text) >= 16 and text[10] in " T" and text[13] == ":" and not moment.utcoffset():
+            if len(self._minutes) > 100_000:
+                self._minutes.clear()
+            self._minutes[text[:16]] = whole - whole % 60
         return whole * NS_PER_S + frac_ns
 
 
@@ -154,24 +160,6 @@ def epoch_to_ns_decimal(text: str) -> int:
     ns = epoch_to_ns(int(whole))
     unit = ns // int(whole) if int(whole) else NS_PER_S
     return ns + int(Decimal("0." + frac) * unit)
-
-
-class TickRule:
-    """The tick rule for files without a side: up-tick buy, down-tick sell, else as before."""
-
-    def __init__(self) -> None:
-        self._last_price: Decimal | None = None
-        self._last_side: Side = "unknown"
-
-    def __call__(self, price: Decimal) -> Side:
-        last = self._last_price
-        if last is not None:
-            if price > last:
-                self._last_side = "buy"
-            elif price < last:
-                self._last_side = "sell"
-        self._last_price = price
-        return self._last_side
 
 
 def parse_mapping(text: str | None) -> dict[str, str]:

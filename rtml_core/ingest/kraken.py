@@ -22,6 +22,7 @@ from rtml_core.ingest.formats import NS_PER_S, canonical_timeframe, checked_symb
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
 
+_PRICES = ("open", "high", "low", "close")
 EXCHANGE = "kraken"
 _SIDES = {"b": "buy", "s": "sell"}
 
@@ -183,7 +184,7 @@ def _ohlc_candle(row: list, symbol: str, timeframe: str, tf: int, source: str) -
     if start % tf:
         raise InputError(f"time {row[0]} is not on a {timeframe} boundary", source=source)
     o, h, low, c, vwap, volume = (
-        parse_decimal(str(v), name, source, None)
+        parse_decimal(str(v), name, source, None, positive=name in _PRICES)
         for v, name in zip(row[1:7], ("open", "high", "low", "close", "vwap", "volume"))
     )
     count = row[7]
