@@ -54,11 +54,12 @@ def row_text(document: dict) -> str:
         f"feature set {document['feature_set_version']}",
         f"event time  {document['event_time']}  (age {document['age_s']:.3f} s)",
     ]
-    width = max([len(name) for name in document["values"]] + [8])
+    live = document.get("live", {}).get("values", {})
+    width = max([len(name) for name in [*document["values"], *live]] + [8])
     lines += [f"  {name:<{width}}  {_text(value)}" for name, value in document["values"].items()]
     if "live" in document:
         lines.append(f"live values at {document['live']['event_time']}")
-        lines += [f"  {name:<{width}}  {_text(value)}" for name, value in document["live"]["values"].items()]
+        lines += [f"  {name:<{width}}  {_text(value)}" for name, value in live.items()]
     return "\n".join(lines)
 
 

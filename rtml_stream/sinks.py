@@ -55,6 +55,7 @@ class Backoff:
 class SinkStats:
     """Counters a sink exposes (the sidecar copies them into Prometheus metrics)."""
 
+    writes: int = 0  # batches written (one round trip each for the online store)
     written: int = 0  # items (rows, live values, candles) written
     dropped: int = 0  # items dropped from a full buffer
     write_errors: int = 0  # failed store writes (each retried)
@@ -133,6 +134,7 @@ class _RetryingSink:
             log.info("store_recovered", sink=self.name, after_failures=self.stats.consecutive_failures,
                      pending=self.pending)
         self.stats.consecutive_failures = 0
+        self.stats.writes += 1
         self.stats.last_success_at = now
         self._retry_at = float("-inf")
 
@@ -301,9 +303,10 @@ class OnlineSink(_RetryingSink):
     def _take(self, now: float):
         if now < self._retry_at:
             return None
-        take_live = self._live and self._live_due_at is not None and now >= self._live_due_at
-        if not self._rows and not take_live:
+        live_due = self._live_due_at is not None and now >= self._live_due_at
+        if not self._rows and not live_due:
             return None
+        take_live = bool(self._live) and (live_due or bool(self._rows))  # rows carry live values for free
         rows = [self._rows.popleft() for _ in range(min(self.max_batch, len(self._rows)))]
         live: list[LiveValues] = []
         if take_live:
