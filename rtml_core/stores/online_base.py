@@ -11,6 +11,7 @@ backends store as history and Redis publishes, and ``Subscription``, the async i
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,7 @@ _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder(_WireRow)
 
 
+@functools.lru_cache(maxsize=4096)  # many markets share each candle close time
 def iso_from_ns(time_ns: int) -> str:
     """``2026-11-21T14:55:00Z`` (with ``.fffffffff`` only when the time has a fraction)."""
     seconds, fraction = divmod(time_ns, 1_000_000_000)
@@ -85,18 +87,26 @@ def check_row(row: FeatureRow) -> None:
 
 def encode_row_json(row: FeatureRow, written_at_ns: int) -> bytes:
     """The compact JSON of a row, as kept in history and published on each update."""
-    return _json_encoder.encode(
-        _WireRow(
-            exchange=row.exchange,
-            symbol=row.symbol,
-            timeframe=row.timeframe,
-            event_time=row.event_time_ns,
-            event_time_iso=iso_from_ns(row.event_time_ns),
-            feature_set_version=row.feature_set_version,
-            written_at=written_at_ns,
-            values={name: _json_value(value) for name, value in row.values.items()},
-        )
+    values = row.values
+    plain = values.values()
+    if math.inf in plain or -math.inf in plain:
+        values = {name: _json_value(value) for name, value in values.items()}
+    wire = _WireRow(
+        exchange=row.exchange,
+        symbol=row.symbol,
+        timeframe=row.timeframe,
+        event_time=row.event_time_ns,
+        event_time_iso=iso_from_ns(row.event_time_ns),
+        feature_set_version=row.feature_set_version,
+        written_at=written_at_ns,
+        values=values,  # msgspec writes NaN as null
     )
+    try:
+        return _json_encoder.encode(wire)
+    except TypeError:  # numpy scalars or other float-likes: convert one by one
+        return _json_encoder.encode(
+            msgspec.structs.replace(wire, values={name: _json_value(v) for name, v in row.values.items()})
+        )
 
 
 def decode_row_json(data: bytes | str) -> FeatureRow:
