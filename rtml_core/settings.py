@@ -24,6 +24,9 @@ class Settings(BaseSettings):
         description="redis://host:port/db for Redis; default an embedded SQLite file under RTML_HOME.",
     )
     online_prefix: str = Field(default="rtml", description="Key prefix of every online-store key.")
+    online_history: int = Field(
+        default=100, ge=1, description="Newest feature rows kept per market and timeframe in the online store."
+    )
     artifacts_dir: Path | None = Field(
         default=None, description="Model artifact directory; default RTML_HOME/artifacts."
     )

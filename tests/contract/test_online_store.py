@@ -425,3 +425,48 @@ async def test_a_redis_subscription_lives_through_a_restart_and_catches_up(own_r
     finally:
         await rows.aclose()
         store.close()
+
+
+# --- rtml online get ---------------------------------------------------------------------------
+
+def test_rtml_online_get_prints_the_latest_row_with_event_time_and_age(store, online_url):
+    from click.testing import CliRunner
+
+    from rtml_cli.main import cli
+
+    url, prefix = online_url
+    env = {"RTML_ONLINE_URL": url, "RTML_ONLINE_PREFIX": prefix}
+    store.write_rows([make_row(1), make_row(2)])
+    store.write_live("kraken", "BTC-USD", T0, {"spread_bps": 1.5})
+    runner = CliRunner()
+    args = ["online", "get", "--exchange", "kraken", "--symbol", "BTC/USD", "--timeframe", "1m"]
+
+    text = runner.invoke(cli, args + ["--live"], env=env)
+    assert text.exit_code == 0, text.output
+    assert "kraken BTC-USD 1m  feature set v1" in text.output
+    assert "event time  2025-11-21T04:42:00Z  (age " in text.output
+    assert "rsi_14" in text.output and "macd" in text.output and "spread_bps" in text.output
+
+    as_json = runner.invoke(cli, args + ["--json"], env=env)
+    document = json.loads(as_json.output)
+    assert document["event_time"] == "2025-11-21T04:42:00Z" and document["event_time_ns"] == T0 + 2 * MINUTE
+    assert document["values"] == {"close": 102.0, "rsi_14": 50.2, "macd": None}
+    assert document["age_s"] == pytest.approx((time.time_ns() - (T0 + 2 * MINUTE)) / 1e9, abs=60)
+
+    missing = runner.invoke(cli, ["online", "get", "--exchange", "kraken", "--symbol", "ETH-USD",
+                                  "--timeframe", "1m"], env=env)
+    assert missing.exit_code == 1 and "no online feature row for kraken ETH-USD 1m" in missing.output
+
+    bad = runner.invoke(cli, args[:-1] + ["5min"], env=env)
+    assert bad.exit_code == 2 and "timeframe '5min'" in bad.output
+
+
+def test_rtml_online_get_names_an_unreachable_store():
+    from click.testing import CliRunner
+
+    from rtml_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["online", "get", "--exchange", "kraken", "--symbol", "BTC-USD",
+                                      "--timeframe", "1m"],
+                                env={"RTML_ONLINE_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert result.exit_code == 2 and "error: Redis at redis://127.0.0.1" in result.output
