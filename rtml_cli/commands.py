@@ -7,3 +7,5 @@ from rtml_cli.candles import backfill, candles, import_history  # noqa: E402
 ALL.extend([candles, import_history, backfill])
 from rtml_cli.online import online  # noqa: E402
 ALL.append(online)
+from rtml_cli.models import models  # noqa: E402
+ALL.append(models)
