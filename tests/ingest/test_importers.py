@@ -6,6 +6,7 @@ import gzip
 import itertools
 import json
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +174,13 @@ def test_kraken_reply_json_is_read_with_exact_time():
     assert reply["result"]["last"] == "1762820035982277754"
     with pytest.raises(InputError):
         list(read_candles(KRAKEN_TRADES, "kraken-rest"))
+
+
+def test_bundled_demo_data_is_the_shared_real_data():
+    bundled = Path(__file__).resolve().parents[2] / "data"
+    assert (bundled / "kraken_xbtusdt_trades_rest.json").read_bytes() == KRAKEN_TRADES.read_bytes()
+    assert (bundled / "es_futures_ticks_2013-09.csv.gz").read_bytes() == ES_TICKS.read_bytes()
+    assert gzip.decompress((bundled / "btc_usd_30m_2017-2019.csv.gz").read_bytes()) == BTC_30M.read_bytes()
+    candles = list(read_candles(bundled / "btc_usd_30m_2017-2019.csv.gz", "candles-csv", timeframe="30m",
+                                symbol="BTC-USD"))
+    assert candles == list(read_candles(BTC_30M, "candles-csv", timeframe="30m", symbol="BTC-USD"))
