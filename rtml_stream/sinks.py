@@ -122,6 +122,21 @@ class _RetryingSink:
         """False from a failed write until the next successful one."""
         return self.stats.consecutive_failures == 0
 
+    def status(self) -> dict:
+        """Health and counters, for a health endpoint or metrics (times on the sink's clock)."""
+        return {
+            "healthy": self.healthy,
+            "pending": self.pending,
+            "writes": self.stats.writes,
+            "written": dict(self.stats.written_by_kind),
+            "dropped": dict(self.stats.dropped_by_kind),
+            "write_errors": self.stats.write_errors,
+            "consecutive_failures": self.stats.consecutive_failures,
+            "last_error": self.stats.last_error,
+            "seconds_since_success": None if self.stats.last_success_at is None
+            else round(self.clock() - self.stats.last_success_at, 3),
+        }
+
     def _due_time(self, earliest: float | None) -> float | None:
         return None if earliest is None else max(earliest, self._retry_at)
 
@@ -229,6 +244,12 @@ class _RetryingSink:
         """Make everything buffered due now (shutdown)."""
 
 
+@dataclass(slots=True)
+class _LiveEntry:
+    time_ns: int
+    values: dict[str, float]
+
+
 class OnlineSink(_RetryingSink):
     """Feature rows at once, live values coalesced, one ``write_batch`` round trip per flush.
 
@@ -254,7 +275,7 @@ class OnlineSink(_RetryingSink):
         self.coalesce_s = coalesce_ms / 1000.0
         self.on_rows_written = on_rows_written
         self._rows: deque[FeatureRow] = deque()
-        self._live: dict[tuple[str, str], LiveValues] = {}
+        self._live: dict[tuple[str, str], _LiveEntry] = {}
         self._live_due_at: float | None = None
 
     @property
@@ -277,23 +298,21 @@ class OnlineSink(_RetryingSink):
             self._notify()
 
     def add_live(self, exchange: str, symbol: str, time_ns: int, values: Mapping[str, float]) -> None:
-        """Merge live values of a market; written at most every ``coalesce_ms``."""
-        clash = RESERVED_FIELDS.intersection(values)
-        if clash:
-            raise InputError(f"live value name(s) {sorted(clash)} are reserved in the online store")
-        key = (exchange, symbol)
-        before = self._live.get(key)
-        if before is None:
-            merged = dict(values)
+        """Merge live values of a market (cheap: a dict update); written at most every ``coalesce_ms``."""
+        if not RESERVED_FIELDS.isdisjoint(values):
+            clash = sorted(RESERVED_FIELDS.intersection(values))
+            raise InputError(f"live value name(s) {clash} are reserved in the online store")
+        entry = self._live.get((exchange, symbol))
+        if entry is None:
+            self._live[(exchange, symbol)] = _LiveEntry(time_ns, dict(values))
+            self._enforce_bound()
         else:
-            merged = {**before.values, **values}
-            time_ns = max(time_ns, before.time_ns)
-        self._live[key] = LiveValues(exchange, symbol, time_ns, merged)
-        if self._live_due_at is None:
+            entry.values.update(values)
+            if time_ns > entry.time_ns:
+                entry.time_ns = time_ns
+        if self._live_due_at is None and self._live:
             self._live_due_at = self.clock() + self.coalesce_s
             self._notify()
-        if before is None:
-            self._enforce_bound()
 
     def next_due(self) -> float | None:
         if self._rows:
@@ -310,8 +329,9 @@ class OnlineSink(_RetryingSink):
         rows = [self._rows.popleft() for _ in range(min(self.max_batch, len(self._rows)))]
         live: list[LiveValues] = []
         if take_live:
-            live = list(self._live.values())
-            self._live.clear()
+            live = [LiveValues(exchange, symbol, entry.time_ns, entry.values)
+                    for (exchange, symbol), entry in self._live.items()]
+            self._live = {}
             self._live_due_at = None
         return rows, live
 
@@ -338,10 +358,10 @@ class OnlineSink(_RetryingSink):
             key = (values.exchange, values.symbol)
             newer = self._live.get(key)
             if newer is None:
-                self._live[key] = values
+                self._live[key] = _LiveEntry(values.time_ns, values.values)
             else:
-                self._live[key] = LiveValues(values.exchange, values.symbol, max(values.time_ns, newer.time_ns),
-                                             {**values.values, **newer.values})
+                newer.values = {**values.values, **newer.values}
+                newer.time_ns = max(values.time_ns, newer.time_ns)
         if self._live and self._live_due_at is None:
             self._live_due_at = self.clock()
 

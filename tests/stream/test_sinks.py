@@ -157,6 +157,8 @@ def test_redis_down_keeps_consuming_buffers_bounded_and_catches_up_whole(own_red
         sink.flush_sync()
         clock.advance(0.5)
     assert not sink.healthy and sink.stats.write_errors >= 5
+    status = sink.status()
+    assert status["healthy"] is False and status["pending"] == 50 and "Connection refused" in status["last_error"]
     assert sink.pending == 50 and sink.stats.dropped_by_kind["rows"] == 30  # 31..80 kept (+ live dropped)
     assert sink.stats.dropped_by_kind["live"] >= 1
 
@@ -164,6 +166,7 @@ def test_redis_down_keeps_consuming_buffers_bounded_and_catches_up_whole(own_red
     clock.advance(5.0)  # past any backoff
     assert sink.flush_sync()
     assert sink.healthy and sink.pending == 0
+    assert sink.status()["seconds_since_success"] == 0 and sink.status()["written"]["rows"] == 51
     latest = store.read_latest("kraken", "BTC-USD", "1m")
     assert latest.event_time_ns == T0 + 80 * MINUTE and whole([latest])
     history = store.read_history("kraken", "BTC-USD", "1m", 100)
