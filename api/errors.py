@@ -13,7 +13,7 @@ from api.schemas import ErrorBody
 log = logging.getLogger(__name__)
 
 _KIND_BY_STATUS = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
     429: "rate_limited", 503: "unavailable",
 }
