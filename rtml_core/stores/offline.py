@@ -178,6 +178,7 @@ class SqlOfflineStore(OfflineStore):
             finally:
                 cursor.close()
         stage = q("_rtml_stage")
+        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")  # sort the batch in memory
         conn.exec_driver_sql(
             f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
             f"SELECT 0::bigint AS _seq, {column_list} FROM {q(table)} WITH NO DATA"

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -57,11 +58,29 @@ def real_candles(limit: int = 200) -> list[Candle]:
     return candles
 
 
-@pytest.fixture
-def store(offline_url: str) -> SqlOfflineStore:
-    opened = open_offline_store(offline_url)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path) -> SqlOfflineStore:
+    """A fresh store: a SQLite file, or a schema of its own in the session's PostgreSQL database.
+
+    (A schema per test is as isolated as ``offline_url``'s database per test and much
+    quicker to make; the crash and migration tests below use ``offline_url`` itself.)
+    """
+    if request.param == "sqlite":
+        opened = open_offline_store(f"sqlite:///{tmp_path / 'offline.sqlite'}")
+        yield opened
+        opened.close()
+        return
+    database = sa.make_url(request.getfixturevalue("postgres_url"))
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    opened = open_offline_store(database.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False))
     yield opened
     opened.close()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    admin.dispose()
 
 
 def with_(trade: Trade, **changes) -> Trade:
