@@ -9,3 +9,5 @@ from rtml_cli.online import online  # noqa: E402
 ALL.append(online)
 from rtml_cli.models import models  # noqa: E402
 ALL.append(models)
+from rtml_cli.serve import serve  # noqa: E402
+ALL.append(serve)
