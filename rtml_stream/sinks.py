@@ -349,7 +349,10 @@ class OnlineSink(_RetryingSink):
         self.stats.count_written("rows", len(rows))
         self.stats.count_written("live", len(live))
         if rows and self.on_rows_written is not None:
-            self.on_rows_written(rows, now)
+            try:
+                self.on_rows_written(rows, now)
+            except Exception as error:  # noqa: BLE001 - a metrics hook must not stop the sink
+                log.error("on_rows_written_failed", error=repr(error))
 
     def _requeue(self, batch) -> None:
         rows, live = batch
@@ -394,6 +397,8 @@ class OfflineLogSink(_RetryingSink):
     A batch is due when ``batch_size`` items are buffered or the oldest has waited
     ``flush_interval_s``. Feature rows are grouped per (exchange, symbol, timeframe, version)
     into one frame each; a version is registered once (``feature_specs[version]`` is its spec).
+    ``offline_store`` may be a zero-argument factory (``lambda: open_offline_store(url)``): the
+    sidecar then starts even while PostgreSQL is down, and the store is opened on a retry.
     Past ``max_buffer``, feature rows are dropped before candles (rows can be recomputed from
     candles by the batch engine), oldest first.
     """
@@ -415,7 +420,10 @@ class OfflineLogSink(_RetryingSink):
         super().__init__(max_buffer=max_buffer, max_batch=max_batch, clock=clock, backoff=backoff)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self.store = offline_store
+        if callable(offline_store):  # a factory: opened on the first write, retried until it opens
+            self.store, self._open_store = None, offline_store
+        else:
+            self.store, self._open_store = offline_store, None
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.feature_specs = dict(feature_specs or {})
@@ -467,6 +475,8 @@ class OfflineLogSink(_RetryingSink):
 
     def _write(self, batch: _OfflineBatch) -> None:
         """Write candles, then one frame per feature group; what succeeded leaves ``batch``."""
+        if self.store is None:
+            self.store = self._open_store()
         if batch.candles:
             try:
                 self.store.write_candles(batch.candles)

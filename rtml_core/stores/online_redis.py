@@ -166,6 +166,9 @@ class RedisOnlineStore(OnlineStore):
         commands: list[tuple] = []
         for market, market_rows in by_market.items():
             market_rows.sort(key=lambda r: r.event_time_ns)
+            if len(market_rows) > 1:  # the same event time twice in one batch: the later one wins
+                market_rows = [row for row, after in zip(market_rows, market_rows[1:])
+                               if row.event_time_ns != after.event_time_ns] + [market_rows[-1]]
             latest_key, history_key, channel = self.keys.market(*market)
             args: list = [channel, self.history, len(market_rows)]
             for row in market_rows:
@@ -264,8 +267,12 @@ class RedisSubscription(Subscription):
         self._pubsub = self._client = None
 
     async def _open(self) -> int | None:
-        await self._connect()
-        latest = await self._client.hget(self._latest_key, "event_time")
+        try:
+            await self._connect()
+            latest = await self._client.hget(self._latest_key, "event_time")
+        except _UNAVAILABLE as error:
+            await self._disconnect()
+            raise OnlineStoreUnavailable(f"Redis at {_safe_url(self._url)} is unavailable: {error}") from error
         return None if latest is None else int(latest)
 
     async def _catch_up(self) -> None:

@@ -470,3 +470,38 @@ def test_rtml_online_get_names_an_unreachable_store():
                                       "--timeframe", "1m"],
                                 env={"RTML_ONLINE_URL": f"redis://127.0.0.1:{free_port()}/0"})
     assert result.exit_code == 2 and "error: Redis at redis://127.0.0.1" in result.output
+
+
+# --- properties: any float and any feature name survive every path -----------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from rtml_core.stores.online_base import RESERVED_FIELDS, row_from_hash_fields, row_hash_fields  # noqa: E402
+
+feature_names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(
+    lambda name: name not in RESERVED_FIELDS)
+feature_values = st.dictionaries(feature_names, st.floats(allow_nan=True, allow_infinity=True), max_size=12)
+
+
+@given(values=feature_values, k=st.integers(0, 10**6))
+def test_row_json_and_hash_fields_round_trip_any_values(values, k):
+    row = make_row(k, values=values)
+    assert_same_row(decode_row_json(encode_row_json(row, written_at_ns=1)), row)
+    assert_same_row(row_from_hash_fields("kraken", "BTC-USD", "1m", row_hash_fields(row, 1)), row)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=feature_values)
+def test_every_store_round_trips_any_values(store, values):
+    row = make_row(1, values=values)
+    store.write_rows([row])
+    assert_same_row(store.read_latest("kraken", "BTC-USD", "1m"), row)
+    assert_same_row(store.read_history("kraken", "BTC-USD", "1m", 1)[0], row)
+
+
+def test_the_same_event_time_twice_in_one_batch_keeps_the_later_row(store):
+    first, second = make_row(1, values={"a": 1.0}), make_row(1, values={"a": 2.0})
+    store.write_rows([first, second])
+    assert store.read_latest("kraken", "BTC-USD", "1m").values == {"a": 2.0}
+    assert [r.values for r in store.read_history("kraken", "BTC-USD", "1m", 5)] == [{"a": 2.0}]

@@ -361,3 +361,25 @@ def test_postgres_down_keeps_the_offline_log_buffered_and_catches_up(postgres_ur
     assert [t.value for t in features["time"]] == [T0 + k * MINUTE for k in [0, *range(11, 21)]]
     store.close()
     proxy.cut()
+
+
+@pytest.mark.postgres
+def test_the_offline_log_starts_while_postgres_is_down_and_opens_it_later(postgres_url):
+    proxy = CuttableProxy(("127.0.0.1", sa.make_url(postgres_url).port or 5432))  # not listening yet
+    url = sa.make_url(postgres_url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    symbol = f"T{random.randrange(10**6)}-USD"
+    clock = TestClock()
+    sink = OfflineLogSink(lambda: open_offline_store(url), batch_size=2, clock=clock,
+                          backoff=Backoff(0.05, 1.0, random.Random(5)))
+    sink.add_candles([candle(0, symbol)])
+    sink.add_rows([row(0, symbol)])
+    assert not sink.flush_sync() and not sink.healthy and sink.pending == 2
+    assert "OperationalError" in sink.stats.last_error
+
+    proxy.start()
+    clock.advance(2.0)
+    assert sink.flush_sync() and sink.healthy and sink.pending == 0
+    assert len(sink.store.read_candles("kraken", symbol, "1m")) == 1
+    assert len(sink.store.read_features("kraken", symbol, "1m", "v1")) == 1
+    sink.store.close()
+    proxy.cut()
