@@ -104,10 +104,24 @@ def import_history(input_path: Path, fmt: str, exchange: str | None, symbol: str
     else:
         rows = read_candles(input_path, fmt, timeframe=timeframe, **options)
     started = time.perf_counter()
-    written = _store_batches(rows, kind, batch_size)
+    counted = _Counted(rows)
+    written = _store_batches(counted, kind, batch_size)
     seconds = time.perf_counter() - started
-    click.echo(f"imported {written} {kind} from {input_path} in {seconds:.2f} s "
-               f"({written / seconds if seconds else 0:,.0f} rows/s)")
+    click.echo(f"imported {counted.n} {kind} from {input_path}: {written} new or changed, in {seconds:.2f} s "
+               f"({counted.n / seconds if seconds else 0:,.0f} rows/s)")
+
+
+class _Counted:
+    """An iterable that counts what passed through it."""
+
+    def __init__(self, items: Iterable):
+        self._items = items
+        self.n = 0
+
+    def __iter__(self) -> Iterator:
+        for item in self._items:
+            self.n += 1
+            yield item
 
 
 @click.group("backfill")

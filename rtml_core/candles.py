@@ -46,6 +46,7 @@ __all__ = [
     "candles_to_frame",
     "fill_gaps",
     "format_time",
+    "iter_closed",
     "write_candles_csv",
 ]
 

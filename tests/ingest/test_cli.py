@@ -51,9 +51,9 @@ def test_import_trades_is_idempotent_and_exact(tmp_path, offline_url):
     env = {"RTML_OFFLINE_URL": offline_url}
     result = _run(["import", KRAKEN_TRADES, "--format", "kraken-rest"], env)
     assert result.exit_code == 0, result.stderr
-    assert result.output.startswith("imported 1000 trades")
+    assert result.output.startswith(f"imported 1000 trades from {KRAKEN_TRADES}: 1000 new or changed")
     again = _run(["import", KRAKEN_TRADES, "--format", "kraken-rest"], env)
-    assert again.exit_code == 0 and again.output.startswith("imported 0 trades")
+    assert again.exit_code == 0 and again.output.startswith(f"imported 1000 trades from {KRAKEN_TRADES}: 0 new or changed")
     store = open_offline_store(offline_url)
     try:
         frame = store.read_trades("kraken", "BTC-USDT", exact=True)
@@ -74,12 +74,12 @@ def test_import_candles_from_csv_and_kraken_ohlc(tmp_path, offline_url):
     result = _run(["import", small, "--format", "candles-csv", "--timeframe", "30m", "--symbol", "BTC-USD",
                    "--exchange", "poloniex", "--batch-size", "120"], env)
     assert result.exit_code == 0, result.stderr
-    assert result.output.startswith("imported 300 candles")
+    assert result.output.startswith(f"imported 300 candles from {small}: 300 new or changed")
     coinbase = tmp_path / "cb.csv"
     with open(COINBASE_1H) as handle:
         coinbase.write_text("".join(itertools.islice(handle, 202)))
     result = _run(["import", coinbase, "--format", "candles-csv", "--timeframe", "1h", "--exchange", "coinbase"], env)
-    assert result.exit_code == 0 and result.output.startswith("imported 200 candles"), result.stderr
+    assert result.exit_code == 0 and result.output.startswith(f"imported 200 candles from {coinbase}: 200 new"), result.stderr
     ohlc = tmp_path / "ohlc.json"
     write_kraken_ohlc(ohlc, 300)
     result = _run(["import", ohlc, "--format", "kraken-ohlc"], env)
