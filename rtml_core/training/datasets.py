@@ -231,8 +231,7 @@ def naive_training_set(
     rows = []
     for f_index, t in enumerate(feature_end):
         t = int(t)
-        steps = range(0, (t + horizon_ns - (t + horizon_ns) % tf_ns - t) // tf_ns + 1)
-        path = [by_end.get(t + k * tf_ns) for k in steps]
+        path = [by_end.get(t + k * tf_ns) for k in range(horizon_ns // tf_ns + 1)]
         if any(p is None for p in path):
             continue
         p0, p1 = path[0], path[-1]
