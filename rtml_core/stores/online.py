@@ -1,4 +1,5 @@
-"""Open the online store a URL names: Redis (``redis://``, ``rediss://``, ``unix://``) or SQLite."""
+"""Open the online store a URL names: Redis (``redis://``, ``rediss://``, ``unix://``), Redis Cluster
+(``redis+cluster://``, ``rediss+cluster://``) or SQLite (``sqlite:///path``)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from rtml_core.stores.online_base import OnlineStore
 
 
 def open_online_store(url: str, prefix: str = "rtml", history: int = 100) -> OnlineStore:
-    """``redis://host:6379/0`` -> RedisOnlineStore; ``sqlite:///path/online.sqlite`` -> SqliteOnlineStore.
+    """``redis://host:6379/0`` or ``redis+cluster://seed:7000`` -> RedisOnlineStore;
+    ``sqlite:///path/online.sqlite`` -> SqliteOnlineStore.
 
     ``prefix`` starts every Redis key (SQLite keeps one store per file and ignores it);
     ``history`` is how many newest rows per market and timeframe are kept.
     """
     scheme = url.partition("://")[0].lower()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from rtml_core.stores.online_redis import RedisOnlineStore
 
         return RedisOnlineStore(url, prefix, history)
@@ -21,4 +23,5 @@ def open_online_store(url: str, prefix: str = "rtml", history: int = 100) -> Onl
         from rtml_core.stores.online_sqlite import SqliteOnlineStore, sqlite_path
 
         return SqliteOnlineStore(sqlite_path(url), history)
-    raise InputError(f"online store URL {url!r}: use redis://, rediss://, unix:// or sqlite:///path")
+    raise InputError(f"online store URL {url!r}: use redis://, rediss://, unix://, "
+                     "redis+cluster:// or sqlite:///path")

@@ -25,8 +25,8 @@ import msgspec
 import redis
 import redis.asyncio
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, NoScriptError, ReadOnlyError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -47,7 +47,9 @@ from rtml_core.stores.online_base import (
     sleep_backoff,
 )
 
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterError, TryAgainError,
+                RedisClusterException, OSError)
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 # KEYS[1] latest hash, KEYS[2] history zset.
 # ARGV[1] channel, ARGV[2] history length, ARGV[3] row count r, then r triples
@@ -124,6 +126,14 @@ class RedisKeys:
         return f"{self.prefix}:live:{self.tag(exchange, symbol)}"
 
 
+def split_cluster_url(url: str) -> tuple[bool, str]:
+    """``redis+cluster://host:port`` -> (True, ``redis://host:port``); other URLs -> (False, url)."""
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() in CLUSTER_SCHEMES:
+        return True, f"{scheme.split('+')[0]}{sep}{rest}"
+    return False, url
+
+
 def _client_options() -> dict:
     # Fail fast and let the caller (the sink) own retries: one quick retry covers a pooled
     # connection that died with a Redis restart.
@@ -145,14 +155,31 @@ class RedisOnlineStore(OnlineStore):
         clock_ns: Callable[[], int] = time.time_ns,
         client: redis.Redis | None = None,
     ) -> None:
-        """``client`` (optional, ``decode_responses=True``) replaces the one built from ``url``."""
+        """``redis://`` (one server) or ``redis+cluster://seed:port`` (Redis Cluster, any node as seed).
+
+        ``client`` (optional, ``decode_responses=True``) replaces the one built from ``url``.
+        """
         if history < 1:
             raise InputError(f"online history length must be at least 1, got {history}")
         self.url = url
         self.history = history
         self.keys = RedisKeys(prefix)
+        self.cluster, self.node_url = split_cluster_url(url)
         self._clock_ns = clock_ns
-        self._client = client or redis.Redis.from_url(url, decode_responses=True, **_client_options())
+        self._client_or_none = client
+        if client is None and not self.cluster:  # a cluster client connects when built: built on first use
+            self._client_or_none = redis.Redis.from_url(url, decode_responses=True, **_client_options())
+
+    @property
+    def _client(self):
+        if self._client_or_none is None:
+            try:
+                self._client_or_none = redis.RedisCluster.from_url(
+                    self.node_url, decode_responses=True, **_client_options())
+            except _UNAVAILABLE as error:
+                raise OnlineStoreUnavailable(
+                    f"Redis Cluster at {_safe_url(self.url)} is unavailable: {error}") from error
+        return self._client_or_none
 
     # writes ---------------------------------------------------------------------------------
     def write_batch(self, rows: Sequence[FeatureRow], live: Sequence[LiveValues] = ()) -> None:
@@ -188,7 +215,9 @@ class RedisOnlineStore(OnlineStore):
         for command in commands:
             if command[0] == "evalsha":
                 _, latest_key, history_key, args = command
-                pipe.evalsha(WRITE_ROWS_SHA, 2, latest_key, history_key, *args)
+                # execute_command: redis-py blocks the evalsha() helper in cluster pipelines, while
+                # EVALSHA itself routes fine (both keys share the market's hash-tag slot)
+                pipe.execute_command("EVALSHA", WRITE_ROWS_SHA, 2, latest_key, history_key, *args)
             else:
                 pipe.hset(command[1], mapping=command[2])
         self._call(pipe.execute)
@@ -216,11 +245,12 @@ class RedisOnlineStore(OnlineStore):
     def ping(self) -> bool:
         try:
             return bool(self._client.ping())
-        except _UNAVAILABLE:
+        except (*_UNAVAILABLE, OnlineStoreUnavailable):
             return False
 
     def close(self) -> None:
-        self._client.close()
+        if self._client_or_none is not None:
+            self._client_or_none.close()
 
     def _call(self, function, *args):
         try:
@@ -238,18 +268,27 @@ def _safe_url(url: str) -> str:
 
 
 class RedisSubscription(Subscription):
-    """Redis pub/sub on the market's updates channel; reconnects and catches up from history."""
+    """Redis pub/sub on the market's updates channel; reconnects and catches up from history.
+
+    On Redis Cluster the subscription listens on the seed node (a PUBLISH reaches every node)
+    and reads the latest row and the history through a cluster client.
+    """
 
     def __init__(self, store: RedisOnlineStore, exchange: str, symbol: str, timeframe: str) -> None:
         super().__init__(exchange, symbol, timeframe)
         self._url = store.url
+        self._node_url = store.node_url
+        self._cluster = store.cluster
         self._latest_key, self._history_key, self._channel = store.keys.market(exchange, symbol, timeframe)
         self._client: redis.asyncio.Redis | None = None
+        self._reader = None
         self._pubsub = None
         self._pending: deque[FeatureRow] = deque()
 
     async def _connect(self) -> None:
-        self._client = redis.asyncio.Redis.from_url(self._url, **_client_options())
+        self._client = redis.asyncio.Redis.from_url(self._node_url, **_client_options())
+        self._reader = (redis.asyncio.RedisCluster.from_url(self._node_url, **_client_options())
+                        if self._cluster else self._client)
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self._channel)
 
@@ -259,17 +298,17 @@ class RedisSubscription(Subscription):
                 await self._pubsub.aclose()
             except _UNAVAILABLE:
                 pass
-        if self._client is not None:
+        for client in {id(c): c for c in (self._client, self._reader) if c is not None}.values():
             try:
-                await self._client.aclose()
+                await client.aclose()
             except _UNAVAILABLE:
                 pass
-        self._pubsub = self._client = None
+        self._pubsub = self._client = self._reader = None
 
     async def _open(self) -> int | None:
         try:
             await self._connect()
-            latest = await self._client.hget(self._latest_key, "event_time")
+            latest = await self._reader.hget(self._latest_key, "event_time")
         except _UNAVAILABLE as error:
             await self._disconnect()
             raise OnlineStoreUnavailable(f"Redis at {_safe_url(self._url)} is unavailable: {error}") from error
@@ -278,7 +317,7 @@ class RedisSubscription(Subscription):
     async def _catch_up(self) -> None:
         """After a reconnect: queue the rows written meanwhile (newer than the last one yielded)."""
         after_ms = max(self._last_event_time_ns, 0) // 1_000_000
-        members = await self._client.zrangebyscore(self._history_key, after_ms, "+inf")
+        members = await self._reader.zrangebyscore(self._history_key, after_ms, "+inf")
         self._pending.extend(decode_row_json(member) for member in members)
 
     async def _next_row(self) -> FeatureRow:

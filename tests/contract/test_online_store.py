@@ -17,11 +17,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from rtml_core.errors import InputError
 from rtml_core.schemas import FeatureRow
@@ -53,6 +56,17 @@ def assert_same_row(got: FeatureRow | None, want: FeatureRow) -> None:
     assert list(got.values) == list(want.values) or set(got.values) == set(want.values)
     for name, value in want.values.items():
         assert same_float(got.values[name], float(value)), (name, got.values[name], value)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis),
+                        pytest.param("redis-cluster", marks=pytest.mark.redis)])
+def online_url(request, tmp_path):
+    """conftest's backends (embedded SQLite, real Redis) plus a real 3-node Redis Cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'online.sqlite'}", "rtml"
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return request.getfixturevalue("redis_cluster").url, f"rtmltest:{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture
@@ -370,7 +384,7 @@ class ThrowawayRedis:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -387,6 +401,88 @@ class ThrowawayRedis:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 50_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+            return port
+        except OSError:
+            continue
+
+
+class ThrowawayRedisCluster:
+    """Three ``redis-server --cluster-enabled yes`` masters on free ports, slots split in three."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.ports = [free_cluster_port() for _ in range(3)]
+        self.processes: list[subprocess.Popen] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.processes.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                 "--cluster-node-timeout", "2000", "--dir", str(self.workdir)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        nodes = [redis.Redis(port=port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+                 for port in self.ports]
+        deadline = time.monotonic() + 20
+        for node in nodes:
+            while True:
+                try:
+                    node.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "redis cluster node did not start"
+                    time.sleep(0.02)
+        bounds = [0, 5461, 10923, 16384]
+        for i, node in enumerate(nodes):
+            node.execute_command("CLUSTER", "ADDSLOTS", *range(bounds[i], bounds[i + 1]))
+        for port in self.ports[1:]:
+            nodes[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+        while not all(b"cluster_state:ok" in node.execute_command("CLUSTER", "INFO") and
+                      len(node.execute_command("CLUSTER", "SLOTS")) == 3 for node in nodes):
+            assert time.monotonic() < deadline, "redis cluster did not converge"
+            time.sleep(0.05)
+        for node in nodes:
+            node.close()
+
+    def kill(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+        self.processes = []
+
+
+def _need_redis_server() -> None:
+    if shutil.which("redis-server") is None:
+        message = "redis-server binary not found"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: never a skip)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    _need_redis_server()
+    cluster = ThrowawayRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()
 
 
 def throwaway_redis_server(tmp_path: Path):
