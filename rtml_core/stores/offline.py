@@ -385,6 +385,8 @@ class SqlOfflineStore(OfflineStore):
             raise InputError(str(error)) from None
         fs = tables.feature_sets
         with self.begin_write() as conn:
+            if self.dialect == "postgresql":  # two writers registering at once: one creates
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": tables.FEATURE_SET_LOCK})
             existing = conn.execute(sa.select(fs.c.names).where(fs.c.version == version)).scalar_one_or_none()
             if existing is not None:
                 if list(existing) != names:

@@ -34,6 +34,7 @@ from rtml_core.errors import RtmlError
 METADATA = sa.MetaData()
 CORE_COMPONENT = "core"
 _PG_MIGRATION_LOCK = 0x72746D6C  # "rtml": pg_advisory_xact_lock key for migrations
+FEATURE_SET_LOCK = 0x72746D6C + 1  # ... and for registering feature sets
 
 
 class ExactDecimal(TypeDecorator):

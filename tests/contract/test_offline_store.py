@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from rtml_core.errors import InputError, RtmlError
+from rtml_core.errors import InputError, RtmlError, UnsupportedOperation
 from rtml_core.schemas import Candle, Trade
 from rtml_core.stores.offline import SqlOfflineStore, open_offline_store
 from rtml_core.stores.offline_tables import CORE_MIGRATIONS, Migration, add_columns, create_tables
@@ -408,3 +408,9 @@ def test_an_old_store_is_upgraded_in_place_and_keeps_its_rows(offline_url: str) 
     with pytest.raises(RtmlError, match="newer than this rtml"):
         store.apply_migrations("notes", steps[:1])
     store.close()
+
+
+@pytest.mark.parametrize("url", ["mysql+pymysql://user@host/db", "postgresql+psycopg2://postgres@127.0.0.1/db"])
+def test_unsupported_backends_fail_loudly(url: str) -> None:
+    with pytest.raises(UnsupportedOperation, match="offline store"):
+        open_offline_store(url)
