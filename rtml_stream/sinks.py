@@ -32,7 +32,7 @@ import structlog
 
 from rtml_core.errors import InputError
 from rtml_core.schemas import Candle, FeatureRow
-from rtml_core.stores.online_base import RESERVED_FIELDS, LiveValues, OnlineStore, check_row
+from rtml_core.stores.online_base import RESERVED_FIELDS, LiveValues, OnlineStore, check_key_part, check_row
 
 log = structlog.get_logger("rtml_stream.sinks")
 
@@ -304,6 +304,8 @@ class OnlineSink(_RetryingSink):
             raise InputError(f"live value name(s) {clash} are reserved in the online store")
         entry = self._live.get((exchange, symbol))
         if entry is None:
+            check_key_part("exchange", exchange)
+            check_key_part("symbol", symbol)
             self._live[(exchange, symbol)] = _LiveEntry(time_ns, dict(values))
             self._enforce_bound()
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -73,8 +74,31 @@ def _json_value(value: float) -> float | str | None:
     return "inf" if value > 0 else "-inf"
 
 
+_BAD_KEY_PART = re.compile(r"[{}:\s*?\[\]]")
+
+
+def check_key_part(what: str, value: str) -> str:
+    """An exchange, symbol or timeframe that can be part of a store key (``{``, ``:`` etc. cannot)."""
+    if not value or _BAD_KEY_PART.search(value):
+        raise InputError(f"{what} {value!r} cannot be part of an online-store key (no braces, colons, "
+                         "spaces or glob characters)")
+    return value
+
+
+def check_live(live: LiveValues) -> None:
+    """Refuse live values the stores cannot hold (reserved names, unusable market names)."""
+    check_key_part("exchange", live.exchange)
+    check_key_part("symbol", live.symbol)
+    if not RESERVED_FIELDS.isdisjoint(live.values):
+        clash = sorted(RESERVED_FIELDS.intersection(live.values))
+        raise InputError(f"live value name(s) {clash} are reserved in the online store")
+
+
 def check_row(row: FeatureRow) -> None:
-    """Refuse a row the stores cannot hold faithfully (reserved feature names, negative times)."""
+    """Refuse a row the stores cannot hold faithfully (reserved names, bad market names, negative times)."""
+    check_key_part("exchange", row.exchange)
+    check_key_part("symbol", row.symbol)
+    check_key_part("timeframe", row.timeframe)
     clash = RESERVED_FIELDS.intersection(row.values)
     if clash:
         raise InputError(
@@ -148,9 +172,7 @@ def row_from_hash_fields(
 
 def live_hash_fields(live: LiveValues, written_at_ns: int) -> dict[str, str]:
     """The live hash: every value as ``repr(float)`` plus ``event_time`` and ``written_at``."""
-    clash = RESERVED_FIELDS.intersection(live.values)
-    if clash:
-        raise InputError(f"live value name(s) {sorted(clash)} are reserved in the online store")
+    check_live(live)
     fields = {name: repr(float(value)) for name, value in live.values.items()}
     fields["event_time"] = str(live.time_ns)
     fields["event_time_iso"] = iso_from_ns(live.time_ns)

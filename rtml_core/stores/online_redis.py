@@ -37,6 +37,7 @@ from rtml_core.stores.online_base import (
     OnlineStore,
     OnlineStoreUnavailable,
     Subscription,
+    check_key_part,
     check_row,
     decode_row_json,
     encode_row_json,
@@ -87,13 +88,6 @@ WRITE_ROWS_SHA = hashlib.sha1(WRITE_ROWS_LUA.encode()).hexdigest()
 _msgpack = msgspec.msgpack.Encoder()
 
 
-def _check_part(what: str, value: str) -> str:
-    if not value or any(c in value for c in "{}: \t\r\n*?[]"):
-        raise InputError(f"{what} {value!r} cannot be part of an online-store key (no braces, colons, "
-                         "spaces or glob characters)")
-    return value
-
-
 class RedisKeys:
     """Key and channel names of one prefix (see the module docstring)."""
 
@@ -105,7 +99,7 @@ class RedisKeys:
 
     @staticmethod
     def tag(exchange: str, symbol: str) -> str:
-        return "{" + _check_part("exchange", exchange) + ":" + _check_part("symbol", symbol) + "}"
+        return "{" + check_key_part("exchange", exchange) + ":" + check_key_part("symbol", symbol) + "}"
 
     def market(self, exchange: str, symbol: str, timeframe: str) -> tuple[str, str, str]:
         """(latest hash, history zset, updates channel) of one market and timeframe."""
@@ -113,7 +107,7 @@ class RedisKeys:
         names = self._cache.get(key)
         if names is None:
             tag = self.tag(exchange, symbol)
-            tf = _check_part("timeframe", timeframe)
+            tf = check_key_part("timeframe", timeframe)
             names = (
                 f"{self.prefix}:features:{tag}:{tf}",
                 f"{self.prefix}:history:{tag}:{tf}",

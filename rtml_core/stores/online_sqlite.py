@@ -29,8 +29,8 @@ from rtml_core.stores.online_base import (
     LiveValues,
     OnlineStore,
     OnlineStoreUnavailable,
-    RESERVED_FIELDS,
     Subscription,
+    check_live,
     check_row,
     decode_row_json,
     encode_row_json,
@@ -124,9 +124,7 @@ class SqliteOnlineStore(OnlineStore):
         for row in rows:
             check_row(row)
         for values in live:
-            clash = RESERVED_FIELDS.intersection(values.values)
-            if clash:
-                raise InputError(f"live value name(s) {sorted(clash)} are reserved in the online store")
+            check_live(values)
         now = self._clock_ns()
         encoded = [(row, encode_row_json(row, now)) for row in sorted(rows, key=lambda r: r.event_time_ns)]
         markets = {(row.exchange, row.symbol, row.timeframe) for row in rows}

@@ -171,6 +171,11 @@ def test_reserved_names_are_refused_and_nothing_is_written(store):
         store.write_live("kraken", "BTC-USD", T0, {"written_at": 1.0})
     assert store.read_latest("kraken", "BTC-USD", "1m") is None
     assert store.read_live("kraken", "BTC-USD") is None
+    for bad in ({"symbol": "BTC:USD"}, {"exchange": "kra ken"}, {"timeframe": "{1m}"}):
+        with pytest.raises(InputError, match="cannot be part of an online-store key"):
+            store.write_rows([make_row(1, **bad)])
+    with pytest.raises(InputError, match="cannot be part of an online-store key"):
+        store.write_live("kraken", "BTC*", T0, {"spread_bps": 1.0})
 
 
 async def test_subscribers_hear_each_new_row_in_order_and_nothing_older(store):

@@ -140,6 +140,10 @@ def test_a_row_the_store_cannot_hold_is_refused_when_added():
         sink.add_rows([bad])
     with pytest.raises(InputError, match="reserved"):
         sink.add_live("kraken", "BTC-USD", T0, {"event_time": 1.0})
+    with pytest.raises(InputError, match="online-store key"):  # would break the whole batch later
+        sink.add_rows([FeatureRow("kraken", "BTC:USD", "1m", T0, "v1", {"close": 1.0})])
+    with pytest.raises(InputError, match="online-store key"):
+        sink.add_live("kraken", "BTC USD", T0, {"spread_bps": 1.0})
     assert sink.pending == 0
 
 
