@@ -33,8 +33,16 @@ from rtml_core.schemas import Trade
 from rtml_core.stores.offline import open_offline_store
 from rtml_core.stores.offline_tables import ExactDecimal
 
-TICKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ticks" / "es_futures_ticks_2013-09.csv.gz"
-PG_ADMIN_URL = os.environ.get("RTML_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+TICKS = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "ticks"
+    / "es_futures_ticks_2013-09.csv.gz"
+)
+PG_ADMIN_URL = os.environ.get(
+    "RTML_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 SQL_VARIABLE_LIMIT = {"sqlite": 32_766, "postgresql": 65_535}
 
 
@@ -84,26 +92,69 @@ def measure_backend(
     try:
         trade_batches = batches(trades, batch)
         seconds, written = timed(lambda: sum(store.write_trades(b) for b in trade_batches))
-        results.append({"backend": name, "writer": "rtml write_trades (upsert)", "pass": "import", "rows": len(trades), "written": written, "seconds": seconds})
+        results.append(
+            {
+                "backend": name,
+                "writer": "rtml write_trades (upsert)",
+                "pass": "import",
+                "rows": len(trades),
+                "written": written,
+                "seconds": seconds,
+            }
+        )
         seconds, written = timed(lambda: sum(store.write_trades(b) for b in trade_batches))
-        results.append({"backend": name, "writer": "rtml write_trades (upsert)", "pass": "re-import", "rows": len(trades), "written": written, "seconds": seconds})
+        results.append(
+            {
+                "backend": name,
+                "writer": "rtml write_trades (upsert)",
+                "pass": "re-import",
+                "rows": len(trades),
+                "written": written,
+                "seconds": seconds,
+            }
+        )
         stored = store.markets().query("kind == 'trades'")["rows"].sum()
 
         chunk = SQL_VARIABLE_LIMIT[store.dialect] // len(frame.columns)
-        types = {"price": ExactDecimal(), "size": ExactDecimal(), "trade_id": sa.BigInteger(), "time_ns": sa.BigInteger()}
+        types = {
+            "price": ExactDecimal(),
+            "size": ExactDecimal(),
+            "trade_id": sa.BigInteger(),
+            "time_ns": sa.BigInteger(),
+        }
 
         peer_frame = frame.iloc[:peer_rows]
-        for method, label in (("multi", 'pandas to_sql(method="multi")'), (None, "pandas to_sql(executemany)")):
+        for method, label in (
+            ("multi", 'pandas to_sql(method="multi")'),
+            (None, "pandas to_sql(executemany)"),
+        ):
             table = f"peer_{method or 'executemany'}"
 
-            def peer() -> int:
+            def peer(table: str = table, method: str | None = method) -> int:
                 for part in batches(peer_frame, batch):
-                    part.to_sql(table, store.engine, if_exists="append", index=False, method=method, chunksize=chunk if method else None, dtype=types)
+                    part.to_sql(
+                        table,
+                        store.engine,
+                        if_exists="append",
+                        index=False,
+                        method=method,
+                        chunksize=chunk if method else None,
+                        dtype=types,
+                    )
                 return len(peer_frame)
 
             for pass_ in ("import", "re-import"):
                 seconds, written = timed(peer)
-                results.append({"backend": name, "writer": label, "pass": pass_, "rows": len(peer_frame), "written": written, "seconds": seconds})
+                results.append(
+                    {
+                        "backend": name,
+                        "writer": label,
+                        "pass": pass_,
+                        "rows": len(peer_frame),
+                        "written": written,
+                        "seconds": seconds,
+                    }
+                )
             with store.engine.connect() as conn:
                 peer_stored = conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
             for row in results:
@@ -118,12 +169,18 @@ def measure_backend(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="50,000 ticks instead of 500,000")
     parser.add_argument("--rows", type=int, default=None, help="ticks to import (default 500,000)")
-    parser.add_argument("--batch", type=int, default=50_000, help="rows per write (one transaction each)")
     parser.add_argument(
-        "--peer-rows", type=int, default=100_000,
+        "--batch", type=int, default=50_000, help="rows per write (one transaction each)"
+    )
+    parser.add_argument(
+        "--peer-rows",
+        type=int,
+        default=100_000,
         help="rows the pandas peers write (their rate per row is flat; the multi-row peer is slow)",
     )
     parser.add_argument("--skip-postgres", action="store_true")
@@ -134,7 +191,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{len(trades):,} real ES ticks from {TICKS.name}, batches of {args.batch:,}")
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as folder:
-        results += measure_backend("sqlite", f"sqlite:///{folder}/bench.sqlite", trades, frame, args.batch, min(args.peer_rows, rows))
+        results += measure_backend(
+            "sqlite",
+            f"sqlite:///{folder}/bench.sqlite",
+            trades,
+            frame,
+            args.batch,
+            min(args.peer_rows, rows),
+        )
     if not args.skip_postgres:
         admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
         database = f"rtml_bench_{uuid.uuid4().hex[:10]}"
@@ -142,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             conn.exec_driver_sql(f'CREATE DATABASE "{database}"')
         try:
             url = admin.url.set(database=database).render_as_string(hide_password=False)
-            results += measure_backend("postgresql", url, trades, frame, args.batch, min(args.peer_rows, rows))
+            results += measure_backend(
+                "postgresql", url, trades, frame, args.batch, min(args.peer_rows, rows)
+            )
         finally:
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -153,7 +219,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     table["seconds"] = table["seconds"].round(2)
     columns = ["backend", "writer", "pass", "rows", "seconds", "rows/s", "written", "stored after"]
     print(table[columns].to_string(index=False))
-    print("written: rows inserted or changed (rtml) / rows appended (pandas); the peer keeps no key, so its re-import duplicates.")
+    print(
+        "written: rows inserted or changed (rtml) / rows appended (pandas); the peer keeps no key, so its re-import duplicates."
+    )
 
 
 if __name__ == "__main__":

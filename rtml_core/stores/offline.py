@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from rtml_core.errors import InputError, RtmlError, UnsupportedOperation
+from rtml_core.errors import InputError, UnsupportedOperation
 from rtml_core.schemas import Candle, Trade
 from rtml_core.stores import offline_tables as tables
 from rtml_core.stores.offline_base import OfflineStore
@@ -59,7 +58,9 @@ def open_offline_store(url: str, *, migrate: bool = True) -> SqlOfflineStore:
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend == "postgresql":
         if driver not in ("psycopg", "postgresql", ""):
-            raise UnsupportedOperation(f"offline store on PostgreSQL needs psycopg 3 (postgresql+psycopg://), not {driver!r}")
+            raise UnsupportedOperation(
+                f"offline store on PostgreSQL needs psycopg 3 (postgresql+psycopg://), not {driver!r}"
+            )
         parsed = parsed.set(drivername="postgresql+psycopg")
         engine = sa.create_engine(parsed, pool_pre_ping=True)
     elif backend == "sqlite":
@@ -70,7 +71,9 @@ def open_offline_store(url: str, *, migrate: bool = True) -> SqlOfflineStore:
         )
         _configure_sqlite(engine)
     else:
-        raise UnsupportedOperation(f"offline store backend {backend!r} is not supported (sqlite or postgresql)")
+        raise UnsupportedOperation(
+            f"offline store backend {backend!r} is not supported (sqlite or postgresql)"
+        )
     store = SqlOfflineStore(engine)
     if migrate:
         store.migrate()
@@ -101,7 +104,9 @@ class SqlOfflineStore(OfflineStore):
 
     def __init__(self, engine: Engine):
         if engine.dialect.name not in ("sqlite", "postgresql"):
-            raise UnsupportedOperation(f"offline store dialect {engine.dialect.name!r} is not supported")
+            raise UnsupportedOperation(
+                f"offline store dialect {engine.dialect.name!r} is not supported"
+            )
         self._engine = engine
         self._feature_tables: dict[str, tuple[sa.Table, list[str]]] = {}
 
@@ -134,7 +139,9 @@ class SqlOfflineStore(OfflineStore):
         """Create or upgrade the core schema (to ``target``, default the latest); keeps all rows."""
         return self.apply_migrations(CORE_COMPONENT, CORE_MIGRATIONS, target=target)
 
-    def apply_migrations(self, component: str, steps: Sequence[Migration], *, target: int | None = None) -> list[int]:
+    def apply_migrations(
+        self, component: str, steps: Sequence[Migration], *, target: int | None = None
+    ) -> list[int]:
         """Run the missing ``steps`` of ``component`` in one transaction; returns versions applied."""
         return tables.apply_migrations(self.begin_write, component, steps, target=target)
 
@@ -149,7 +156,14 @@ class SqlOfflineStore(OfflineStore):
 
     # --- generic upsert ---------------------------------------------------------------------
 
-    def _upsert(self, conn: Connection, table: str, key: Sequence[str], values: Sequence[str], rows: Iterable[tuple]) -> int:
+    def _upsert(
+        self,
+        conn: Connection,
+        table: str,
+        key: Sequence[str],
+        values: Sequence[str],
+        rows: Iterable[tuple],
+    ) -> int:
         """Upsert ``rows`` (tuples of key + value columns) inside ``conn``'s transaction.
 
         Later rows of the batch win over earlier ones with the same key; unchanged rows are
@@ -173,7 +187,10 @@ class SqlOfflineStore(OfflineStore):
             placeholders = ", ".join("?" for _ in columns)
             cursor = raw.cursor()
             try:
-                cursor.executemany(f"INSERT INTO {q(table)} ({column_list}) VALUES ({placeholders}) {conflict}", rows)
+                cursor.executemany(
+                    f"INSERT INTO {q(table)} ({column_list}) VALUES ({placeholders}) {conflict}",
+                    rows,
+                )
                 return max(cursor.rowcount, 0)
             finally:
                 cursor.close()
@@ -205,10 +222,19 @@ class SqlOfflineStore(OfflineStore):
 
     def write_candles(self, candles: Iterable[Candle]) -> int:
         with self.begin_write() as conn:
-            return self._upsert(conn, "candles", _CANDLE_KEY, _CANDLE_VALUES, self._candle_rows(candles))
+            return self._upsert(
+                conn, "candles", _CANDLE_KEY, _CANDLE_VALUES, self._candle_rows(candles)
+            )
 
     def replace_candles(
-        self, candles: Iterable[Candle], *, exchange: str, symbol: str, timeframe: str, start_ns: int, end_ns: int
+        self,
+        candles: Iterable[Candle],
+        *,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        start_ns: int,
+        end_ns: int,
     ) -> int:
         """Re-materialize one range: delete [start, end) then insert ``candles``, one transaction."""
         _check_range(start_ns, end_ns)
@@ -248,7 +274,9 @@ class SqlOfflineStore(OfflineStore):
                     trade.side,
                 )
             except (TypeError, ValueError, AttributeError) as error:
-                raise InputError(f"trade {index} of the batch ({_describe(trade)}): {error}") from None
+                raise InputError(
+                    f"trade {index} of the batch ({_describe(trade)}): {error}"
+                ) from None
             yield row
 
     def _candle_rows(
@@ -278,10 +306,14 @@ class SqlOfflineStore(OfflineStore):
                     if key[:3] != only[:3]:
                         raise ValueError(f"candle of {key[:3]} in a replace of {only[:3]}")
                     if not only[3] <= key[3] < only[4]:
-                        raise ValueError(f"start_ns {key[3]} is outside the replaced range [{only[3]}, {only[4]})")
+                        raise ValueError(
+                            f"start_ns {key[3]} is outside the replaced range [{only[3]}, {only[4]})"
+                        )
                 row = (*key, *(exact(p) for p in prices), exact(volume), vwap, trade_count)
             except (TypeError, ValueError, AttributeError, InputError) as error:
-                raise InputError(f"candle {index} of the batch ({_describe(candle)}): {error}") from None
+                raise InputError(
+                    f"candle {index} of the batch ({_describe(candle)}): {error}"
+                ) from None
             yield row
 
     def read_trades(
@@ -295,8 +327,12 @@ class SqlOfflineStore(OfflineStore):
     ) -> pd.DataFrame:
         c = tables.trades.c
         statement = (
-            sa.select(c.time_ns, c.trade_id, *self._decimal_columns([c.price, c.size], exact), c.side)
-            .where(c.exchange == exchange, c.symbol == symbol, *_in_range(c.time_ns, start_ns, end_ns))
+            sa.select(
+                c.time_ns, c.trade_id, *self._decimal_columns([c.price, c.size], exact), c.side
+            )
+            .where(
+                c.exchange == exchange, c.symbol == symbol, *_in_range(c.time_ns, start_ns, end_ns)
+            )
             .order_by(c.time_ns, c.trade_id)
         )
         with self._engine.connect() as conn:
@@ -347,7 +383,10 @@ class SqlOfflineStore(OfflineStore):
         if exact:
             return columns
         if self.dialect == "postgresql":  # numeric -> float8 is correctly rounded (strtod)
-            return [sa.cast(sa.type_coerce(col, sa.Numeric), sa.Double).label(col.name) for col in columns]
+            return [
+                sa.cast(sa.type_coerce(col, sa.Numeric), sa.Double).label(col.name)
+                for col in columns
+            ]
         return [sa.type_coerce(col, sa.Text).label(col.name) for col in columns]
 
     def _decimal_values(self, values: Sequence, exact: bool) -> pd.Series | np.ndarray:
@@ -355,7 +394,11 @@ class SqlOfflineStore(OfflineStore):
             return pd.Series(list(values), dtype=object)
         if self.dialect == "postgresql":
             return np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
-        return np.fromiter((math.nan if v is None else float(v) for v in values), dtype=np.float64, count=len(values))
+        return np.fromiter(
+            (math.nan if v is None else float(v) for v in values),
+            dtype=np.float64,
+            count=len(values),
+        )
 
     def trade_ids(
         self, exchange: str, symbol: str, start_ns: int | None = None, end_ns: int | None = None
@@ -364,7 +407,9 @@ class SqlOfflineStore(OfflineStore):
         c = tables.trades.c
         statement = (
             sa.select(c.trade_id)
-            .where(c.exchange == exchange, c.symbol == symbol, *_in_range(c.time_ns, start_ns, end_ns))
+            .where(
+                c.exchange == exchange, c.symbol == symbol, *_in_range(c.time_ns, start_ns, end_ns)
+            )
             .order_by(c.trade_id)
         )
         with self._engine.connect() as conn:
@@ -386,22 +431,34 @@ class SqlOfflineStore(OfflineStore):
         fs = tables.feature_sets
         with self.begin_write() as conn:
             if self.dialect == "postgresql":  # two writers registering at once: one creates
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": tables.FEATURE_SET_LOCK})
-            existing = conn.execute(sa.select(fs.c.names).where(fs.c.version == version)).scalar_one_or_none()
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": tables.FEATURE_SET_LOCK}
+                )
+            existing = conn.execute(
+                sa.select(fs.c.names).where(fs.c.version == version)
+            ).scalar_one_or_none()
             if existing is not None:
                 if list(existing) != names:
                     raise InputError(
                         f"feature_set_version {version!r} is registered with features {list(existing)}, not {names}"
                     )
                 return
-            clash = conn.execute(sa.select(fs.c.version).where(fs.c.table_name == table_name)).scalar_one_or_none()
+            clash = conn.execute(
+                sa.select(fs.c.version).where(fs.c.table_name == table_name)
+            ).scalar_one_or_none()
             if clash is not None:
-                raise InputError(f"feature_set_version {version!r} maps to table {table_name} already used by {clash!r}")
+                raise InputError(
+                    f"feature_set_version {version!r} maps to table {table_name} already used by {clash!r}"
+                )
             table = tables.feature_table(table_name, names)
             tables.create_tables(table)(conn)
             conn.execute(
                 fs.insert().values(
-                    version=version, table_name=table_name, names=names, spec=spec, created_at=datetime.now(UTC)
+                    version=version,
+                    table_name=table_name,
+                    names=names,
+                    spec=spec,
+                    created_at=datetime.now(UTC),
                 )
             )
         self._feature_tables[version] = (table, names)
@@ -409,23 +466,41 @@ class SqlOfflineStore(OfflineStore):
     def feature_set_versions(self) -> list[dict]:
         fs = tables.feature_sets
         with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(fs.c.version, fs.c.names, fs.c.spec, fs.c.created_at).order_by(fs.c.created_at, fs.c.version)).all()
+            rows = conn.execute(
+                sa.select(fs.c.version, fs.c.names, fs.c.spec, fs.c.created_at).order_by(
+                    fs.c.created_at, fs.c.version
+                )
+            ).all()
         return [
-            {"version": v, "names": list(n), "spec": s, "created_at": _aware(t)} for v, n, s, t in rows
+            {"version": v, "names": list(n), "spec": s, "created_at": _aware(t)}
+            for v, n, s, t in rows
         ]
 
     def _feature_table(self, version: str) -> tuple[sa.Table, list[str]]:
         if version not in self._feature_tables:
             fs = tables.feature_sets
             with self._engine.connect() as conn:
-                row = conn.execute(sa.select(fs.c.table_name, fs.c.names).where(fs.c.version == version)).first()
+                row = conn.execute(
+                    sa.select(fs.c.table_name, fs.c.names).where(fs.c.version == version)
+                ).first()
             if row is None:
-                raise InputError(f"feature_set_version {version!r} is not registered (register_feature_set first)")
-            self._feature_tables[version] = (tables.feature_table(row.table_name, row.names), list(row.names))
+                raise InputError(
+                    f"feature_set_version {version!r} is not registered (register_feature_set first)"
+                )
+            self._feature_tables[version] = (
+                tables.feature_table(row.table_name, row.names),
+                list(row.names),
+            )
         return self._feature_tables[version]
 
     def write_features(
-        self, frame: pd.DataFrame, *, exchange: str, symbol: str, timeframe: str, feature_set_version: str
+        self,
+        frame: pd.DataFrame,
+        *,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        feature_set_version: str,
     ) -> int:
         table, names = self._feature_table(feature_set_version)
         rows = _feature_rows(frame, names, exchange, symbol, timeframe)
@@ -446,7 +521,9 @@ class SqlOfflineStore(OfflineStore):
         """Re-materialize one range of one version: delete [start, end), insert ``frame``."""
         _check_range(start_ns, end_ns)
         table, names = self._feature_table(feature_set_version)
-        rows = _feature_rows(frame, names, exchange, symbol, timeframe, start_ns=start_ns, end_ns=end_ns)
+        rows = _feature_rows(
+            frame, names, exchange, symbol, timeframe, start_ns=start_ns, end_ns=end_ns
+        )
         c = table.c
         with self.begin_write() as conn:
             conn.execute(
@@ -473,13 +550,20 @@ class SqlOfflineStore(OfflineStore):
         c = table.c
         statement = (
             sa.select(c.time_ns, *(c[name] for name in names))
-            .where(c.exchange == exchange, c.symbol == symbol, c.timeframe == timeframe, *_in_range(c.time_ns, start_ns, end_ns))
+            .where(
+                c.exchange == exchange,
+                c.symbol == symbol,
+                c.timeframe == timeframe,
+                *_in_range(c.time_ns, start_ns, end_ns),
+            )
             .order_by(c.time_ns)
         )
         with self._engine.connect() as conn:
             rows = conn.execute(statement).all()
         frame = {"time": _ns_to_time([row[0] for row in rows])}
-        values = np.array([row[1:] for row in rows], dtype=np.float64).reshape(len(rows), len(names))
+        values = np.array([row[1:] for row in rows], dtype=np.float64).reshape(
+            len(rows), len(names)
+        )
         for position, name in enumerate(names):
             frame[name] = values[:, position]
         return pd.DataFrame(frame)
@@ -492,32 +576,68 @@ class SqlOfflineStore(OfflineStore):
         records: list[tuple] = []
         with self._engine.connect() as conn:
             for exchange, symbol, first, last, count in conn.execute(
-                sa.select(t.c.exchange, t.c.symbol, sa.func.min(t.c.time_ns), sa.func.max(t.c.time_ns), sa.func.count())
-                .group_by(t.c.exchange, t.c.symbol)
+                sa.select(
+                    t.c.exchange,
+                    t.c.symbol,
+                    sa.func.min(t.c.time_ns),
+                    sa.func.max(t.c.time_ns),
+                    sa.func.count(),
+                ).group_by(t.c.exchange, t.c.symbol)
             ):
                 records.append(("trades", exchange, symbol, None, None, first, last, count))
             for exchange, symbol, timeframe, first, last, count in conn.execute(
-                sa.select(c.c.exchange, c.c.symbol, c.c.timeframe, sa.func.min(c.c.start_ns), sa.func.max(c.c.start_ns), sa.func.count())
-                .group_by(c.c.exchange, c.c.symbol, c.c.timeframe)
+                sa.select(
+                    c.c.exchange,
+                    c.c.symbol,
+                    c.c.timeframe,
+                    sa.func.min(c.c.start_ns),
+                    sa.func.max(c.c.start_ns),
+                    sa.func.count(),
+                ).group_by(c.c.exchange, c.c.symbol, c.c.timeframe)
             ):
                 records.append(("candles", exchange, symbol, timeframe, None, first, last, count))
             has_feature_sets = sa.inspect(conn).has_table("feature_sets")
-            registered = conn.execute(sa.select(fs.c.version, fs.c.table_name, fs.c.names)).all() if has_feature_sets else []
+            registered = (
+                conn.execute(sa.select(fs.c.version, fs.c.table_name, fs.c.names)).all()
+                if has_feature_sets
+                else []
+            )
             for version, table_name, names in registered:
                 ft = tables.feature_table(table_name, names)
                 for exchange, symbol, timeframe, first, last, count in conn.execute(
-                    sa.select(ft.c.exchange, ft.c.symbol, ft.c.timeframe, sa.func.min(ft.c.time_ns), sa.func.max(ft.c.time_ns), sa.func.count())
-                    .group_by(ft.c.exchange, ft.c.symbol, ft.c.timeframe)
+                    sa.select(
+                        ft.c.exchange,
+                        ft.c.symbol,
+                        ft.c.timeframe,
+                        sa.func.min(ft.c.time_ns),
+                        sa.func.max(ft.c.time_ns),
+                        sa.func.count(),
+                    ).group_by(ft.c.exchange, ft.c.symbol, ft.c.timeframe)
                 ):
-                    records.append(("features", exchange, symbol, timeframe, version, first, last, count))
+                    records.append(
+                        ("features", exchange, symbol, timeframe, version, first, last, count)
+                    )
         frame = pd.DataFrame(
             records,
-            columns=["kind", "exchange", "symbol", "timeframe", "feature_set_version", "first", "last", "rows"],
+            columns=[
+                "kind",
+                "exchange",
+                "symbol",
+                "timeframe",
+                "feature_set_version",
+                "first",
+                "last",
+                "rows",
+            ],
         )
         frame["first"] = _ns_to_time(frame["first"].to_numpy(dtype=np.int64, na_value=0))
         frame["last"] = _ns_to_time(frame["last"].to_numpy(dtype=np.int64, na_value=0))
         frame["rows"] = frame["rows"].astype(np.int64)
-        return frame.sort_values(["kind", "exchange", "symbol", "timeframe", "feature_set_version"], na_position="first", ignore_index=True)
+        return frame.sort_values(
+            ["kind", "exchange", "symbol", "timeframe", "feature_set_version"],
+            na_position="first",
+            ignore_index=True,
+        )
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -545,7 +665,9 @@ def _int64(value: object, what: str) -> int:
 
 def _describe(item: object) -> str:
     keys = ("exchange", "symbol", "timeframe", "trade_id", "start_ns", "time_ns")
-    return ", ".join(f"{k}={getattr(item, k)!r}" for k in keys if hasattr(item, k)) or repr(item)[:80]
+    return (
+        ", ".join(f"{k}={getattr(item, k)!r}" for k in keys if hasattr(item, k)) or repr(item)[:80]
+    )
 
 
 def _check_range(start_ns: int, end_ns: int) -> None:
@@ -568,7 +690,9 @@ def _columns(rows: Sequence[tuple], width: int) -> list[tuple]:
 
 def _ns_to_time(ns: Sequence[int] | np.ndarray) -> pd.DatetimeIndex:
     """Integer nanoseconds -> ``datetime64[ns, UTC]``."""
-    return pd.DatetimeIndex(np.asarray(ns, dtype=np.int64).view("datetime64[ns]")).tz_localize("UTC")
+    return pd.DatetimeIndex(np.asarray(ns, dtype=np.int64).view("datetime64[ns]")).tz_localize(
+        "UTC"
+    )
 
 
 def _aware(moment: datetime) -> datetime:
@@ -583,9 +707,13 @@ def frame_times_ns(frame: pd.DataFrame) -> np.ndarray:
     if pd.api.types.is_integer_dtype(time.dtype):
         return time.to_numpy(dtype=np.int64)
     if not isinstance(time.dtype, pd.DatetimeTZDtype):
-        raise InputError(f"'time' must be timezone-aware datetimes (UTC) or integer ns, not {time.dtype}")
+        raise InputError(
+            f"'time' must be timezone-aware datetimes (UTC) or integer ns, not {time.dtype}"
+        )
     if time.isna().any():
-        raise InputError(f"'time' is missing on row {int(np.flatnonzero(time.isna().to_numpy())[0])}")
+        raise InputError(
+            f"'time' is missing on row {int(np.flatnonzero(time.isna().to_numpy())[0])}"
+        )
     return pd.DatetimeIndex(time).as_unit("ns").asi8
 
 
@@ -612,11 +740,15 @@ def _feature_rows(
     if start_ns is not None and len(times):
         outside = np.flatnonzero((times < start_ns) | (times >= end_ns))
         if len(outside):
-            raise InputError(f"row {int(outside[0])}: time {int(times[outside[0]])} is outside the replaced range [{start_ns}, {end_ns})")
+            raise InputError(
+                f"row {int(outside[0])}: time {int(times[outside[0]])} is outside the replaced range [{start_ns}, {end_ns})"
+            )
     values = np.empty((len(frame), len(names)), dtype=np.float64)
     for position, name in enumerate(names):
         try:
-            values[:, position] = pd.to_numeric(frame[name], errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+            values[:, position] = pd.to_numeric(frame[name], errors="raise").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
         except (TypeError, ValueError) as error:
             raise InputError(f"feature column {name!r} is not numeric: {error}") from None
     cells = values.astype(object)

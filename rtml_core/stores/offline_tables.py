@@ -165,7 +165,9 @@ def validate_feature_names(names: Sequence[str]) -> list[str]:
         raise ValueError("a feature set needs at least one feature")
     for name in names:
         if not isinstance(name, str) or not _FEATURE_NAME.match(name):
-            raise ValueError(f"feature name {name!r} is not lower snake case ([a-z][a-z0-9_]*, <= 63 chars)")
+            raise ValueError(
+                f"feature name {name!r} is not lower snake case ([a-z][a-z0-9_]*, <= 63 chars)"
+            )
         if name in _RESERVED:
             raise ValueError(f"feature name {name!r} is reserved for a key column")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -306,7 +308,9 @@ CORE_MIGRATIONS: list[Migration] = [
 def _check_steps(component: str, steps: Sequence[Migration]) -> None:
     versions = [step.version for step in steps]
     if versions != list(range(1, len(steps) + 1)):
-        raise RtmlError(f"migrations of {component!r} must be numbered 1..{len(steps)} in order, got {versions}")
+        raise RtmlError(
+            f"migrations of {component!r} must be numbered 1..{len(steps)} in order, got {versions}"
+        )
 
 
 def schema_versions(engine: Engine) -> dict[str, int]:
@@ -357,7 +361,10 @@ def apply_migrations(
             step.upgrade(conn)
             conn.execute(
                 schema_version.insert().values(
-                    component=component, version=step.version, name=step.name, applied_at=datetime.now(UTC)
+                    component=component,
+                    version=step.version,
+                    name=step.name,
+                    applied_at=datetime.now(UTC),
                 )
             )
             applied.append(step.version)

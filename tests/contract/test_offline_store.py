@@ -35,9 +35,20 @@ def kraken_trades(limit: int = 400) -> list[Trade]:
     """The first ``limit`` trades of the real Kraken REST reply, parsed exactly."""
     reply = json.loads((SHARED_DATA / "kraken" / "xbtusdt_trades_rest.json").read_text())
     trades = []
-    for price, volume, time, side, _ordertype, _misc, trade_id in reply["result"]["XBTUSDT"][:limit]:
+    for price, volume, time, side, _ordertype, _misc, trade_id in reply["result"]["XBTUSDT"][
+        :limit
+    ]:
         time_ns = int(Decimal(str(time)) * NS)
-        trades.append(Trade(*MARKET, trade_id, time_ns, Decimal(price), Decimal(volume), "buy" if side == "b" else "sell"))
+        trades.append(
+            Trade(
+                *MARKET,
+                trade_id,
+                time_ns,
+                Decimal(price),
+                Decimal(volume),
+                "buy" if side == "b" else "sell",
+            )
+        )
     return trades
 
 
@@ -50,9 +61,17 @@ def real_candles(limit: int = 200) -> list[Candle]:
             close = Decimal(row["BTC.close"])
             candles.append(
                 Candle(
-                    "poloniex", "BTC-USDT", "30m", int(start.timestamp()) * NS,
-                    Decimal(row["BTC.open"]), Decimal(row["BTC.high"]), Decimal(row["BTC.low"]), close,
-                    Decimal(row["BTC.volume"]), close if len(candles) % 3 else None, len(candles) % 7,
+                    "poloniex",
+                    "BTC-USDT",
+                    "30m",
+                    int(start.timestamp()) * NS,
+                    Decimal(row["BTC.open"]),
+                    Decimal(row["BTC.high"]),
+                    Decimal(row["BTC.low"]),
+                    close,
+                    Decimal(row["BTC.volume"]),
+                    close if len(candles) % 3 else None,
+                    len(candles) % 7,
                 )
             )
     return candles
@@ -75,7 +94,11 @@ def store(request: pytest.FixtureRequest, tmp_path) -> SqlOfflineStore:
     admin = sa.create_engine(database, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    opened = open_offline_store(database.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False))
+    opened = open_offline_store(
+        database.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    )
     yield opened
     opened.close()
     with admin.connect() as conn:
@@ -96,10 +119,14 @@ def test_trades_round_trip_exactly(store: SqlOfflineStore) -> None:
     assert store.write_trades(trades) == len(trades)
 
     exact = store.read_trades(*MARKET, exact=True)
-    assert [str(p) for p in exact["price"]] == [str(t.price) for t in trades]  # scale kept: 105433.60000
+    assert [str(p) for p in exact["price"]] == [
+        str(t.price) for t in trades
+    ]  # scale kept: 105433.60000
     assert list(exact["size"]) == [t.size for t in trades]
     assert exact["time"].dtype == "datetime64[ns, UTC]"
-    assert exact["time"].astype("int64").tolist() == [t.time_ns for t in trades]  # 100 ns digits kept
+    assert exact["time"].astype("int64").tolist() == [
+        t.time_ns for t in trades
+    ]  # 100 ns digits kept
     assert exact["trade_id"].tolist() == [t.trade_id for t in trades]
     assert exact["side"].tolist() == [t.side for t in trades]
 
@@ -130,7 +157,9 @@ def test_reimporting_the_same_batch_changes_nothing(store: SqlOfflineStore) -> N
     pd.testing.assert_frame_equal(store.read_trades(*MARKET, exact=True), before)
 
 
-def test_upsert_updates_changed_rows_and_last_duplicate_in_a_batch_wins(store: SqlOfflineStore) -> None:
+def test_upsert_updates_changed_rows_and_last_duplicate_in_a_batch_wins(
+    store: SqlOfflineStore,
+) -> None:
     trades = kraken_trades(50)
     store.write_trades(trades)
     corrected = with_(trades[10], size=Decimal("1.50000000"), side="sell")
@@ -201,7 +230,13 @@ def test_a_crash_mid_batch_leaves_no_half_batch(offline_url: str) -> None:
     store.write_trades(earlier)
     store.close()
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, offline_url], cwd=root, capture_output=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, offline_url],
+        cwd=root,
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()
     store = open_offline_store(offline_url)
     try:
@@ -215,7 +250,11 @@ def test_range_reads_are_half_open(store: SqlOfflineStore) -> None:
     store.write_trades(trades)
     start, end = trades[100].time_ns, trades[200].time_ns
     frame = store.read_trades(*MARKET, start_ns=start, end_ns=end)
-    expected = [t.trade_id for t in sorted(trades, key=lambda t: (t.time_ns, t.trade_id)) if start <= t.time_ns < end]
+    expected = [
+        t.trade_id
+        for t in sorted(trades, key=lambda t: (t.time_ns, t.trade_id))
+        if start <= t.time_ns < end
+    ]
     assert frame["trade_id"].tolist() == expected
     assert frame["time"].min().value == start and frame["time"].max().value < end
     assert store.read_trades(*MARKET, start_ns=trades[-1].time_ns + 1).empty
@@ -231,13 +270,24 @@ def test_candles_round_trip_exactly(store: SqlOfflineStore) -> None:
     assert store.write_candles(candles) == len(candles)
     assert store.write_candles(candles) == 0
     exact = store.read_candles("poloniex", "BTC-USDT", "30m", exact=True)
-    assert list(exact.columns) == ["time", "open", "high", "low", "close", "volume", "vwap", "trade_count"]
+    assert list(exact.columns) == [
+        "time",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "vwap",
+        "trade_count",
+    ]
     assert exact["time"].astype("int64").tolist() == [c.start_ns for c in candles]
     for name in ("open", "high", "low", "close", "volume", "vwap"):
         assert list(exact[name]) == [getattr(c, name) for c in candles], name
     floats = store.read_candles("poloniex", "BTC-USDT", "30m")
     assert floats["volume"].tolist() == [float(c.volume) for c in candles]
-    assert [None if math.isnan(v) else v for v in floats["vwap"]] == [None if c.vwap is None else float(c.vwap) for c in candles]
+    assert [None if math.isnan(v) else v for v in floats["vwap"]] == [
+        None if c.vwap is None else float(c.vwap) for c in candles
+    ]
     assert floats["trade_count"].tolist() == [c.trade_count for c in candles]
     assert store.read_candles("poloniex", "BTC-USDT", "1h").empty
 
@@ -249,7 +299,13 @@ def test_replace_candles_is_idempotent_and_only_touches_its_range(store: SqlOffl
     first = candles[0].start_ns
     start, end = first + day, first + 2 * day
     middle = [c for c in candles if start <= c.start_ns < end]
-    key = {"exchange": "poloniex", "symbol": "BTC-USDT", "timeframe": "30m", "start_ns": start, "end_ns": end}
+    key = {
+        "exchange": "poloniex",
+        "symbol": "BTC-USDT",
+        "timeframe": "30m",
+        "start_ns": start,
+        "end_ns": end,
+    }
 
     assert store.replace_candles(middle[:-5], **key) == 43  # a shorter re-materialization
     assert len(store.read_candles("poloniex", "BTC-USDT", "30m")) == 139
@@ -259,10 +315,14 @@ def test_replace_candles_is_idempotent_and_only_touches_its_range(store: SqlOffl
     assert frame["time"].astype("int64").tolist() == [c.start_ns for c in candles]
     assert list(frame["close"]) == [c.close for c in candles]
 
-    outside = Candle(**{**{f: getattr(middle[0], f) for f in Candle.__struct_fields__}, "start_ns": end})
+    outside = Candle(
+        **{**{f: getattr(middle[0], f) for f in Candle.__struct_fields__}, "start_ns": end}
+    )
     with pytest.raises(InputError, match="outside the replaced range"):
         store.replace_candles([*middle[:10], outside], **key)
-    assert len(store.read_candles("poloniex", "BTC-USDT", "30m")) == 144  # the delete rolled back too
+    assert (
+        len(store.read_candles("poloniex", "BTC-USDT", "30m")) == 144
+    )  # the delete rolled back too
 
 
 # --- features --------------------------------------------------------------------------------
@@ -284,12 +344,37 @@ def test_features_round_trip_bit_for_bit(store: SqlOfflineStore) -> None:
     store.register_feature_set("fs_a1b2", names, {"rsi_14": {"length": 14}})
     store.register_feature_set("fs_a1b2", names, {"rsi_14": {"length": 14}})  # idempotent
     frame = feature_frame(300, seed=1)
-    assert store.write_features(frame, exchange="kraken", symbol="BTC-USD", timeframe="1m", feature_set_version="fs_a1b2") == 300
-    assert store.write_features(frame, exchange="kraken", symbol="BTC-USD", timeframe="1m", feature_set_version="fs_a1b2") == 0
+    assert (
+        store.write_features(
+            frame,
+            exchange="kraken",
+            symbol="BTC-USD",
+            timeframe="1m",
+            feature_set_version="fs_a1b2",
+        )
+        == 300
+    )
+    assert (
+        store.write_features(
+            frame,
+            exchange="kraken",
+            symbol="BTC-USD",
+            timeframe="1m",
+            feature_set_version="fs_a1b2",
+        )
+        == 0
+    )
     back = store.read_features("kraken", "BTC-USD", "1m", "fs_a1b2")
     assert list(back.columns) == ["time", *names]
     pd.testing.assert_frame_equal(back, frame[["time", *names]], check_exact=True)
-    window = store.read_features("kraken", "BTC-USD", "1m", "fs_a1b2", start_ns=frame["time"][5].value, end_ns=frame["time"][15].value)
+    window = store.read_features(
+        "kraken",
+        "BTC-USD",
+        "1m",
+        "fs_a1b2",
+        start_ns=frame["time"][5].value,
+        end_ns=frame["time"][15].value,
+    )
     assert window["time"].tolist() == frame["time"][5:15].tolist()
     [registered] = store.feature_set_versions()
     assert registered["version"] == "fs_a1b2" and registered["names"] == names
@@ -304,8 +389,13 @@ def test_feature_versions_are_isolated_and_old_ones_stay_readable(store: SqlOffl
     old, new = feature_frame(100, seed=2), feature_frame(100, seed=3)
     store.write_features(old, feature_set_version="v1", **key)
     store.write_features(new, feature_set_version="v2", **key)
-    pd.testing.assert_frame_equal(store.read_features(**key, feature_set_version="v1"), old[["time", "rsi_14", "sma_10"]])
-    pd.testing.assert_frame_equal(store.read_features(**key, feature_set_version="v2"), new[["time", "rsi_14", "log_return_1", "sma_10"]])
+    pd.testing.assert_frame_equal(
+        store.read_features(**key, feature_set_version="v1"), old[["time", "rsi_14", "sma_10"]]
+    )
+    pd.testing.assert_frame_equal(
+        store.read_features(**key, feature_set_version="v2"),
+        new[["time", "rsi_14", "log_return_1", "sma_10"]],
+    )
     assert [v["version"] for v in store.feature_set_versions()] == ["v1", "v2"]
     with pytest.raises(InputError, match="registered with features"):
         store.register_feature_set("v1", ["rsi_14"], {})
@@ -314,7 +404,12 @@ def test_feature_versions_are_isolated_and_old_ones_stay_readable(store: SqlOffl
 
 
 def test_replace_features_is_idempotent_per_range(store: SqlOfflineStore) -> None:
-    key = {"exchange": "kraken", "symbol": "BTC-USD", "timeframe": "1m", "feature_set_version": "v1"}
+    key = {
+        "exchange": "kraken",
+        "symbol": "BTC-USD",
+        "timeframe": "1m",
+        "feature_set_version": "v1",
+    }
     store.register_feature_set("v1", ["rsi_14", "log_return_1", "sma_10"], {})
     frame = feature_frame(120, seed=4)
     store.write_features(frame, **key)
@@ -339,14 +434,21 @@ def test_replace_features_is_idempotent_per_range(store: SqlOfflineStore) -> Non
         ("v1; DROP TABLE trades", ["sma_10"]),
     ],
 )
-def test_unsafe_feature_names_and_versions_are_refused(store: SqlOfflineStore, version: str, names: list[str]) -> None:
+def test_unsafe_feature_names_and_versions_are_refused(
+    store: SqlOfflineStore, version: str, names: list[str]
+) -> None:
     with pytest.raises(InputError):
         store.register_feature_set(version, names, {})
     assert store.feature_set_versions() == []
 
 
 def test_bad_feature_frames_are_named(store: SqlOfflineStore) -> None:
-    key = {"exchange": "kraken", "symbol": "BTC-USD", "timeframe": "1m", "feature_set_version": "v1"}
+    key = {
+        "exchange": "kraken",
+        "symbol": "BTC-USD",
+        "timeframe": "1m",
+        "feature_set_version": "v1",
+    }
     store.register_feature_set("v1", ["rsi_14", "sma_10"], {})
     frame = feature_frame(10, seed=6)
     with pytest.raises(InputError, match="lacks feature columns .*sma_10"):
@@ -365,7 +467,13 @@ def test_markets_lists_every_stored_series(store: SqlOfflineStore) -> None:
     store.write_trades(trades)
     store.write_candles(candles)
     store.register_feature_set("v1", ["rsi_14", "sma_10"], {})
-    store.write_features(feature_frame(7, seed=7), exchange="kraken", symbol="BTC-USD", timeframe="1m", feature_set_version="v1")
+    store.write_features(
+        feature_frame(7, seed=7),
+        exchange="kraken",
+        symbol="BTC-USD",
+        timeframe="1m",
+        feature_set_version="v1",
+    )
     markets = store.markets()
     assert markets[["kind", "exchange", "symbol", "rows"]].values.tolist() == [
         ["candles", "poloniex", "BTC-USDT", 10],
@@ -395,22 +503,35 @@ def test_an_old_store_is_upgraded_in_place_and_keeps_its_rows(offline_url: str) 
     assert store.migrate() == []  # nothing left to do
 
     # A component's later steps (a new table, then a new column) apply in place too.
-    notes = sa.Table("notes", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), sa.Column("text", sa.Text))
+    notes = sa.Table(
+        "notes",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("text", sa.Text),
+    )
     steps = [Migration(1, "notes", create_tables(notes))]
     assert store.apply_migrations("notes", steps) == [1]
     with store.begin_write() as conn:
         conn.execute(notes.insert().values(id=1, text="kept"))
-    steps.append(Migration(2, "note author", add_columns("notes", sa.Column("author", sa.Text, nullable=True))))
+    steps.append(
+        Migration(
+            2, "note author", add_columns("notes", sa.Column("author", sa.Text, nullable=True))
+        )
+    )
     assert store.apply_migrations("notes", steps) == [2]
     with store.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT id, text, author FROM notes")).all() == [(1, "kept", None)]
+        assert conn.execute(sa.text("SELECT id, text, author FROM notes")).all() == [
+            (1, "kept", None)
+        ]
     assert store.schema_versions() == {"core": len(CORE_MIGRATIONS), "notes": 2}
     with pytest.raises(RtmlError, match="newer than this rtml"):
         store.apply_migrations("notes", steps[:1])
     store.close()
 
 
-@pytest.mark.parametrize("url", ["mysql+pymysql://user@host/db", "postgresql+psycopg2://postgres@127.0.0.1/db"])
+@pytest.mark.parametrize(
+    "url", ["mysql+pymysql://user@host/db", "postgresql+psycopg2://postgres@127.0.0.1/db"]
+)
 def test_unsupported_backends_fail_loudly(url: str) -> None:
     with pytest.raises(UnsupportedOperation, match="offline store"):
         open_offline_store(url)
