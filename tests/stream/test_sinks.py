@@ -150,7 +150,7 @@ def test_a_row_the_store_cannot_hold_is_refused_when_added():
 def test_redis_down_keeps_consuming_buffers_bounded_and_catches_up_whole(own_redis):
     store = RedisOnlineStore(own_redis.url, "rtml", history=100)
     clock = TestClock()
-    sink = OnlineSink(store, clock=clock, max_buffer=50, backoff=Backoff(0.05, 1.0, random.Random(1)))
+    sink = OnlineSink(store, clock=clock, max_buffer=50, max_batch=20, backoff=Backoff(0.05, 1.0, random.Random(1)))
     sink.add_rows([row(0)])
     assert sink.flush_sync() and sink.healthy
 
@@ -169,7 +169,7 @@ def test_redis_down_keeps_consuming_buffers_bounded_and_catches_up_whole(own_red
     own_redis.start()  # an empty server: data and the Lua script cache are gone
     clock.advance(5.0)  # past any backoff
     assert sink.flush_sync()
-    assert sink.healthy and sink.pending == 0
+    assert sink.healthy and sink.pending == 0 and sink.stats.writes == 1 + 3  # 50 rows, 20 per write
     assert sink.status()["seconds_since_success"] == 0 and sink.status()["written"]["rows"] == 51
     latest = store.read_latest("kraken", "BTC-USD", "1m")
     assert latest.event_time_ns == T0 + 80 * MINUTE and whole([latest])
