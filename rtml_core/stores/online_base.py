@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -270,7 +271,7 @@ class OnlineStore(ABC):
         """Write rows (latest, history, one publish per new latest) and live values in one round trip."""
 
     def write_rows(self, rows: Sequence[FeatureRow]) -> None:
-        """Write rows in one round trip: latest hash, bounded history, one publish per row."""
+        """Write rows in one round trip: latest row, bounded history, a publish per row that becomes the latest."""
         self.write_batch(rows, ())
 
     def write_live(self, exchange: str, symbol: str, time_ns: int, values: dict[str, float]) -> None:
@@ -310,6 +311,4 @@ class OnlineStore(ABC):
 
 async def sleep_backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> None:
     """Sleep ``min(cap, base * 2**attempt)`` scaled by a random factor in [0.5, 1)."""
-    import random
-
     await asyncio.sleep(min(cap, base * 2**attempt) * (0.5 + random.random() / 2))

@@ -193,8 +193,11 @@ async def test_subscribers_hear_each_new_row_in_order_and_nothing_older(store):
 
 
 async def test_a_subscription_works_as_async_for_and_context_manager(store):
+    subscribed = asyncio.Event()
+
     async def first_two():
         async with store.subscribe("kraken", "ETH-USD", "5m") as rows:
+            subscribed.set()
             seen = []
             async for row in rows:
                 seen.append(row.values["k"])
@@ -202,7 +205,7 @@ async def test_a_subscription_works_as_async_for_and_context_manager(store):
                     return seen
 
     listener = asyncio.create_task(first_two())
-    await asyncio.sleep(0.2)  # let it subscribe
+    await asyncio.wait_for(subscribed.wait(), 10)
     for k in range(2):
         store.write_rows([make_row(k, symbol="ETH-USD", timeframe="5m", values={"k": float(k)})])
         await asyncio.sleep(0.01)
