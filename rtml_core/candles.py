@@ -26,12 +26,13 @@ import csv
 import decimal
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rtml_core.errors import RtmlError
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
 
@@ -46,7 +47,6 @@ __all__ = [
     "candles_to_frame",
     "fill_gaps",
     "format_time",
-    "iter_closed",
     "write_candles_csv",
 ]
 
@@ -387,10 +387,13 @@ def write_candles_csv(candles: Iterable[Candle], output: str | os.PathLike[str])
     every row is written, so an error (bad input half-way) leaves no partial file.
     """
     target = Path(output)
-    handle = tempfile.NamedTemporaryFile(
-        "w", newline="", encoding="utf-8", dir=target.parent or ".", prefix=f".{target.name}.",
-        suffix=".tmp", delete=False,
-    )
+    try:
+        handle = tempfile.NamedTemporaryFile(
+            "w", newline="", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
+            suffix=".tmp", delete=False,
+        )
+    except OSError as error:
+        raise RtmlError(f"cannot write {target}: {error.strerror or error}") from None
     rows = 0
     try:
         with handle:
@@ -404,13 +407,3 @@ def write_candles_csv(candles: Iterable[Candle], output: str | os.PathLike[str])
         Path(handle.name).unlink(missing_ok=True)
         raise
     return rows
-
-
-def iter_closed(builder: CandleBuilder, trades: Iterable[Trade]) -> Iterator[Candle]:
-    """Stream candles as the builder closes them, then the rest at the end of input."""
-    add = builder.add
-    for trade in trades:
-        out = add(trade)
-        if out:
-            yield from out
-    yield from builder.flush()

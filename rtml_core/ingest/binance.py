@@ -11,13 +11,12 @@ The symbol comes from the argument or the file name (``BTCUSDT-trades-2025-01-01
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from decimal import Context, Decimal
 from pathlib import Path
 
 from rtml_core.errors import InputError
-from rtml_core.ingest.formats import canonical_timeframe, checked_symbol, epoch_to_ns, open_text, parse_decimal
+from rtml_core.ingest.formats import CsvRows, canonical_timeframe, checked_symbol, epoch_to_ns, parse_decimal
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
 
@@ -46,8 +45,7 @@ def _symbol(path: str | Path, symbol: str | None) -> str:
 def _rows(path: str | Path, columns: int, header_first: str) -> Iterator[tuple[int, list[str]]]:
     """(line, cells) of each data row, skipping a header and checking the column count."""
     source = str(path)
-    with open_text(path) as handle:
-        reader = csv.reader(handle)
+    with CsvRows(path) as reader:
         for cells in reader:
             line = reader.line_num
             if not cells or (len(cells) == 1 and not cells[0].strip()):

@@ -16,13 +16,12 @@ column the side comes from the tick rule.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 from rtml_core.errors import InputError
-from rtml_core.ingest.formats import TimeParser, checked_symbol, open_text, parse_decimal
+from rtml_core.ingest.formats import CsvRows, TimeParser, checked_symbol, parse_decimal
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
 
@@ -105,6 +104,20 @@ def _header(reader, source: str, aliases, required, mapping, preset: str | None)
     raise InputError("the file has no header line", source=source, line=1)
 
 
+def _volume_column(symbol: str, cols: dict[str, int], lowered: list[str], mapping: dict[str, str],
+                   source: str, header_line: int) -> int:
+    """The base-volume column: ``volume_<base>`` when present (CryptoDataDownload's
+    ``volume_btc``; its plain ``volume`` is the quote volume), else the volume field."""
+    if "volume" not in mapping:
+        base_volume = f"volume_{symbol.split('-')[0].lower()}"
+        if base_volume in lowered:
+            return lowered.index(base_volume)
+    if "volume" not in cols:
+        raise InputError("missing column for volume; name it with --map volume=COLUMN",
+                         source=source, line=header_line)
+    return cols["volume"]
+
+
 def _check_preset(preset: str | None) -> None:
     if preset is not None and preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
@@ -120,8 +133,7 @@ def read_tick_csv(path: str | Path, *, exchange: str = "file", symbol: str | Non
     _check_preset(preset)
     source = str(path)
     fixed_symbol = checked_symbol(symbol, source) if symbol else None
-    with open_text(path) as handle:
-        reader = csv.reader(handle)
+    with CsvRows(path) as reader:
         _, header, cols, _ = _header(reader, source, TICK_ALIASES, TICK_REQUIRED,
                                                mapping or {}, preset)
         width = len(header)
@@ -201,8 +213,7 @@ def read_candle_csv(path: str | Path, *, timeframe: str, exchange: str = "file",
     source = str(path)
     tf_ns = timeframe_ns(timeframe)
     fixed_symbol = checked_symbol(symbol, source) if symbol else None
-    with open_text(path) as handle:
-        reader = csv.reader(handle)
+    with CsvRows(path) as reader:
         preset, header, cols, header_line = _header(reader, source, CANDLE_ALIASES,
                                                     ("time", "open", "high", "low", "close"),
                                                     mapping or {}, preset)
@@ -212,6 +223,7 @@ def read_candle_csv(path: str | Path, *, timeframe: str, exchange: str = "file",
             raise InputError("no symbol: pass --symbol BASE-QUOTE (the file has no symbol column)", source=source)
         parse_time = TimeParser()
         symbols: dict[str, str] = {}
+        volume_columns: dict[str, int] = {}
         lowered = [name.strip().lower() for name in header]
         for cells in reader:
             if len(cells) != width:
@@ -227,14 +239,10 @@ def read_candle_csv(path: str | Path, *, timeframe: str, exchange: str = "file",
                 row_symbol = symbols.get(raw)
                 if row_symbol is None:
                     row_symbol = symbols[raw] = checked_symbol(raw, source, line)
-            i_volume = cols.get("volume")
-            if "volume" not in (mapping or {}):
-                base_volume = f"volume_{row_symbol.split('-')[0].lower()}"
-                if base_volume in lowered:  # CryptoDataDownload: volume_btc is base, volume is quote
-                    i_volume = lowered.index(base_volume)
+            i_volume = volume_columns.get(row_symbol)
             if i_volume is None:
-                raise InputError("missing column for volume; name it with --map volume=COLUMN",
-                                 source=source, line=header_line)
+                i_volume = volume_columns[row_symbol] = _volume_column(
+                    row_symbol, cols, lowered, mapping or {}, source, header_line)
             try:
                 start = parse_time(cells[cols["time"]])
             except ValueError:

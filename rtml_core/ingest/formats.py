@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import re
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -17,17 +19,74 @@ from rtml_core.symbols import normalize_symbol
 NS_PER_S = 1_000_000_000
 
 
-def open_text(path: str | Path) -> IO[str]:
-    """Open a text file for reading, gunzipping ``*.gz`` (by magic bytes, not only name)."""
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a file for reading bytes, gunzipping it when it is gzip (by magic bytes)."""
     file = Path(path)
     try:
-        with open(file, "rb") as probe:
-            magic = probe.read(2)
+        handle = open(file, "rb")
     except OSError as error:
         raise InputError(f"cannot read the file: {error.strerror or error}", source=str(path)) from None
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(file, "rb"), encoding="utf-8", newline="")
-    return open(file, encoding="utf-8", newline="")
+    if handle.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
+    return handle
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a text file (UTF-8) for reading, gunzipping it when it is gzip."""
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline="")
+
+
+class CsvRows:
+    """``csv.reader`` over a (gzipped) UTF-8 file; read, decode and CSV errors become an
+    InputError naming the file and the line. Use as a context manager."""
+
+    def __init__(self, path: str | Path):
+        self.path = path
+        self.source = str(path)
+        self._handle = open_text(path)
+        self._reader = csv.reader(self._lines())
+        self._next = self._reader.__next__
+
+    def __enter__(self) -> CsvRows:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+    @property
+    def line_num(self) -> int:
+        return self._reader.line_num
+
+    def _lines(self) -> Iterator[str]:
+        try:
+            yield from self._handle
+        except UnicodeDecodeError as error:
+            raise InputError(f"not UTF-8 text: {error.reason}", source=self.source,
+                             line=_first_undecodable_line(self.path)) from None
+        except (EOFError, OSError, zlib.error) as error:
+            raise InputError(f"cannot read the file: {error}", source=self.source,
+                             line=self._reader.line_num + 1) from None
+
+    def __iter__(self) -> CsvRows:
+        return self
+
+    def __next__(self) -> list[str]:
+        try:
+            return self._next()
+        except csv.Error as error:
+            raise InputError(f"not valid CSV: {error}", source=self.source, line=self._reader.line_num) from None
+
+
+def _first_undecodable_line(path: str | Path) -> int | None:
+    """The 1-based line holding the first byte that is not UTF-8 (only on the error path:
+    text-mode reading decodes in blocks and cannot say)."""
+    with open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
 
 
 def read_text(path: str | Path) -> str:
@@ -157,9 +216,8 @@ def _is_plain_number(text: str) -> bool:
 def epoch_to_ns_decimal(text: str) -> int:
     """An epoch number with a fraction (``1762795433.97``): the unit by the whole part's size."""
     whole, _, frac = text.partition(".")
-    ns = epoch_to_ns(int(whole))
-    unit = ns // int(whole) if int(whole) else NS_PER_S
-    return ns + int(Decimal("0." + frac) * unit)
+    unit_ns = epoch_to_ns(1) if not int(whole) else epoch_to_ns(int(whole)) // int(whole)
+    return int(whole) * unit_ns + int(Decimal("0." + (frac or "0")) * unit_ns)
 
 
 def parse_mapping(text: str | None) -> dict[str, str]:
@@ -173,8 +231,3 @@ def parse_mapping(text: str | None) -> dict[str, str]:
             raise InputError(f"--map entry {part!r} is not FIELD=COLUMN")
         mapping[field.strip().lower()] = column.strip()
     return mapping
-
-
-def numbered_lines(handle: IO[str]) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) for each line of a text file."""
-    return enumerate(handle, start=1)

@@ -169,3 +169,20 @@ def test_cli_bad_options(tmp_path, args, needle):
 def test_cli_missing_input_file(tmp_path):
     result = _run(["candles", tmp_path / "nope.csv", "--format", "ticks-csv", "--output", tmp_path / "o.csv"])
     assert result.exit_code == 2 and "nope.csv" in result.stderr
+
+
+def test_undecodable_bytes_and_truncated_gzip_name_their_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    head = _es_head(tmp_path / "es.csv", 40)
+    path.write_bytes("".join(head[:30]).encode() + b"2013-09-01 17:00:01.000,1640.25,3\xff\n" + "".join(head[30:]).encode())
+    error = _error(lambda: list(read_trades(path, "ticks-csv", symbol="ES-USD")))
+    assert error.line == 31 and "UTF-8" in error.problem
+    truncated = tmp_path / "ticks.csv.gz"
+    truncated.write_bytes(ES_TICKS.read_bytes()[:50_000])
+    error = _error(lambda: list(read_trades(truncated, "ticks-csv", symbol="ES-USD")))
+    assert error.source == str(truncated) and error.line > 1000 and "cannot read" in error.problem
+
+
+def test_cli_unwritable_output(tmp_path):
+    result = _run(["candles", KRAKEN_TRADES, "--format", "kraken-rest", "--output", tmp_path / "no" / "o.csv"])
+    assert result.exit_code == 2 and "cannot write" in result.stderr
