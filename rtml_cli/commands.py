@@ -11,3 +11,7 @@ from rtml_cli.models import models  # noqa: E402
 ALL.append(models)
 from rtml_cli.serve import serve  # noqa: E402
 ALL.append(serve)
+from rtml_cli.features import features  # noqa: E402
+ALL.append(features)
+from rtml_cli.demo import demo  # noqa: E402
+ALL.append(demo)

@@ -1,0 +1,57 @@
+"""The code location: wiring only. Each domain folder builds its assets for the market catalog.
+
+Loaded lazily by Dagster (``@dg.definitions``): configuration is read when the code location
+loads, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import dagster as dg
+
+from rtml_assets.features.assets import build_feature_assets
+from rtml_assets.features.checks import build_feature_checks
+from rtml_assets.market_history.assets import build_market_history_assets
+from rtml_assets.market_history.checks import build_market_history_checks
+from rtml_assets.market_history.markets import MarketSource, demo_markets, load_markets
+from rtml_assets.market_history.partitions import market_day_partitions
+from rtml_assets.resources import OfflineStoreResource
+from rtml_core.settings import Settings
+
+
+def offline_store_resource(settings: Settings) -> OfflineStoreResource:
+    """From ``RTML_OFFLINE_URL`` (shown as an env var in the UI) or the embedded SQLite default."""
+    if settings.offline_url and os.environ.get("RTML_OFFLINE_URL") == settings.offline_url:
+        return OfflineStoreResource(url=dg.EnvVar("RTML_OFFLINE_URL"))
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return OfflineStoreResource(url=settings.resolved_offline_url)
+
+
+def market_catalog(settings: Settings) -> list[MarketSource]:
+    return load_markets(settings.markets_file) if settings.markets_file else demo_markets()
+
+
+def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None = None,
+                      feature_set=None) -> dg.Definitions:
+    from rtml_core.features import DEFAULT_FEATURE_SET
+
+    markets = list(markets) if markets is not None else market_catalog(settings)
+    feature_set = feature_set or DEFAULT_FEATURE_SET
+    partitions = market_day_partitions(markets)
+    raw_trades, validated_candles = build_market_history_assets(markets, partitions)
+    (indicator_table,) = build_feature_assets(markets, partitions, feature_set, validated_candles)
+    return dg.Definitions(
+        assets=[raw_trades, validated_candles, indicator_table],
+        asset_checks=[
+            *build_market_history_checks(markets, validated_candles),
+            *build_feature_checks(markets, indicator_table, feature_set),
+        ],
+        resources={"offline_store": offline_store_resource(settings)},
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(Settings())

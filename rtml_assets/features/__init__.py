@@ -1,0 +1,1 @@
+"""Offline features: the indicator table over validated candles, with checks."""

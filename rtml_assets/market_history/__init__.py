@@ -1,0 +1,1 @@
+"""Market history: imported trades and validated candles, per (day, market), with checks."""

@@ -1,0 +1,83 @@
+"""Reading a market's source file with rtml_core's importers, cut to a partition window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from functools import lru_cache
+
+import msgspec
+import pandas as pd
+
+from rtml_assets.market_history.markets import MarketSource
+from rtml_core import ingest
+from rtml_core.errors import InputError
+from rtml_core.schemas import Candle, Trade
+
+
+def _read_trades(market: MarketSource) -> Iterator[Trade]:
+    return ingest.read_trades(market.source, market.format, exchange=market.exchange, symbol=market.symbol,
+                              mapping=market.mapping, preset=market.preset)
+
+
+def _read_candles(market: MarketSource) -> Iterator[Candle]:
+    return ingest.read_candles(market.source, market.format, timeframe=market.timeframe,
+                               exchange=market.exchange, symbol=market.symbol, mapping=market.mapping,
+                               preset=market.preset)
+
+
+def _as_market(items: Iterable, market: MarketSource) -> Iterator:
+    """The importer's records under the market's own exchange and symbol names."""
+    for item in items:
+        if item.exchange != market.exchange or item.symbol != market.symbol:
+            item = msgspec.structs.replace(item, exchange=market.exchange, symbol=market.symbol)
+        yield item
+
+
+@lru_cache(maxsize=4)
+def _all_trades(market: MarketSource, mtime_ns: int) -> tuple[Trade, ...]:
+    """A source file parsed once per process (a range run or the demo reads it once)."""
+    return tuple(_as_market(_read_trades(market), market))
+
+
+@lru_cache(maxsize=4)
+def _all_candles(market: MarketSource, mtime_ns: int) -> tuple[Candle, ...]:
+    candles = tuple(_as_market(_read_candles(market), market))
+    wrong = next((c for c in candles if c.timeframe != market.timeframe), None)
+    if wrong is not None:
+        raise InputError(f"the file holds {wrong.timeframe} candles, the market is {market.timeframe}",
+                         source=str(market.source))
+    return candles
+
+
+def _mtime(market: MarketSource) -> int:
+    try:
+        return market.source.stat().st_mtime_ns
+    except OSError as error:
+        raise InputError(f"cannot read the market's source file: {error.strerror}", source=str(market.source)) from None
+
+
+def trades_in_window(market: MarketSource, start_ns: int, end_ns: int) -> list[Trade]:
+    return [t for t in _all_trades(market, _mtime(market)) if start_ns <= t.time_ns < end_ns]
+
+
+def candles_in_window(market: MarketSource, start_ns: int, end_ns: int) -> list[Candle]:
+    return [c for c in _all_candles(market, _mtime(market)) if start_ns <= c.start_ns < end_ns]
+
+
+def _exact(value: object) -> Decimal:
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, float):
+        return Decimal(repr(value))  # shortest round-trip text: the decimal the float came from
+    return Decimal(str(value))
+
+
+def frame_to_trades(frame: pd.DataFrame, market: MarketSource) -> Iterator[Trade]:
+    """Stored trades (``time, trade_id, price, size, side``) back into Trade structs."""
+    times = frame["time"].dt.as_unit("ns").astype("int64")
+    for time_ns, trade_id, price, size, side in zip(
+        times.tolist(), frame["trade_id"].tolist(), frame["price"].tolist(), frame["size"].tolist(),
+        frame["side"].tolist(), strict=True,
+    ):
+        yield Trade(market.exchange, market.symbol, int(trade_id), time_ns, _exact(price), _exact(size), side)
