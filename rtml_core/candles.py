@@ -90,6 +90,8 @@ class CandleBuilder:
     State is the open windows only (one, when trades arrive in time order).
     ``allowed_lateness_ns=None`` keeps every window open until ``advance``/``flush``
     (the batch mode: order-independent, nothing is ever late).
+    The builder does not deduplicate: a trade fed twice counts twice (sources and stores
+    key trades on their id).
     """
 
     def __init__(
@@ -116,7 +118,7 @@ class CandleBuilder:
         self.late = 0
         """How many late trades were seen (their window had already closed)."""
         self.late_trades: list[Trade] = []
-        """The most recent late trades (at most ``keep_late_trades``); see ``drain_late``."""
+        """Late trades not yet drained (the first ``keep_late_trades``; ``late`` counts all)."""
         self.watermark_ns: int | None = None
         self._windows: dict[int, _Window] = {}
         self._current: _Window | None = None  # the window the last trade went to (fast path)
