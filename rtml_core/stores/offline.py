@@ -503,9 +503,55 @@ class SqlOfflineStore(OfflineStore):
         feature_set_version: str,
     ) -> int:
         table, names = self._feature_table(feature_set_version)
-        rows = _feature_rows(frame, names, exchange, symbol, timeframe)
+        times, values = _feature_matrix(frame, names, exchange, symbol, timeframe)
         with self.begin_write() as conn:
+            return self._upsert_features(
+                conn, table, names, (exchange, symbol, timeframe), times, values
+            )
+
+    def _upsert_features(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        names: list[str],
+        market: tuple[str, str, str],
+        times: np.ndarray,
+        values: np.ndarray,
+    ) -> int:
+        """Upsert a float matrix; on PostgreSQL through binary COPY built by numpy."""
+        if self.dialect == "sqlite":
+            cells = values.astype(object)
+            cells[np.isnan(values)] = None
+            rows = ((*market, t, *row) for t, row in zip(times.tolist(), cells.tolist()))
             return self._upsert(conn, table.name, tables.FEATURE_KEY_COLUMNS, names, rows)
+        q = self._quote
+        features = ", ".join(q(name) for name in names)
+        stage = q("_rtml_stage")
+        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
+        conn.exec_driver_sql(
+            f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
+            f"SELECT 0::bigint AS _seq, time_ns, {features} FROM {q(table.name)} WITH NO DATA"
+        )
+        key = ", ".join(q(c) for c in tables.FEATURE_KEY_COLUMNS)
+        changed = (
+            f"({', '.join(f'{q(table.name)}.{q(n)}' for n in names)}) IS DISTINCT FROM "
+            f"({', '.join(f'excluded.{q(n)}' for n in names)})"
+        )
+        nan_as_null = ", ".join(f"NULLIF({q(n)}, 'NaN')" for n in names)
+        with conn.connection.driver_connection.cursor() as cursor:
+            with cursor.copy(f"COPY {stage} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(_pg_binary_copy(times, values))
+            cursor.execute(
+                f"INSERT INTO {q(table.name)} ({key}, {features}) "
+                f"SELECT %s, %s, %s, time_ns, {nan_as_null} "
+                f"FROM (SELECT DISTINCT ON (time_ns) * FROM {stage} ORDER BY time_ns, _seq DESC) s "
+                f"ON CONFLICT ({key}) DO UPDATE SET "
+                f"{', '.join(f'{q(n)} = excluded.{q(n)}' for n in names)} WHERE {changed}",
+                market,
+            )
+            written = cursor.rowcount
+            cursor.execute(f"DROP TABLE {stage}")
+        return max(written, 0)
 
     def replace_features(
         self,
@@ -521,7 +567,7 @@ class SqlOfflineStore(OfflineStore):
         """Re-materialize one range of one version: delete [start, end), insert ``frame``."""
         _check_range(start_ns, end_ns)
         table, names = self._feature_table(feature_set_version)
-        rows = _feature_rows(
+        times, values = _feature_matrix(
             frame, names, exchange, symbol, timeframe, start_ns=start_ns, end_ns=end_ns
         )
         c = table.c
@@ -535,7 +581,9 @@ class SqlOfflineStore(OfflineStore):
                     c.time_ns < end_ns,
                 )
             )
-            return self._upsert(conn, table.name, tables.FEATURE_KEY_COLUMNS, names, rows)
+            return self._upsert_features(
+                conn, table, names, (exchange, symbol, timeframe), times, values
+            )
 
     def read_features(
         self,
@@ -559,11 +607,15 @@ class SqlOfflineStore(OfflineStore):
             .order_by(c.time_ns)
         )
         with self._engine.connect() as conn:
-            rows = conn.execute(statement).all()
-        frame = {"time": _ns_to_time([row[0] for row in rows])}
-        values = np.array([row[1:] for row in rows], dtype=np.float64).reshape(
-            len(rows), len(names)
-        )
+            if self.dialect == "postgresql":
+                times, values = _pg_read_matrix(conn, statement, len(names))
+            else:
+                rows = conn.execute(statement).all()
+                times = np.asarray([row[0] for row in rows], dtype=np.int64)
+                values = np.array([row[1:] for row in rows], dtype=np.float64).reshape(
+                    len(rows), len(names)
+                )
+        frame = {"time": _ns_to_time(times)}
         for position, name in enumerate(names):
             frame[name] = values[:, position]
         return pd.DataFrame(frame)
@@ -717,7 +769,7 @@ def frame_times_ns(frame: pd.DataFrame) -> np.ndarray:
     return pd.DatetimeIndex(time).as_unit("ns").asi8
 
 
-def _feature_rows(
+def _feature_matrix(
     frame: pd.DataFrame,
     names: list[str],
     exchange: str,
@@ -726,8 +778,8 @@ def _feature_rows(
     *,
     start_ns: int | None = None,
     end_ns: int | None = None,
-) -> Iterator[tuple]:
-    """Validate a feature frame up front and return its rows as tuples (NaN -> NULL)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a feature frame; return its times (int64 ns) and values (float64, rows x names)."""
     try:
         _name(exchange, "exchange"), _name(symbol, "symbol")
     except ValueError as error:
@@ -751,7 +803,60 @@ def _feature_rows(
             )
         except (TypeError, ValueError) as error:
             raise InputError(f"feature column {name!r} is not numeric: {error}") from None
-    cells = values.astype(object)
-    cells[np.isnan(values)] = None
-    prefix = (exchange, symbol, timeframe)
-    return ((*prefix, time, *row) for time, row in zip(times.tolist(), cells.tolist()))
+    return times, values
+
+
+_PG_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+_PG_COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
+
+
+def _pg_row_dtype(floats: int, *, with_seq: bool) -> np.dtype:
+    """One row of PostgreSQL binary COPY: field count, then (length, value) per field."""
+    fields = [("count", ">i2")]
+    if with_seq:
+        fields += [("seq_len", ">i4"), ("seq", ">i8")]
+    fields += [("time_len", ">i4"), ("time_ns", ">i8")]
+    for position in range(floats):
+        fields += [(f"len_{position}", ">i4"), (f"v_{position}", ">f8")]
+    return np.dtype(fields)
+
+
+def _pg_binary_copy(times: np.ndarray, values: np.ndarray) -> bytes:
+    """``_seq, time_ns, floats...`` rows as a PostgreSQL binary COPY stream (NaN stays NaN)."""
+    rows, floats = values.shape
+    data = np.empty(rows, dtype=_pg_row_dtype(floats, with_seq=True))
+    data["count"] = 2 + floats
+    data["seq_len"] = 8
+    data["seq"] = np.arange(rows)
+    data["time_len"] = 8
+    data["time_ns"] = times
+    for position in range(floats):
+        data[f"len_{position}"] = 8
+        data[f"v_{position}"] = values[:, position]
+    return _PG_COPY_HEADER + data.tobytes() + _PG_COPY_TRAILER
+
+
+def _pg_read_matrix(
+    conn: Connection, statement: sa.Select, floats: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run a ``time_ns, floats...`` select through binary COPY (NULL read as NaN)."""
+    selected = statement.subquery()
+    columns = list(selected.c)
+    no_nulls = sa.select(
+        columns[0],
+        *(sa.func.coalesce(c, sa.literal_column("'NaN'::float8")) for c in columns[1:]),
+    ).order_by(columns[0])
+    compiled = no_nulls.compile(dialect=conn.dialect)  # pyformat: %(name)s placeholders
+    buffer = bytearray()
+    with conn.connection.driver_connection.cursor() as cursor:
+        with cursor.copy(
+            f"COPY ({compiled.string}) TO STDOUT (FORMAT BINARY)", compiled.params
+        ) as copy:
+            for chunk in copy:
+                buffer += chunk
+    body = memoryview(buffer)[len(_PG_COPY_HEADER) : len(buffer) - len(_PG_COPY_TRAILER)]
+    data = np.frombuffer(body, dtype=_pg_row_dtype(floats, with_seq=False))
+    values = np.empty((len(data), floats), dtype=np.float64)
+    for position in range(floats):
+        values[:, position] = data[f"v_{position}"]
+    return data["time_ns"].astype(np.int64), values

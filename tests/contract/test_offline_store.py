@@ -376,6 +376,20 @@ def test_features_round_trip_bit_for_bit(store: SqlOfflineStore) -> None:
         end_ns=frame["time"][15].value,
     )
     assert window["time"].tolist() == frame["time"][5:15].tolist()
+    with store.engine.connect() as conn:  # warm-up NaN is SQL NULL for people querying
+        nulls = conn.execute(sa.text("SELECT count(*) FROM features_fs_a1b2 WHERE rsi_14 IS NULL"))
+        assert nulls.scalar_one() == 10
+    twice = pd.concat(
+        [frame[:3].assign(sma_10=1.0), frame[:3].assign(sma_10=2.0)], ignore_index=True
+    )
+    key = {"exchange": "kraken", "symbol": "BTC-USD", "timeframe": "1m"}
+    store.write_features(twice, feature_set_version="fs_a1b2", **key)  # last row of a time wins
+    assert store.read_features(**key, feature_set_version="fs_a1b2")["sma_10"][:4].tolist() == [
+        2.0,
+        2.0,
+        2.0,
+        frame["sma_10"][3],
+    ]
     [registered] = store.feature_set_versions()
     assert registered["version"] == "fs_a1b2" and registered["names"] == names
     assert registered["spec"] == {"rsi_14": {"length": 14}}
