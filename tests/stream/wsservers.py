@@ -68,6 +68,7 @@ class ConnState:
     ws: ServerConnection
     index: int
     channels: dict[str, int] = field(default_factory=dict)  # channel -> subscribe requests seen
+    active: set[str] = field(default_factory=set)  # channels subscribed now
     subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     silent: bool = False
@@ -108,10 +109,10 @@ class ExchangeServer:
             return
         for connection in list(server.connections):
             connection.transport.abort()
-        server.close(close_connections=False)
-        await server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
+        server.close(close_connections=False)
+        await server.wait_closed()
 
     async def __aenter__(self) -> ExchangeServer:
         return await self.start()
@@ -146,6 +147,7 @@ class ExchangeServer:
 
     def mark_subscribe(self, state: ConnState, channel: str) -> None:
         state.channels[channel] = state.channels.get(channel, 0) + 1
+        state.active.add(channel)
         if all(c in state.channels for c in self.expected_channels):
             state.subscribed.set()
         state.changed.set()
@@ -156,6 +158,15 @@ class ExchangeServer:
         session = self.sessions[state.index] if state.index < len(self.sessions) else Session([], "hold")
         reader = self._spawn(self._read(state))
         beats = self._spawn(self._heartbeats(state))
+        play = self._spawn(self._play(state, session))
+        try:
+            await asyncio.wait({play, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (play, reader, beats):
+                task.cancel()
+
+    async def _play(self, state: ConnState, session: Session) -> None:
+        ws = state.ws
         try:
             await self.on_open(state)
             await state.subscribed.wait()
@@ -181,9 +192,6 @@ class ExchangeServer:
                 await ws.wait_closed()
         except ConnectionClosed:
             pass
-        finally:
-            reader.cancel()
-            beats.cancel()
 
     async def _read(self, state: ConnState) -> None:
         try:
@@ -336,7 +344,7 @@ class CoinbaseServer(ExchangeServer):
     async def on_client_message(self, state: ConnState, message: dict[str, Any]) -> None:
         channel = message.get("channel")
         if message.get("type") == "unsubscribe":
-            state.channels.pop(channel, None)
+            state.active.discard(channel)
             return
         if message.get("type") != "subscribe":
             return
@@ -348,7 +356,7 @@ class CoinbaseServer(ExchangeServer):
         self.mark_subscribe(state, channel)
 
     def heartbeat(self, state: ConnState) -> str | None:
-        if "heartbeats" not in state.channels:
+        if "heartbeats" not in state.active:
             return None
         self._beats += 1
         now = utc_now_text()
