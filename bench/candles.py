@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
     import pandas as pd  # imported before any timing, so the peer is not charged for it
+
     rule = {"s": "s", "m": "min", "h": "h", "d": "D"}[args.timeframe[-1]]
     rule = args.timeframe[:-1] + rule
 
@@ -78,32 +79,77 @@ def main(argv: list[str] | None = None) -> None:
             parsed[:] = list(read_trades(source, "ticks-csv", default_symbol="ES-USD"))
 
         rows: list = []
-        results = [("rtml candles, in-process (gz CSV -> exact candles -> CSV)", _best(repeat, whole))]
+        results = [
+            ("rtml candles, in-process (gz CSV -> exact candles -> CSV)", _best(repeat, whole))
+        ]
         results.append(("  part: parse ticks to Trade (Decimal)", _best(repeat, parse)))
-        results.append(("  part: candle builder on parsed trades",
-                        _best(repeat, lambda: rows.__setitem__(slice(None), build_candles(parsed, args.timeframe)))))
-        command = [sys.executable, "-m", "rtml_cli", "candles", str(source), "--format", "ticks-csv",
-                   "--timeframe", args.timeframe, "--output", str(out)]
+        results.append(
+            (
+                "  part: candle builder on parsed trades",
+                _best(
+                    repeat,
+                    lambda: rows.__setitem__(slice(None), build_candles(parsed, args.timeframe)),
+                ),
+            )
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "rtml_cli",
+            "candles",
+            str(source),
+            "--format",
+            "ticks-csv",
+            "--timeframe",
+            args.timeframe,
+            "--output",
+            str(out),
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        results.append(("rtml candles, CLI subprocess (with interpreter start)",
-                        _best(repeat, lambda: subprocess.run(command, check=True, capture_output=True, env=env))))
+        results.append(
+            (
+                "rtml candles, CLI subprocess (with interpreter start)",
+                _best(
+                    repeat,
+                    lambda: subprocess.run(command, check=True, capture_output=True, env=env),
+                ),
+            )
+        )
         peer_out = work / "peer.csv"
         peer_rows = [0]
-        results.append(("peer: pandas read_csv + resample().ohlc() on float64",
-                        _best(repeat, lambda: peer_rows.__setitem__(0, _pandas_peer(source, rule, peer_out)))))
+        results.append(
+            (
+                "peer: pandas read_csv + resample().ohlc() on float64",
+                _best(
+                    repeat, lambda: peer_rows.__setitem__(0, _pandas_peer(source, rule, peer_out))
+                ),
+            )
+        )
         peer = pd.read_csv(peer_out)
 
-    print(f"\n{ticks:,} real ES ticks -> {len(rows):,} {args.timeframe} candles "
-          f"(pandas: {peer_rows[0]:,} non-empty bars); best of {repeat}\n")
+    print(
+        f"\n{ticks:,} real ES ticks -> {len(rows):,} {args.timeframe} candles "
+        f"(pandas: {peer_rows[0]:,} non-empty bars); best of {repeat}\n"
+    )
     width = max(len(name) for name, _ in results)
     print(f"| {'what':<{width}} | seconds |   ticks/s |")
     print(f"|{'-' * (width + 2)}|--------:|----------:|")
     for name, seconds in results:
         print(f"| {name:<{width}} | {seconds:7.3f} | {ticks / seconds:>9,.0f} |")
-    ours = pd.DataFrame({k: [float(getattr(c, k)) for c in rows] for k in ("open", "high", "low", "close", "volume")})
-    same = all((ours[k].to_numpy() == peer[k].to_numpy()).all() for k in ("open", "high", "low", "close"))
+    ours = pd.DataFrame(
+        {
+            k: [float(getattr(c, k)) for c in rows]
+            for k in ("open", "high", "low", "close", "volume")
+        }
+    )
+    same = all(
+        (ours[k].to_numpy() == peer[k].to_numpy()).all() for k in ("open", "high", "low", "close")
+    )
     close_volume = bool(((ours["volume"] - peer["volume"]).abs() < 1e-6).all())
-    print(f"\nsame OHLC as pandas: {'yes' if same else 'NO'}; same volume: {'yes' if close_volume else 'NO'}")
+    print(
+        f"\nsame OHLC as pandas: {'yes' if same else 'NO'}; "
+        f"same volume: {'yes' if close_volume else 'NO'}"
+    )
     if not (same and close_volume):
         raise SystemExit(1)
 

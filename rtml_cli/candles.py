@@ -22,19 +22,27 @@ UNKNOWN_SYMBOL = "UNKNOWN-UNKNOWN"
 """Symbol of trades from a tick CSV that names none (the candle CSV does not show it)."""
 
 _format_help = f"Input format: {', '.join(FORMATS)}."
-_map_help = "Column mapping for CSV files: time=Date,open=BTC.open,... (fields: time, price, size, " \
-            "trade_id, side, symbol; open, high, low, close, volume, vwap, trade_count)."
+_map_help = (
+    "Column mapping for CSV files: time=Date,open=BTC.open,... (fields: time, price, size, "
+    "trade_id, side, symbol; open, high, low, close, volume, vwap, trade_count)."
+)
 _preset_help = f"Column preset for CSV files: {', '.join(PRESETS)} (found by itself when it can)."
 
 
 def _input_options(function):
-    for option in reversed([
-        click.option("--format", "fmt", required=True, help=_format_help),
-        click.option("--exchange", default=None, help="Exchange name kept beside the symbol (CSV files)."),
-        click.option("--symbol", default=None, help="Symbol, e.g. BTC-USD (when the file does not say)."),
-        click.option("--map", "mapping", default=None, help=_map_help),
-        click.option("--preset", default=None, help=_preset_help),
-    ]):
+    for option in reversed(
+        [
+            click.option("--format", "fmt", required=True, help=_format_help),
+            click.option(
+                "--exchange", default=None, help="Exchange name kept beside the symbol (CSV files)."
+            ),
+            click.option(
+                "--symbol", default=None, help="Symbol, e.g. BTC-USD (when the file does not say)."
+            ),
+            click.option("--map", "mapping", default=None, help=_map_help),
+            click.option("--preset", default=None, help=_preset_help),
+        ]
+    ):
         function = option(function)
     return function
 
@@ -49,32 +57,65 @@ def _single_symbol(trades: Iterable[Trade], source: str) -> Iterator[Trade]:
     symbol = first.symbol
     for trade in iterator:
         if trade.symbol != symbol:
-            raise InputError(f"the file mixes symbols ({symbol}, {trade.symbol}): pass --symbol "
-                             "or split it", source=source)
+            raise InputError(
+                f"the file mixes symbols ({symbol}, {trade.symbol}): pass --symbol or split it",
+                source=source,
+            )
         yield trade
 
 
 @click.command("candles")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
 @_input_options
-@click.option("--timeframe", default="1m", show_default=True, help="Window: 30s, 1m, 5m, 15m, 1h, ...")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV to write: time,open,high,low,close,volume,vwap,trade_count.")
-@click.option("--fill-gaps", is_flag=True, help="Fill empty intervals with the previous close, zero volume.")
-def candles(input_path: Path, fmt: str, exchange: str | None, symbol: str | None, mapping: str | None,
-            preset: str | None, timeframe: str, output: Path, fill_gaps: bool) -> None:
+@click.option(
+    "--timeframe", default="1m", show_default=True, help="Window: 30s, 1m, 5m, 15m, 1h, ..."
+)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV to write: time,open,high,low,close,volume,vwap,trade_count.",
+)
+@click.option(
+    "--fill-gaps", is_flag=True, help="Fill empty intervals with the previous close, zero volume."
+)
+def candles(
+    input_path: Path,
+    fmt: str,
+    exchange: str | None,
+    symbol: str | None,
+    mapping: str | None,
+    preset: str | None,
+    timeframe: str,
+    output: Path,
+    fill_gaps: bool,
+) -> None:
     """Build exact candles from a trade file and write them as CSV (atomically)."""
     source = str(input_path)
     if format_kind(fmt, source) != "trades":
-        raise InputError(f"format {fmt!r} holds candles; rtml candles needs trades "
-                         "(kraken-rest, binance-trades, ticks-csv)", source=source)
+        raise InputError(
+            f"format {fmt!r} holds candles; rtml candles needs trades "
+            "(kraken-rest, binance-trades, ticks-csv)",
+            source=source,
+        )
     timeframe_seconds(timeframe)
     started = time.perf_counter()
-    trades = read_trades(input_path, fmt, exchange=exchange, symbol=symbol, mapping=parse_mapping(mapping),
-                         preset=preset, default_symbol=UNKNOWN_SYMBOL)
-    rows = write_candles_csv(build_candles(_single_symbol(trades, source), timeframe, fill_gaps=fill_gaps),
-                             output)
-    click.echo(f"wrote {rows} {timeframe} candles to {output} in {time.perf_counter() - started:.2f} s")
+    trades = read_trades(
+        input_path,
+        fmt,
+        exchange=exchange,
+        symbol=symbol,
+        mapping=parse_mapping(mapping),
+        preset=preset,
+        default_symbol=UNKNOWN_SYMBOL,
+    )
+    rows = write_candles_csv(
+        build_candles(_single_symbol(trades, source), timeframe, fill_gaps=fill_gaps), output
+    )
+    click.echo(
+        f"wrote {rows} {timeframe} candles to {output} in {time.perf_counter() - started:.2f} s"
+    )
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:
@@ -86,10 +127,22 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
 @click.command("import")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
 @_input_options
-@click.option("--timeframe", default=None, help="Candle files: the interval (read from the file when it can).")
-@click.option("--batch-size", default=BATCH_SIZE, show_default=True, help="Rows per store transaction.")
-def import_history(input_path: Path, fmt: str, exchange: str | None, symbol: str | None,
-                   mapping: str | None, preset: str | None, timeframe: str | None, batch_size: int) -> None:
+@click.option(
+    "--timeframe", default=None, help="Candle files: the interval (read from the file when it can)."
+)
+@click.option(
+    "--batch-size", default=BATCH_SIZE, show_default=True, help="Rows per store transaction."
+)
+def import_history(
+    input_path: Path,
+    fmt: str,
+    exchange: str | None,
+    symbol: str | None,
+    mapping: str | None,
+    preset: str | None,
+    timeframe: str | None,
+    batch_size: int,
+) -> None:
     """Import trades or candles from a file into the offline store (idempotent upserts).
 
     Rows are written in batches, one transaction each; on bad input the command stops at
@@ -107,8 +160,11 @@ def import_history(input_path: Path, fmt: str, exchange: str | None, symbol: str
     counted = _Counted(rows)
     written = _store_batches(counted, kind, batch_size)
     seconds = time.perf_counter() - started
-    click.echo(f"imported {counted.n} {kind} from {input_path}: {written} new or changed, in {seconds:.2f} s "
-               f"({counted.n / seconds if seconds else 0:,.0f} rows/s)")
+    click.echo(
+        f"imported {counted.n} {kind} from {input_path}: {written} new or changed, "
+        f"in {seconds:.2f} s "
+        f"({counted.n / seconds if seconds else 0:,.0f} rows/s)"
+    )
 
 
 class _Counted:
@@ -135,7 +191,9 @@ def _time_ns(text: str | None, what: str) -> int | None:
     try:
         return TimeParser()(text)
     except ValueError:
-        raise InputError(f"--{what} {text!r} is not a date-time (2025-11-10T17:00:00Z) or epoch number") from None
+        raise InputError(
+            f"--{what} {text!r} is not a date-time (2025-11-10T17:00:00Z) or epoch number"
+        ) from None
 
 
 def _store_batches(items: Iterable, kind: str, batch_size: int = BATCH_SIZE) -> int:
@@ -160,7 +218,9 @@ def _store_batches(items: Iterable, kind: str, batch_size: int = BATCH_SIZE) -> 
 @click.option("--until", default=None, help="End time (default: now).")
 @click.option("--base-url", default="https://api.kraken.com", show_default=True)
 @click.option("--min-interval", default=1.0, show_default=True, help="Seconds between requests.")
-def backfill_kraken(symbol: str, since: str, until: str | None, base_url: str, min_interval: float) -> None:
+def backfill_kraken(
+    symbol: str, since: str, until: str | None, base_url: str, min_interval: float
+) -> None:
     """Trades from Kraken's /0/public/Trades, following the ``last`` cursor."""
     from rtml_core.ingest.backfill import KrakenRestClient
 
@@ -178,15 +238,21 @@ def backfill_kraken(symbol: str, since: str, until: str | None, base_url: str, m
 @click.option("--end", default=None, help="End time (default: now).")
 @click.option("--base-url", default="https://api.binance.com", show_default=True)
 @click.option("--min-interval", default=0.2, show_default=True, help="Seconds between requests.")
-def backfill_binance(symbol: str, interval: str, start: str, end: str | None, base_url: str,
-                     min_interval: float) -> None:
+def backfill_binance(
+    symbol: str, interval: str, start: str, end: str | None, base_url: str, min_interval: float
+) -> None:
     """Klines from Binance's /api/v3/klines, 1,000 per request."""
     from rtml_core.ingest.backfill import BinanceRestClient
 
     timeframe_seconds(interval)
     start_ms = _time_ns(start, "start") // 1_000_000
     end_ns = _time_ns(end, "end")
-    end_ms = (end_ns if end_ns is not None else int(datetime.now(UTC).timestamp() * 1e9)) // 1_000_000
+    end_ms = (
+        end_ns if end_ns is not None else int(datetime.now(UTC).timestamp() * 1e9)
+    ) // 1_000_000
     with BinanceRestClient(base_url, min_interval_s=min_interval) as client:
         written = _store_batches(client.klines(symbol, interval, start_ms, end_ms), "candles")
-        click.echo(f"stored {written} Binance {interval} candles for {symbol} in {client.requests} requests")
+        click.echo(
+            f"stored {written} Binance {interval} candles for {symbol} "
+            f"in {client.requests} requests"
+        )

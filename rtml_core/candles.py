@@ -68,8 +68,18 @@ class _Window:
     """Running state of one open window (mutable; becomes a Candle when closed)."""
 
     __slots__ = (
-        "start", "open", "open_t", "open_id", "high", "low", "close", "close_t", "close_id",
-        "volume", "notional", "count",
+        "start",
+        "open",
+        "open_t",
+        "open_id",
+        "high",
+        "low",
+        "close",
+        "close_t",
+        "close_id",
+        "volume",
+        "notional",
+        "count",
     )
 
     def __init__(self, start: int, t: int, tid: int, price: Decimal, size: Decimal):
@@ -254,16 +264,38 @@ class CandleBuilder:
     def _gap_candles(self, from_ns: int, to_ns: int) -> list[Candle]:
         close = self._last_close
         return [
-            Candle(self.exchange, self.symbol, self.timeframe, start, close, close, close, close,
-                   _ZERO, None, 0)
+            Candle(
+                self.exchange,
+                self.symbol,
+                self.timeframe,
+                start,
+                close,
+                close,
+                close,
+                close,
+                _ZERO,
+                None,
+                0,
+            )
             for start in range(from_ns, to_ns, self.tf_ns)
             if start not in self._windows
         ]
 
     def _to_candle(self, w: _Window) -> Candle:
         vwap = _VWAP.divide(w.notional, w.volume) if w.volume else None
-        return Candle(self.exchange, self.symbol, self.timeframe, w.start, w.open, w.high, w.low,
-                      w.close, w.volume, vwap, w.count)
+        return Candle(
+            self.exchange,
+            self.symbol,
+            self.timeframe,
+            w.start,
+            w.open,
+            w.high,
+            w.low,
+            w.close,
+            w.volume,
+            vwap,
+            w.count,
+        )
 
 
 class MultiTimeframeBuilder:
@@ -334,8 +366,21 @@ def _fill(candles: list[Candle], tf_ns: int) -> list[Candle]:
         if previous is not None:
             close = previous.close
             for start in range(previous.start_ns + tf_ns, candle.start_ns, tf_ns):
-                out.append(Candle(candle.exchange, candle.symbol, candle.timeframe, start,
-                                  close, close, close, close, _ZERO, None, 0))
+                out.append(
+                    Candle(
+                        candle.exchange,
+                        candle.symbol,
+                        candle.timeframe,
+                        start,
+                        close,
+                        close,
+                        close,
+                        close,
+                        _ZERO,
+                        None,
+                        0,
+                    )
+                )
         out.append(candle)
         previous = candle
     return out
@@ -354,7 +399,7 @@ def _plain(value: Decimal | None) -> str:
     return "" if value is None else format(value, "f")
 
 
-def candles_to_frame(candles: Iterable[Candle]) -> "pd.DataFrame":
+def candles_to_frame(candles: Iterable[Candle]) -> pd.DataFrame:
     """Candles as a frame: ``time`` (datetime64[ns, UTC]) then float64 columns."""
     import pandas as pd
 
@@ -377,8 +422,14 @@ def candles_to_frame(candles: Iterable[Candle]) -> "pd.DataFrame":
 
 def candle_csv_row(candle: Candle) -> list[str]:
     return [
-        format_time(candle.start_ns), _plain(candle.open), _plain(candle.high), _plain(candle.low),
-        _plain(candle.close), _plain(candle.volume), _plain(candle.vwap), str(candle.trade_count),
+        format_time(candle.start_ns),
+        _plain(candle.open),
+        _plain(candle.high),
+        _plain(candle.low),
+        _plain(candle.close),
+        _plain(candle.volume),
+        _plain(candle.vwap),
+        str(candle.trade_count),
     ]
 
 
@@ -391,8 +442,13 @@ def write_candles_csv(candles: Iterable[Candle], output: str | os.PathLike[str])
     target = Path(output)
     try:
         handle = tempfile.NamedTemporaryFile(
-            "w", newline="", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
-            suffix=".tmp", delete=False,
+            "w",
+            newline="",
+            encoding="utf-8",
+            dir=target.parent,
+            prefix=f".{target.name}.",
+            suffix=".tmp",
+            delete=False,
         )
     except OSError as error:
         raise RtmlError(f"cannot write {target}: {error.strerror or error}") from None

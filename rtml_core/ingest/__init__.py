@@ -21,9 +21,19 @@ CANDLE_FORMATS = ("kraken-ohlc", "binance-klines", "candles-csv")
 FORMATS = TRADE_FORMATS + CANDLE_FORMATS
 
 __all__ = [
-    "CANDLE_FORMATS", "FORMATS", "PRESETS", "TRADE_FORMATS", "format_kind", "read_binance_klines",
-    "read_binance_trades", "read_candle_csv", "read_candles", "read_kraken_ohlc", "read_kraken_trades",
-    "read_tick_csv", "read_trades",
+    "CANDLE_FORMATS",
+    "FORMATS",
+    "PRESETS",
+    "TRADE_FORMATS",
+    "format_kind",
+    "read_binance_klines",
+    "read_binance_trades",
+    "read_candle_csv",
+    "read_candles",
+    "read_kraken_ohlc",
+    "read_kraken_trades",
+    "read_tick_csv",
+    "read_trades",
 ]
 
 
@@ -36,9 +46,16 @@ def format_kind(fmt: str, source: str | None = None) -> str:
     raise InputError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})", source=source)
 
 
-def read_trades(path: str | Path, fmt: str, *, exchange: str | None = None, symbol: str | None = None,
-                mapping: dict[str, str] | None = None, preset: str | None = None,
-                default_symbol: str | None = None) -> Iterator[Trade]:
+def read_trades(
+    path: str | Path,
+    fmt: str,
+    *,
+    exchange: str | None = None,
+    symbol: str | None = None,
+    mapping: dict[str, str] | None = None,
+    preset: str | None = None,
+    default_symbol: str | None = None,
+) -> Iterator[Trade]:
     """Trades from ``path`` in format ``fmt`` (one of ``TRADE_FORMATS``).
 
     ``default_symbol`` serves a tick CSV that has no symbol column when none is given.
@@ -49,13 +66,26 @@ def read_trades(path: str | Path, fmt: str, *, exchange: str | None = None, symb
         return read_kraken_trades(path, symbol=symbol)
     if fmt == "binance-trades":
         return read_binance_trades(path, symbol=symbol)
-    return read_tick_csv(path, exchange=exchange or "file", symbol=symbol, mapping=mapping, preset=preset,
-                         default_symbol=default_symbol)
+    return read_tick_csv(
+        path,
+        exchange=exchange or "file",
+        symbol=symbol,
+        mapping=mapping,
+        preset=preset,
+        default_symbol=default_symbol,
+    )
 
 
-def read_candles(path: str | Path, fmt: str, *, timeframe: str | None = None, exchange: str | None = None,
-                 symbol: str | None = None, mapping: dict[str, str] | None = None,
-                 preset: str | None = None) -> Iterator[Candle]:
+def read_candles(
+    path: str | Path,
+    fmt: str,
+    *,
+    timeframe: str | None = None,
+    exchange: str | None = None,
+    symbol: str | None = None,
+    mapping: dict[str, str] | None = None,
+    preset: str | None = None,
+) -> Iterator[Candle]:
     """Candles from ``path`` in format ``fmt`` (one of ``CANDLE_FORMATS``)."""
     if format_kind(fmt, str(path)) != "candles":
         raise InputError(f"format {fmt!r} holds trades, not candles", source=str(path))
@@ -65,5 +95,11 @@ def read_candles(path: str | Path, fmt: str, *, timeframe: str | None = None, ex
         return read_binance_klines(path, symbol=symbol, timeframe=timeframe)
     if timeframe is None:
         raise InputError("candles-csv needs --timeframe (the file does not say)", source=str(path))
-    return read_candle_csv(path, timeframe=timeframe, exchange=exchange or "file", symbol=symbol,
-                           mapping=mapping, preset=preset)
+    return read_candle_csv(
+        path,
+        timeframe=timeframe,
+        exchange=exchange or "file",
+        symbol=symbol,
+        mapping=mapping,
+        preset=preset,
+    )

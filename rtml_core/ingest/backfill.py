@@ -42,9 +42,19 @@ class TransientError(BackfillError):
 class _RestClient:
     """Pacing, retries and the HTTP client shared by both exchanges."""
 
-    def __init__(self, base_url: str, client: httpx.Client | None, *, min_interval_s: float,
-                 max_attempts: int, backoff_s: float, max_backoff_s: float,
-                 sleep: Callable[[float], None], clock: Callable[[], float], timeout_s: float):
+    def __init__(
+        self,
+        base_url: str,
+        client: httpx.Client | None,
+        *,
+        min_interval_s: float,
+        max_attempts: int,
+        backoff_s: float,
+        max_backoff_s: float,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+        timeout_s: float,
+    ):
         self.base_url = base_url.rstrip("/")
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=timeout_s, headers={"User-Agent": "rtml"})
@@ -86,11 +96,15 @@ class _RestClient:
             raise TransientError(f"{self.base_url}{path}: {error}") from error
         if response.status_code in (418, 429):
             self.rate_limited += 1
-            raise RateLimited(f"{response.url}: HTTP {response.status_code}", _retry_after(response))
+            raise RateLimited(
+                f"{response.url}: HTTP {response.status_code}", _retry_after(response)
+            )
         if response.status_code >= 500:
             raise TransientError(f"{response.url}: HTTP {response.status_code}")
         if response.status_code >= 400:
-            raise BackfillError(f"{response.url}: HTTP {response.status_code}: {response.text[:200]}")
+            raise BackfillError(
+                f"{response.url}: HTTP {response.status_code}: {response.text[:200]}"
+            )
         return response
 
     def close(self) -> None:
@@ -115,13 +129,30 @@ def _retry_after(response: httpx.Response) -> float | None:
 class KrakenRestClient(_RestClient):
     """Kraken ``/0/public/Trades``: pages of up to 1,000 trades following the ``last`` cursor."""
 
-    def __init__(self, base_url: str = "https://api.kraken.com", client: httpx.Client | None = None, *,
-                 min_interval_s: float = 1.0, max_attempts: int = 8, backoff_s: float = 2.0,
-                 max_backoff_s: float = 60.0, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, timeout_s: float = 30.0):
-        super().__init__(base_url, client, min_interval_s=min_interval_s, max_attempts=max_attempts,
-                         backoff_s=backoff_s, max_backoff_s=max_backoff_s, sleep=sleep, clock=clock,
-                         timeout_s=timeout_s)
+    def __init__(
+        self,
+        base_url: str = "https://api.kraken.com",
+        client: httpx.Client | None = None,
+        *,
+        min_interval_s: float = 1.0,
+        max_attempts: int = 8,
+        backoff_s: float = 2.0,
+        max_backoff_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        timeout_s: float = 30.0,
+    ):
+        super().__init__(
+            base_url,
+            client,
+            min_interval_s=min_interval_s,
+            max_attempts=max_attempts,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            sleep=sleep,
+            clock=clock,
+            timeout_s=timeout_s,
+        )
 
     def trades_page(self, pair: str, since: int, *, count: int = 1000) -> KrakenTradesPage:
         """One page (retried on rate limits): trades and the next ``last`` cursor.
@@ -142,9 +173,10 @@ class KrakenRestClient(_RestClient):
         symbol = normalize_symbol(pair)
         return parse_trades_reply(response.content, source, symbol=symbol, reply=reply)
 
-    def trades(self, pair: str, since: int = 0, *, until_ns: int | None = None,
-               count: int = 1000) -> Iterator[Trade]:
-        """Every trade after ``since`` (ns cursor) up to now or ``until_ns``, each once, in order."""
+    def trades(
+        self, pair: str, since: int = 0, *, until_ns: int | None = None, count: int = 1000
+    ) -> Iterator[Trade]:
+        """Every trade from ``since`` (ns cursor) to now or ``until_ns``, each once, in order."""
         last_id: int | None = None
         cursor = since
         while True:
@@ -160,7 +192,9 @@ class KrakenRestClient(_RestClient):
                 return  # caught up with the present
             cursor = page.last
 
-    def trades_between_ids(self, symbol: str, first_id: int, last_id: int, *, since_ns: int) -> list[Trade]:
+    def trades_between_ids(
+        self, symbol: str, first_id: int, last_id: int, *, since_ns: int
+    ) -> list[Trade]:
         """Trades with ``first_id <= trade_id <= last_id`` (a gap the stream saw).
 
         ``since_ns`` is a time before the gap (the last trade the stream had). Kraken's
@@ -175,8 +209,10 @@ class KrakenRestClient(_RestClient):
                 found.append(trade)
         missing = (last_id - first_id + 1) - len(found)
         if missing:
-            raise BackfillError(f"Kraken returned {len(found)} of trades {first_id}..{last_id} "
-                                f"for {symbol}; {missing} missing")
+            raise BackfillError(
+                f"Kraken returned {len(found)} of trades {first_id}..{last_id} "
+                f"for {symbol}; {missing} missing"
+            )
         return found
 
 
@@ -189,24 +225,46 @@ class BinanceRestClient(_RestClient):
 
     limit = 1000
 
-    def __init__(self, base_url: str = "https://api.binance.com", client: httpx.Client | None = None, *,
-                 min_interval_s: float = 0.2, max_attempts: int = 8, backoff_s: float = 2.0,
-                 max_backoff_s: float = 120.0, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, timeout_s: float = 30.0):
-        super().__init__(base_url, client, min_interval_s=min_interval_s, max_attempts=max_attempts,
-                         backoff_s=backoff_s, max_backoff_s=max_backoff_s, sleep=sleep, clock=clock,
-                         timeout_s=timeout_s)
+    def __init__(
+        self,
+        base_url: str = "https://api.binance.com",
+        client: httpx.Client | None = None,
+        *,
+        min_interval_s: float = 0.2,
+        max_attempts: int = 8,
+        backoff_s: float = 2.0,
+        max_backoff_s: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        timeout_s: float = 30.0,
+    ):
+        super().__init__(
+            base_url,
+            client,
+            min_interval_s=min_interval_s,
+            max_attempts=max_attempts,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            sleep=sleep,
+            clock=clock,
+            timeout_s=timeout_s,
+        )
 
     def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> Iterator[Candle]:
         """Candles opening in ``[start_ms, end_ms]``, oldest first, one request per 1,000."""
         canonical = normalize_symbol(symbol)
         tf_ns = timeframe_ns(interval)
         step_ms = tf_ns // 1_000_000
-        params = {"symbol": to_exchange_symbol("binance", canonical), "interval": interval,
-                  "limit": str(self.limit)}
+        params = {
+            "symbol": to_exchange_symbol("binance", canonical),
+            "interval": interval,
+            "limit": str(self.limit),
+        }
         start = start_ms
         while start <= end_ms:
-            response = self._get("/api/v3/klines", {**params, "startTime": str(start), "endTime": str(end_ms)})
+            response = self._get(
+                "/api/v3/klines", {**params, "startTime": str(start), "endTime": str(end_ms)}
+            )
             source = str(response.url)
             try:
                 rows = response.json()

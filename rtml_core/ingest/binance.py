@@ -16,14 +16,28 @@ from decimal import Context, Decimal
 from pathlib import Path
 
 from rtml_core.errors import InputError
-from rtml_core.ingest.formats import CsvRows, canonical_timeframe, checked_symbol, epoch_to_ns, parse_decimal
+from rtml_core.ingest.formats import (
+    CsvRows,
+    canonical_timeframe,
+    checked_symbol,
+    epoch_to_ns,
+    parse_decimal,
+)
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
 
 _PRICES = ("open", "high", "low", "close")
 EXCHANGE = "binance"
-_TRUE = {"true": True, "True": True, "TRUE": True, "1": True,
-         "false": False, "False": False, "FALSE": False, "0": False}
+_TRUE = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "1": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+    "0": False,
+}
 _VWAP = Context(prec=28)
 
 
@@ -37,8 +51,10 @@ def symbol_from_file_name(path: str | Path) -> str | None:
 def _symbol(path: str | Path, symbol: str | None) -> str:
     raw = symbol or symbol_from_file_name(path)
     if not raw:
-        raise InputError("no symbol: pass one (e.g. --symbol BTC-USDT) or keep Binance's file name",
-                         source=str(path))
+        raise InputError(
+            "no symbol: pass one (e.g. --symbol BTC-USDT) or keep Binance's file name",
+            source=str(path),
+        )
     return checked_symbol(raw, str(path))
 
 
@@ -53,7 +69,9 @@ def _rows(path: str | Path, columns: int, header_first: str) -> Iterator[tuple[i
             if line == 1 and cells[0].strip().lower() == header_first:
                 continue
             if len(cells) < columns:
-                raise InputError(f"expected {columns} columns, found {len(cells)}", source=source, line=line)
+                raise InputError(
+                    f"expected {columns} columns, found {len(cells)}", source=source, line=line
+                )
             yield line, cells
 
 
@@ -66,21 +84,28 @@ def read_binance_trades(path: str | Path, *, symbol: str | None = None) -> Itera
             trade_id = int(cells[0])
             time_ns = epoch_to_ns(int(cells[4]))
         except ValueError:
-            raise InputError(f"id {cells[0]!r} or time {cells[4]!r} is not an integer",
-                             source=source, line=line) from None
+            raise InputError(
+                f"id {cells[0]!r} or time {cells[4]!r} is not an integer", source=source, line=line
+            ) from None
         maker = _TRUE.get(cells[5].strip())
         if maker is None:
-            raise InputError(f"is_buyer_maker {cells[5]!r} is not true/false", source=source, line=line)
+            raise InputError(
+                f"is_buyer_maker {cells[5]!r} is not true/false", source=source, line=line
+            )
         yield Trade(
-            EXCHANGE, canonical, trade_id, time_ns,
+            EXCHANGE,
+            canonical,
+            trade_id,
+            time_ns,
             parse_decimal(cells[1], "price", source, line, positive=True),
             parse_decimal(cells[2], "qty", source, line),
             "sell" if maker else "buy",
         )
 
 
-def read_binance_klines(path: str | Path, *, symbol: str | None = None,
-                        timeframe: str | None = None) -> Iterator[Candle]:
+def read_binance_klines(
+    path: str | Path, *, symbol: str | None = None, timeframe: str | None = None
+) -> Iterator[Candle]:
     """Candles from a Binance ``klines`` dump; the interval from open/close times unless given.
 
     vwap is ``quote_volume / volume`` (28 significant digits), None for zero volume.
@@ -100,16 +125,22 @@ def _kline_timeframe(cells, source: str, line: int | None) -> str:
     try:
         open_raw, close_raw = int(cells[0]), int(cells[6])
     except (TypeError, ValueError):
-        raise InputError("open_time or close_time is not an integer", source=source, line=line) from None
+        raise InputError(
+            "open_time or close_time is not an integer", source=source, line=line
+        ) from None
     span_ns = epoch_to_ns(close_raw) - epoch_to_ns(open_raw)
     unit_ns = 1_000 if open_raw >= 10**14 else 1_000_000
     seconds, rest = divmod(span_ns + unit_ns, 1_000_000_000)
     if rest or seconds <= 0:
-        raise InputError(f"close_time {close_raw} does not end a whole-second interval", source=source, line=line)
+        raise InputError(
+            f"close_time {close_raw} does not end a whole-second interval", source=source, line=line
+        )
     return canonical_timeframe(seconds)
 
 
-def parse_kline(cells, symbol: str, timeframe: str, tf_ns: int, source: str, line: int | None) -> Candle:
+def parse_kline(
+    cells, symbol: str, timeframe: str, tf_ns: int, source: str, line: int | None
+) -> Candle:
     """One kline row (dump cells or a REST array) -> Candle; vwap = quote volume / volume."""
     try:
         start = epoch_to_ns(int(cells[0]))
@@ -117,10 +148,19 @@ def parse_kline(cells, symbol: str, timeframe: str, tf_ns: int, source: str, lin
     except (TypeError, ValueError):
         raise InputError("open_time or count is not an integer", source=source, line=line) from None
     if start % tf_ns:
-        raise InputError(f"open_time {cells[0]} is not on a {timeframe} boundary", source=source, line=line)
+        raise InputError(
+            f"open_time {cells[0]} is not on a {timeframe} boundary", source=source, line=line
+        )
     o, h, low, c, volume, quote = (
         parse_decimal(str(cells[i]), name, source, line, positive=name in _PRICES)
-        for i, name in ((1, "open"), (2, "high"), (3, "low"), (4, "close"), (5, "volume"), (7, "quote_volume"))
+        for i, name in (
+            (1, "open"),
+            (2, "high"),
+            (3, "low"),
+            (4, "close"),
+            (5, "volume"),
+            (7, "quote_volume"),
+        )
     )
     vwap = _divide(quote, volume) if volume else None
     return Candle(EXCHANGE, symbol, timeframe, start, o, h, low, c, volume, vwap, count)

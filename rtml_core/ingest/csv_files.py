@@ -56,20 +56,32 @@ _BANNER = "cryptodatadownload"
 _CACHE_LIMIT = 100_000
 
 
-def resolve_columns(header: list[str], aliases: dict[str, tuple[str, ...]], required: tuple[str, ...],
-                    mapping: dict[str, str], source: str, line: int) -> dict[str, int]:
+def resolve_columns(
+    header: list[str],
+    aliases: dict[str, tuple[str, ...]],
+    required: tuple[str, ...],
+    mapping: dict[str, str],
+    source: str,
+    line: int,
+) -> dict[str, int]:
     """Field -> column index, from the mapping first, then by name; InputError if missing."""
     names = [name.strip() for name in header]
     lowered = [name.lower() for name in names]
     unknown = set(mapping) - set(aliases)
     if unknown:
-        raise InputError(f"unknown field(s) in the mapping: {', '.join(sorted(unknown))} "
-                         f"(known: {', '.join(aliases)})", source=source)
+        raise InputError(
+            f"unknown field(s) in the mapping: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(aliases)})",
+            source=source,
+        )
     found: dict[str, int] = {}
     for field, column in mapping.items():
         if column.lower() not in lowered:
-            raise InputError(f"missing column {column!r} (mapped to {field}); the header has "
-                             f"{', '.join(names)}", source=source, line=line)
+            raise InputError(
+                f"missing column {column!r} (mapped to {field}); the header has {', '.join(names)}",
+                source=source,
+                line=line,
+            )
         found[field] = lowered.index(column.lower())
     for field, candidates in aliases.items():
         if field in found:
@@ -84,8 +96,12 @@ def resolve_columns(header: list[str], aliases: dict[str, tuple[str, ...]], requ
                 found[field] = suffixed[0]
     missing = [field for field in required if field not in found]
     if missing:
-        raise InputError(f"missing column for {', '.join(missing)} (header: {', '.join(names)}); "
-                         f"name it with --map {missing[0]}=COLUMN", source=source, line=line)
+        raise InputError(
+            f"missing column for {', '.join(missing)} (header: {', '.join(names)}); "
+            f"name it with --map {missing[0]}=COLUMN",
+            source=source,
+            line=line,
+        )
     return found
 
 
@@ -104,8 +120,14 @@ def _header(reader, source: str, aliases, required, mapping, preset: str | None)
     raise InputError("the file has no header line", source=source, line=1)
 
 
-def _volume_column(symbol: str, cols: dict[str, int], lowered: list[str], mapping: dict[str, str],
-                   source: str, header_line: int) -> int:
+def _volume_column(
+    symbol: str,
+    cols: dict[str, int],
+    lowered: list[str],
+    mapping: dict[str, str],
+    source: str,
+    header_line: int,
+) -> int:
     """The base-volume column: ``volume_<base>`` when present (CryptoDataDownload's
     ``volume_btc``; its plain ``volume`` is the quote volume), else the volume field."""
     if "volume" not in mapping:
@@ -113,8 +135,11 @@ def _volume_column(symbol: str, cols: dict[str, int], lowered: list[str], mappin
         if base_volume in lowered:
             return lowered.index(base_volume)
     if "volume" not in cols:
-        raise InputError("missing column for volume; name it with --map volume=COLUMN",
-                         source=source, line=header_line)
+        raise InputError(
+            "missing column for volume; name it with --map volume=COLUMN",
+            source=source,
+            line=header_line,
+        )
     return cols["volume"]
 
 
@@ -123,9 +148,15 @@ def _check_preset(preset: str | None) -> None:
         raise InputError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
 
 
-def read_tick_csv(path: str | Path, *, exchange: str = "file", symbol: str | None = None,
-                  mapping: dict[str, str] | None = None, preset: str | None = None,
-                  default_symbol: str | None = None) -> Iterator[Trade]:
+def read_tick_csv(
+    path: str | Path,
+    *,
+    exchange: str = "file",
+    symbol: str | None = None,
+    mapping: dict[str, str] | None = None,
+    preset: str | None = None,
+    default_symbol: str | None = None,
+) -> Iterator[Trade]:
     """Trades from a tick CSV (``.csv`` or ``.csv.gz``), streamed row by row.
 
     The symbol is ``symbol`` if given, else the file's symbol column, else ``default_symbol``.
@@ -134,15 +165,18 @@ def read_tick_csv(path: str | Path, *, exchange: str = "file", symbol: str | Non
     source = str(path)
     fixed_symbol = checked_symbol(symbol, source) if symbol else None
     with CsvRows(path) as reader:
-        _, header, cols, _ = _header(reader, source, TICK_ALIASES, TICK_REQUIRED,
-                                               mapping or {}, preset)
+        _, header, cols, _ = _header(
+            reader, source, TICK_ALIASES, TICK_REQUIRED, mapping or {}, preset
+        )
         width = len(header)
         i_time, i_price, i_size = cols["time"], cols["price"], cols["size"]
         i_id, i_side, i_symbol = cols.get("trade_id"), cols.get("side"), cols.get("symbol")
         if fixed_symbol is None and i_symbol is None:
             if default_symbol is None:
-                raise InputError("no symbol: pass --symbol BASE-QUOTE (the file has no symbol column)",
-                                 source=source)
+                raise InputError(
+                    "no symbol: pass --symbol BASE-QUOTE (the file has no symbol column)",
+                    source=source,
+                )
             fixed_symbol = default_symbol
         parse_time = TimeParser()
         symbols: dict[str, str] = {}
@@ -156,13 +190,19 @@ def read_tick_csv(path: str | Path, *, exchange: str = "file", symbol: str | Non
             if len(cells) != width:
                 if not cells:
                     continue
-                raise InputError(f"expected {width} columns, found {len(cells)}", source=source,
-                                 line=reader.line_num)
+                raise InputError(
+                    f"expected {width} columns, found {len(cells)}",
+                    source=source,
+                    line=reader.line_num,
+                )
             try:
                 time_ns = parse_time(cells[i_time])
             except ValueError:
-                raise InputError(f"time {cells[i_time]!r} is not a date-time or epoch number",
-                                 source=source, line=reader.line_num) from None
+                raise InputError(
+                    f"time {cells[i_time]!r} is not a date-time or epoch number",
+                    source=source,
+                    line=reader.line_num,
+                ) from None
             text = cells[i_price]
             price = prices.get(text)
             if price is None:
@@ -181,8 +221,11 @@ def read_tick_csv(path: str | Path, *, exchange: str = "file", symbol: str | Non
                 try:
                     trade_id = int(cells[i_id])
                 except ValueError:
-                    raise InputError(f"trade id {cells[i_id]!r} is not an integer", source=source,
-                                     line=reader.line_num) from None
+                    raise InputError(
+                        f"trade id {cells[i_id]!r} is not an integer",
+                        source=source,
+                        line=reader.line_num,
+                    ) from None
             if i_side is None:  # the tick rule: up-tick buy, down-tick sell, else as before
                 if last_price is not None and price != last_price:
                     tick_side = "buy" if price > last_price else "sell"
@@ -191,8 +234,11 @@ def read_tick_csv(path: str | Path, *, exchange: str = "file", symbol: str | Non
             else:
                 side = _SIDES.get(cells[i_side].strip().lower())
                 if side is None:
-                    raise InputError(f"side {cells[i_side]!r} is not buy/sell", source=source,
-                                     line=reader.line_num)
+                    raise InputError(
+                        f"side {cells[i_side]!r} is not buy/sell",
+                        source=source,
+                        line=reader.line_num,
+                    )
             if fixed_symbol is not None:
                 row_symbol = fixed_symbol
             else:
@@ -203,8 +249,15 @@ def read_tick_csv(path: str | Path, *, exchange: str = "file", symbol: str | Non
             yield Trade(exchange, row_symbol, trade_id, time_ns, price, size, side)
 
 
-def read_candle_csv(path: str | Path, *, timeframe: str, exchange: str = "file", symbol: str | None = None,
-                    mapping: dict[str, str] | None = None, preset: str | None = None) -> Iterator[Candle]:
+def read_candle_csv(
+    path: str | Path,
+    *,
+    timeframe: str,
+    exchange: str = "file",
+    symbol: str | None = None,
+    mapping: dict[str, str] | None = None,
+    preset: str | None = None,
+) -> Iterator[Candle]:
     """Candles from a candle CSV (any column order, a banner line, newest-first: all fine).
 
     Rows come in file order. Each ``time`` must lie on a ``timeframe`` boundary.
@@ -214,13 +267,20 @@ def read_candle_csv(path: str | Path, *, timeframe: str, exchange: str = "file",
     tf_ns = timeframe_ns(timeframe)
     fixed_symbol = checked_symbol(symbol, source) if symbol else None
     with CsvRows(path) as reader:
-        preset, header, cols, header_line = _header(reader, source, CANDLE_ALIASES,
-                                                    ("time", "open", "high", "low", "close"),
-                                                    mapping or {}, preset)
+        preset, header, cols, header_line = _header(
+            reader,
+            source,
+            CANDLE_ALIASES,
+            ("time", "open", "high", "low", "close"),
+            mapping or {},
+            preset,
+        )
         width = len(header)
         i_symbol = cols.get("symbol")
         if fixed_symbol is None and i_symbol is None:
-            raise InputError("no symbol: pass --symbol BASE-QUOTE (the file has no symbol column)", source=source)
+            raise InputError(
+                "no symbol: pass --symbol BASE-QUOTE (the file has no symbol column)", source=source
+            )
         parse_time = TimeParser()
         symbols: dict[str, str] = {}
         volume_columns: dict[str, int] = {}
@@ -229,8 +289,11 @@ def read_candle_csv(path: str | Path, *, timeframe: str, exchange: str = "file",
             if len(cells) != width:
                 if not cells:
                     continue
-                raise InputError(f"expected {width} columns, found {len(cells)}", source=source,
-                                 line=reader.line_num)
+                raise InputError(
+                    f"expected {width} columns, found {len(cells)}",
+                    source=source,
+                    line=reader.line_num,
+                )
             line = reader.line_num
             if fixed_symbol is not None:
                 row_symbol = fixed_symbol
@@ -242,25 +305,50 @@ def read_candle_csv(path: str | Path, *, timeframe: str, exchange: str = "file",
             i_volume = volume_columns.get(row_symbol)
             if i_volume is None:
                 i_volume = volume_columns[row_symbol] = _volume_column(
-                    row_symbol, cols, lowered, mapping or {}, source, header_line)
+                    row_symbol, cols, lowered, mapping or {}, source, header_line
+                )
             try:
                 start = parse_time(cells[cols["time"]])
             except ValueError:
-                raise InputError(f"time {cells[cols['time']]!r} is not a date-time or epoch number",
-                                 source=source, line=line) from None
+                raise InputError(
+                    f"time {cells[cols['time']]!r} is not a date-time or epoch number",
+                    source=source,
+                    line=line,
+                ) from None
             if start % tf_ns:
-                raise InputError(f"time {cells[cols['time']]!r} is not on a {timeframe} boundary",
-                                 source=source, line=line)
-            o, h, low, c = (parse_decimal(cells[cols[f]], f, source, line, positive=True)
-                            for f in ("open", "high", "low", "close"))
+                raise InputError(
+                    f"time {cells[cols['time']]!r} is not on a {timeframe} boundary",
+                    source=source,
+                    line=line,
+                )
+            o, h, low, c = (
+                parse_decimal(cells[cols[f]], f, source, line, positive=True)
+                for f in ("open", "high", "low", "close")
+            )
             volume = parse_decimal(cells[i_volume], "volume", source, line)
-            vwap = parse_decimal(cells[cols["vwap"]], "vwap", source, line) if "vwap" in cols else None
+            vwap = (
+                parse_decimal(cells[cols["vwap"]], "vwap", source, line) if "vwap" in cols else None
+            )
             count = 0
             if "trade_count" in cols:
                 try:
                     count = int(cells[cols["trade_count"]])
                 except ValueError:
-                    raise InputError(f"trade_count {cells[cols['trade_count']]!r} is not an integer",
-                                     source=source, line=line) from None
-            yield Candle(exchange, row_symbol, timeframe, start, o, h, low, c, volume,
-                         vwap if volume else None, count)
+                    raise InputError(
+                        f"trade_count {cells[cols['trade_count']]!r} is not an integer",
+                        source=source,
+                        line=line,
+                    ) from None
+            yield Candle(
+                exchange,
+                row_symbol,
+                timeframe,
+                start,
+                o,
+                h,
+                low,
+                c,
+                volume,
+                vwap if volume else None,
+                count,
+            )

@@ -25,7 +25,9 @@ def open_binary(path: str | Path) -> IO[bytes]:
     try:
         handle = open(file, "rb")
     except OSError as error:
-        raise InputError(f"cannot read the file: {error.strerror or error}", source=str(path)) from None
+        raise InputError(
+            f"cannot read the file: {error.strerror or error}", source=str(path)
+        ) from None
     if handle.peek(2)[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
     return handle
@@ -61,11 +63,15 @@ class CsvRows:
         try:
             yield from self._handle
         except UnicodeDecodeError as error:
-            raise InputError(f"not UTF-8 text: {error.reason}", source=self.source,
-                             line=_first_undecodable_line(self.path)) from None
+            raise InputError(
+                f"not UTF-8 text: {error.reason}",
+                source=self.source,
+                line=_first_undecodable_line(self.path),
+            ) from None
         except (EOFError, OSError, zlib.error) as error:
-            raise InputError(f"cannot read the file: {error}", source=self.source,
-                             line=self._reader.line_num + 1) from None
+            raise InputError(
+                f"cannot read the file: {error}", source=self.source, line=self._reader.line_num + 1
+            ) from None
 
     def __iter__(self) -> CsvRows:
         return self
@@ -74,7 +80,9 @@ class CsvRows:
         try:
             return self._next()
         except csv.Error as error:
-            raise InputError(f"not valid CSV: {error}", source=self.source, line=self._reader.line_num) from None
+            raise InputError(
+                f"not valid CSV: {error}", source=self.source, line=self._reader.line_num
+            ) from None
 
 
 def _first_undecodable_line(path: str | Path) -> int | None:
@@ -97,16 +105,33 @@ def read_text(path: str | Path) -> str:
             raise InputError(f"the file is not readable text: {error}", source=str(path)) from None
 
 
-def parse_decimal(text: str, what: str, source: str, line: int | None, *, positive: bool = False,
-                  allow_zero: bool = True) -> Decimal:
+def parse_decimal(
+    text: str,
+    what: str,
+    source: str,
+    line: int | None,
+    *,
+    positive: bool = False,
+    allow_zero: bool = True,
+) -> Decimal:
     """An exact Decimal from an exchange's decimal string; finite and not negative."""
     try:
         value = Decimal(text)
     except (InvalidOperation, TypeError, ValueError):
-        raise InputError(f"{what} {text!r} is not a decimal number", source=source, line=line) from None
-    if not value.is_finite() or value < 0 or (positive and not value) or (not allow_zero and not value):
-        raise InputError(f"{what} {text!r} must be a finite number >= 0" + (" and > 0" if positive else ""),
-                         source=source, line=line)
+        raise InputError(
+            f"{what} {text!r} is not a decimal number", source=source, line=line
+        ) from None
+    if (
+        not value.is_finite()
+        or value < 0
+        or (positive and not value)
+        or (not allow_zero and not value)
+    ):
+        raise InputError(
+            f"{what} {text!r} must be a finite number >= 0" + (" and > 0" if positive else ""),
+            source=source,
+            line=line,
+        )
     return value
 
 

@@ -18,7 +18,13 @@ from decimal import Decimal
 from pathlib import Path
 
 from rtml_core.errors import InputError
-from rtml_core.ingest.formats import NS_PER_S, canonical_timeframe, checked_symbol, parse_decimal, read_text
+from rtml_core.ingest.formats import (
+    NS_PER_S,
+    canonical_timeframe,
+    checked_symbol,
+    parse_decimal,
+    read_text,
+)
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
 
@@ -43,7 +49,9 @@ def decode_reply(text: str | bytes, source: str) -> dict:
     except json.JSONDecodeError as error:
         raise InputError(f"not valid JSON: {error.msg}", source=source, line=error.lineno) from None
     if not isinstance(reply, dict) or ("result" not in reply and "error" not in reply):
-        raise InputError("not a Kraken REST reply (no 'result' or 'error' key)", source=source, line=1)
+        raise InputError(
+            "not a Kraken REST reply (no 'result' or 'error' key)", source=source, line=1
+        )
     return reply
 
 
@@ -51,7 +59,9 @@ def reply_result(reply: dict, source: str) -> dict:
     """The reply's ``result``; InputError when Kraken answered with an error list."""
     errors = reply.get("error") or []
     if errors:
-        raise InputError(f"Kraken replied with an error: {', '.join(map(str, errors))}", source=source)
+        raise InputError(
+            f"Kraken replied with an error: {', '.join(map(str, errors))}", source=source
+        )
     result = reply.get("result")
     if not isinstance(result, dict):
         raise InputError("'result' is not an object", source=source, line=1)
@@ -61,7 +71,9 @@ def reply_result(reply: dict, source: str) -> dict:
 def _rows_of(result: dict, source: str) -> tuple[str, list]:
     pairs = [key for key in result if key != "last"]
     if len(pairs) != 1 or not isinstance(result[pairs[0]], list):
-        raise InputError(f"expected one pair's list in 'result', found keys {sorted(result)}", source=source)
+        raise InputError(
+            f"expected one pair's list in 'result', found keys {sorted(result)}", source=source
+        )
     return pairs[0], result[pairs[0]]
 
 
@@ -102,8 +114,9 @@ class _Lines:
         return starts
 
 
-def parse_trades_reply(text: str | bytes, source: str, *, symbol: str | None = None,
-                       reply: dict | None = None) -> KrakenTradesPage:
+def parse_trades_reply(
+    text: str | bytes, source: str, *, symbol: str | None = None, reply: dict | None = None
+) -> KrakenTradesPage:
     """Parse one Trades reply into Trades (symbol normalized from the pair unless given).
 
     ``reply`` is the already decoded ``text`` when the caller has it (the REST client).
@@ -117,7 +130,9 @@ def parse_trades_reply(text: str | bytes, source: str, *, symbol: str | None = N
         try:
             trades.append(_trade(row, canonical, source))
         except InputError as error:
-            raise InputError(f"trade {index + 1}: {error.problem}", source=source, line=lines.of(index)) from None
+            raise InputError(
+                f"trade {index + 1}: {error.problem}", source=source, line=lines.of(index)
+            ) from None
     last = result.get("last")
     try:
         cursor = int(last) if last is not None else None
@@ -128,7 +143,9 @@ def parse_trades_reply(text: str | bytes, source: str, *, symbol: str | None = N
 
 def _trade(row: object, symbol: str, source: str) -> Trade:
     if not isinstance(row, list) or len(row) < 7:
-        raise InputError("expected [price, volume, time, side, ordertype, misc, trade_id]", source=source)
+        raise InputError(
+            "expected [price, volume, time, side, ordertype, misc, trade_id]", source=source
+        )
     price_text, size_text, time_value, side, _ordertype, _misc, trade_id = row[:7]
     price = parse_decimal(str(price_text), "price", source, None, positive=True)
     size = parse_decimal(str(size_text), "volume", source, None)
@@ -148,7 +165,11 @@ def read_kraken_trades(path: str | Path, *, symbol: str | None = None) -> Iterat
 
 
 def parse_ohlc_reply(
-    text: str | bytes, source: str, *, symbol: str | None = None, timeframe: str | None = None,
+    text: str | bytes,
+    source: str,
+    *,
+    symbol: str | None = None,
+    timeframe: str | None = None,
     include_open: bool = False,
 ) -> list[Candle]:
     """Parse one OHLC reply into Candles (timeframe from the row spacing unless given)."""
@@ -161,13 +182,18 @@ def parse_ohlc_reply(
     starts: list[int] = []
     for index, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != 8 or not isinstance(row[0], int):
-            raise InputError(f"row {index + 1}: expected [time, open, high, low, close, vwap, volume, count]",
-                             source=source, line=lines.of(index))
+            raise InputError(
+                f"row {index + 1}: expected [time, open, high, low, close, vwap, volume, count]",
+                source=source,
+                line=lines.of(index),
+            )
         starts.append(row[0])
     if timeframe is None:
         steps = [b - a for a, b in zip(starts, starts[1:]) if b > a]
         if not steps:
-            raise InputError("cannot tell the interval from fewer than two rows: pass a timeframe", source=source)
+            raise InputError(
+                "cannot tell the interval from fewer than two rows: pass a timeframe", source=source
+            )
         timeframe = canonical_timeframe(min(steps))
     tf = timeframe_ns(timeframe)
     candles: list[Candle] = []
@@ -175,7 +201,9 @@ def parse_ohlc_reply(
         try:
             candles.append(_ohlc_candle(row, canonical, timeframe, tf, source))
         except InputError as error:
-            raise InputError(f"row {index + 1}: {error.problem}", source=source, line=lines.of(index)) from None
+            raise InputError(
+                f"row {index + 1}: {error.problem}", source=source, line=lines.of(index)
+            ) from None
     return candles
 
 
@@ -190,11 +218,19 @@ def _ohlc_candle(row: list, symbol: str, timeframe: str, tf: int, source: str) -
     count = row[7]
     if not isinstance(count, int) or count < 0:
         raise InputError(f"count {count!r} is not a whole number", source=source)
-    return Candle(EXCHANGE, symbol, timeframe, start, o, h, low, c, volume, vwap if volume else None, count)
+    return Candle(
+        EXCHANGE, symbol, timeframe, start, o, h, low, c, volume, vwap if volume else None, count
+    )
 
 
-def read_kraken_ohlc(path: str | Path, *, symbol: str | None = None, timeframe: str | None = None,
-                     include_open: bool = False) -> Iterator[Candle]:
+def read_kraken_ohlc(
+    path: str | Path,
+    *,
+    symbol: str | None = None,
+    timeframe: str | None = None,
+    include_open: bool = False,
+) -> Iterator[Candle]:
     """Candles from a saved Kraken REST ``OHLC`` reply."""
-    yield from parse_ohlc_reply(read_text(path), str(path), symbol=symbol, timeframe=timeframe,
-                                include_open=include_open)
+    yield from parse_ohlc_reply(
+        read_text(path), str(path), symbol=symbol, timeframe=timeframe, include_open=include_open
+    )

@@ -31,11 +31,20 @@ def kraken_trades() -> list[Trade]:
 
 
 def _as_reference(candle: Candle) -> dict:
-    return {"start_ns": candle.start_ns, "open": candle.open, "high": candle.high, "low": candle.low,
-            "close": candle.close, "volume": candle.volume, "count": candle.trade_count}
+    return {
+        "start_ns": candle.start_ns,
+        "open": candle.open,
+        "high": candle.high,
+        "low": candle.low,
+        "close": candle.close,
+        "volume": candle.volume,
+        "count": candle.trade_count,
+    }
 
 
-@pytest.mark.parametrize("tf, tf_s", [("1m", 60), ("5m", 300), ("15m", 900), ("1h", 3600), ("30s", 30)])
+@pytest.mark.parametrize(
+    "tf, tf_s", [("1m", 60), ("5m", 300), ("15m", 900), ("1h", 3600), ("30s", 30)]
+)
 def test_kraken_candles_equal_plain_python_reference(kraken_trades, tf, tf_s):
     candles = build_candles(kraken_trades, tf)
     reference = reference_candles(kraken_rows(), tf_s)
@@ -44,28 +53,44 @@ def test_kraken_candles_equal_plain_python_reference(kraken_trades, tf, tf_s):
     ]
     assert [c.vwap for c in candles] == [VWAP.divide(r["notional"], r["volume"]) for r in reference]
     assert sum(c.trade_count for c in candles) == 1000
-    assert all(c.exchange == "kraken" and c.symbol == "BTC-USDT" and c.timeframe == tf for c in candles)
+    assert all(
+        c.exchange == "kraken" and c.symbol == "BTC-USDT" and c.timeframe == tf for c in candles
+    )
 
 
 def test_kraken_candles_equal_pandas_groupby_on_decimals(kraken_trades):
-    frame = pd.DataFrame({
-        "t": [t.time_ns for t in kraken_trades], "id": [t.trade_id for t in kraken_trades],
-        "p": pd.Series([t.price for t in kraken_trades], dtype=object),
-        "q": pd.Series([t.size for t in kraken_trades], dtype=object),
-    })
+    frame = pd.DataFrame(
+        {
+            "t": [t.time_ns for t in kraken_trades],
+            "id": [t.trade_id for t in kraken_trades],
+            "p": pd.Series([t.price for t in kraken_trades], dtype=object),
+            "q": pd.Series([t.size for t in kraken_trades], dtype=object),
+        }
+    )
     frame["pq"] = [p * q for p, q in zip(frame.p, frame.q)]
     frame["w"] = frame.t // (60 * NS) * (60 * NS)
     frame = frame.sort_values(["t", "id"])
     grouped = frame.groupby("w")
-    expected = pd.DataFrame({
-        "open": grouped.p.first(), "high": grouped.p.max(), "low": grouped.p.min(),
-        "close": grouped.p.last(), "volume": grouped.q.sum(), "pq": grouped.pq.sum(),
-        "count": grouped.p.size(),
-    })
+    expected = pd.DataFrame(
+        {
+            "open": grouped.p.first(),
+            "high": grouped.p.max(),
+            "low": grouped.p.min(),
+            "close": grouped.p.last(),
+            "volume": grouped.q.sum(),
+            "pq": grouped.pq.sum(),
+            "count": grouped.p.size(),
+        }
+    )
     candles = build_candles(kraken_trades, "1m")
     assert [c.start_ns for c in candles] == list(expected.index)
     for candle, (_, row) in zip(candles, expected.iterrows()):
-        assert (candle.open, candle.high, candle.low, candle.close) == (row.open, row.high, row.low, row.close)
+        assert (candle.open, candle.high, candle.low, candle.close) == (
+            row.open,
+            row.high,
+            row.low,
+            row.close,
+        )
         assert candle.volume == row.volume and isinstance(candle.volume, Decimal)
         assert candle.vwap == VWAP.divide(row.pq, row.volume)
         assert candle.trade_count == row["count"]
@@ -79,9 +104,14 @@ def test_es_ticks_same_timestamp_trades_are_ordered_by_trade_id():
     shuffled = trades[:]
     random.Random(7).shuffle(shuffled)
     assert build_candles(shuffled, "1m") == expected  # batch is order-independent
-    frame = pd.DataFrame({"t": [t.time_ns for t in trades], "id": [t.trade_id for t in trades],
-                          "p": pd.Series([t.price for t in trades], dtype=object),
-                          "q": pd.Series([t.size for t in trades], dtype=object)})
+    frame = pd.DataFrame(
+        {
+            "t": [t.time_ns for t in trades],
+            "id": [t.trade_id for t in trades],
+            "p": pd.Series([t.price for t in trades], dtype=object),
+            "q": pd.Series([t.size for t in trades], dtype=object),
+        }
+    )
     frame["w"] = frame.t // (60 * NS)
     by_window = frame.sort_values(["t", "id"]).groupby("w")
     assert [c.open for c in expected] == list(by_window.p.first())
@@ -154,7 +184,9 @@ def test_allowed_lateness_folds_in_out_of_order_trades(kraken_trades):
     disordered = kraken_trades[:]
     for i in range(0, len(disordered) - 1, 2):
         disordered[i], disordered[i + 1] = disordered[i + 1], disordered[i]
-    gaps = max(disordered[i].time_ns - disordered[i + 1].time_ns for i in range(len(disordered) - 1))
+    gaps = max(
+        disordered[i].time_ns - disordered[i + 1].time_ns for i in range(len(disordered) - 1)
+    )
     assert gaps > 0  # really out of order
     builder = CandleBuilder("kraken", "BTC-USDT", "1m", allowed_lateness_ns=gaps + 1)
     out = builder.add_many(disordered) + builder.flush()
@@ -183,15 +215,26 @@ def test_frame_and_csv_output(kraken_trades, tmp_path):
     candles = build_candles(kraken_trades, "1h")
     frame = candles_to_frame(candles)
     assert str(frame["time"].dtype) == "datetime64[ns, UTC]"
-    assert list(frame.columns) == ["time", "open", "high", "low", "close", "volume", "vwap", "trade_count"]
+    assert list(frame.columns) == [
+        "time",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "vwap",
+        "trade_count",
+    ]
     assert frame["volume"].dtype == "float64" and frame["trade_count"].sum() == 1000
     out = tmp_path / "c.csv"
     assert write_candles_csv(candles, out) == len(candles)
     lines = out.read_text().splitlines()
     assert lines[0] == "time,open,high,low,close,volume,vwap,trade_count"
     first = candles[0]
-    assert lines[1] == (f"{format_time(first.start_ns)},{first.open},{first.high},{first.low},{first.close},"
-                        f"{first.volume},{first.vwap},{first.trade_count}")
+    assert lines[1] == (
+        f"{format_time(first.start_ns)},{first.open},{first.high},{first.low},{first.close},"
+        f"{first.volume},{first.vwap},{first.trade_count}"
+    )
     assert lines[1].startswith("2025-11-10T17:00:00Z,")
     assert format_time(1378054800083000000) == "2013-09-01T17:00:00.083Z"
     assert [p.name for p in tmp_path.iterdir()] == ["c.csv"]  # no temporary file left
@@ -213,4 +256,6 @@ def test_zero_volume_writes_plain_numbers(tmp_path):
     (candle,) = build_candles([trade], "1m")
     assert candle.vwap is None and candle.volume == 0
     write_candles_csv([candle], tmp_path / "z.csv")
-    assert (tmp_path / "z.csv").read_text().splitlines()[1] == "1970-01-01T00:01:00Z,100.50,100.50,100.50,100.50,0.00000000,,1"
+    assert (tmp_path / "z.csv").read_text().splitlines()[
+        1
+    ] == "1970-01-01T00:01:00Z,100.50,100.50,100.50,100.50,0.00000000,,1"

@@ -12,12 +12,24 @@ from rtml_core.schemas import Trade
 
 NS = 1_000_000_000
 
-prices = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("200000"), places=8,
-                     allow_nan=False, allow_infinity=False)
-sizes = st.decimals(min_value=Decimal("0"), max_value=Decimal("5000"), places=8,
-                    allow_nan=False, allow_infinity=False)
+prices = st.decimals(
+    min_value=Decimal("0.00000001"),
+    max_value=Decimal("200000"),
+    places=8,
+    allow_nan=False,
+    allow_infinity=False,
+)
+sizes = st.decimals(
+    min_value=Decimal("0"),
+    max_value=Decimal("5000"),
+    places=8,
+    allow_nan=False,
+    allow_infinity=False,
+)
 trade_rows = st.lists(
-    st.tuples(st.integers(0, 3 * 3600 * NS), prices, sizes), min_size=1, max_size=150,
+    st.tuples(st.integers(0, 3 * 3600 * NS), prices, sizes),
+    min_size=1,
+    max_size=150,
 )
 timeframes = st.sampled_from(["1s", "30s", "1m", "5m", "1h"])
 
@@ -25,7 +37,10 @@ timeframes = st.sampled_from(["1s", "30s", "1m", "5m", "1h"])
 def _trades(rows) -> list[Trade]:
     # ids increase with time, as on an exchange; equal times are common on purpose
     ordered = sorted(rows, key=lambda r: r[0])
-    return [Trade("kraken", "BTC-USD", i, t - t % (NS // 4), p, q) for i, (t, p, q) in enumerate(ordered)]
+    return [
+        Trade("kraken", "BTC-USD", i, t - t % (NS // 4), p, q)
+        for i, (t, p, q) in enumerate(ordered)
+    ]
 
 
 @settings(max_examples=150, deadline=None)
@@ -43,7 +58,10 @@ def test_batch_equals_incremental_and_volume_is_exact(rows, timeframe, gaps):
     assert sum((c.volume for c in batch), Decimal(0)) == sum((t.size for t in trades), Decimal(0))
     assert sum(c.trade_count for c in batch) == len(trades)
     for candle in batch:
-        assert candle.low <= min(candle.open, candle.close) and max(candle.open, candle.close) <= candle.high
+        assert (
+            candle.low <= min(candle.open, candle.close)
+            and max(candle.open, candle.close) <= candle.high
+        )
 
 
 @settings(max_examples=100, deadline=None)

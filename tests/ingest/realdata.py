@@ -44,11 +44,18 @@ def reference_candles(rows: list[list], tf_s: int) -> list[dict]:
         trades = sorted(groups[start])
         volume = sum((q for *_, q in trades), Decimal(0))
         notional = sum((p * q for _, _, p, q in trades), Decimal(0))
-        out.append({
-            "start_ns": start, "open": trades[0][2], "high": max(p for _, _, p, _ in trades),
-            "low": min(p for _, _, p, _ in trades), "close": trades[-1][2], "volume": volume,
-            "notional": notional, "count": len(trades),
-        })
+        out.append(
+            {
+                "start_ns": start,
+                "open": trades[0][2],
+                "high": max(p for _, _, p, _ in trades),
+                "low": min(p for _, _, p, _ in trades),
+                "close": trades[-1][2],
+                "volume": volume,
+                "notional": notional,
+                "count": len(trades),
+            }
+        )
     return out
 
 
@@ -60,7 +67,9 @@ def write_binance_trades(path: Path, *, header: bool, micros: bool) -> list[list
     for row in rows:
         price, qty = Decimal(row[0]), Decimal(row[1])
         maker = "True" if row[3] == "s" else "False"  # taker sold -> the buyer was the maker
-        lines.append(f"{row[6]},{row[0]},{row[1]},{price * qty},{row_time_ns(row) // unit},{maker},True")
+        lines.append(
+            f"{row[6]},{row[0]},{row[1]},{price * qty},{row_time_ns(row) // unit},{maker},True"
+        )
     path.write_text("\n".join(lines) + "\n")
     return rows
 
@@ -70,12 +79,20 @@ def write_binance_klines(path: Path, tf_s: int, *, header: bool, micros: bool) -
     unit = 1_000 if micros else 1_000_000
     step = tf_s * 1_000_000_000 // unit
     candles = reference_candles(kraken_rows(), tf_s)
-    lines = ["open_time,open,high,low,close,volume,close_time,quote_volume,count,"
-             "taker_buy_volume,taker_buy_quote_volume,ignore"] if header else []
+    lines = (
+        [
+            "open_time,open,high,low,close,volume,close_time,quote_volume,count,"
+            "taker_buy_volume,taker_buy_quote_volume,ignore"
+        ]
+        if header
+        else []
+    )
     for c in candles:
         open_time = c["start_ns"] // unit
-        lines.append(f"{open_time},{c['open']},{c['high']},{c['low']},{c['close']},{c['volume']},"
-                     f"{open_time + step - 1},{c['notional']},{c['count']},0,0,0")
+        lines.append(
+            f"{open_time},{c['open']},{c['high']},{c['low']},{c['close']},{c['volume']},"
+            f"{open_time + step - 1},{c['notional']},{c['count']},0,0,0"
+        )
     path.write_text("\n".join(lines) + "\n")
     return candles
 
@@ -84,8 +101,16 @@ def write_kraken_ohlc(path: Path, tf_s: int) -> list[dict]:
     """Reference candles as a Kraken OHLC reply; the last row is the open interval."""
     candles = reference_candles(kraken_rows(), tf_s)
     rows = [
-        [c["start_ns"] // 1_000_000_000, str(c["open"]), str(c["high"]), str(c["low"]), str(c["close"]),
-         str(VWAP.divide(c["notional"], c["volume"])), str(c["volume"]), c["count"]]
+        [
+            c["start_ns"] // 1_000_000_000,
+            str(c["open"]),
+            str(c["high"]),
+            str(c["low"]),
+            str(c["close"]),
+            str(VWAP.divide(c["notional"], c["volume"])),
+            str(c["volume"]),
+            c["count"],
+        ]
         for c in candles
     ]
     reply = {"error": [], "result": {"XXBTZUSD": rows, "last": rows[-1][0]}}

@@ -22,7 +22,12 @@ from click.testing import CliRunner
 from rtml_cli.main import cli
 from rtml_core.errors import InputError
 from rtml_core.ingest import read_trades
-from rtml_core.ingest.backfill import BackfillError, BinanceRestClient, KrakenRestClient, RateLimited
+from rtml_core.ingest.backfill import (
+    BackfillError,
+    BinanceRestClient,
+    KrakenRestClient,
+    RateLimited,
+)
 from rtml_core.stores.offline import open_offline_store
 from tests.ingest.realdata import KRAKEN_TRADES, kraken_rows, reference_candles, row_time_ns
 
@@ -42,8 +47,20 @@ class ExchangeHandler(BaseHTTPRequestHandler):
     script: Script
     rows = kraken_rows()
     klines = [
-        [c["start_ns"] // 1_000_000, str(c["open"]), str(c["high"]), str(c["low"]), str(c["close"]),
-         str(c["volume"]), c["start_ns"] // 1_000_000 + 59_999, str(c["notional"]), c["count"], "0", "0", "0"]
+        [
+            c["start_ns"] // 1_000_000,
+            str(c["open"]),
+            str(c["high"]),
+            str(c["low"]),
+            str(c["close"]),
+            str(c["volume"]),
+            c["start_ns"] // 1_000_000 + 59_999,
+            str(c["notional"]),
+            c["count"],
+            "0",
+            "0",
+            "0",
+        ]
         for c in reference_candles(kraken_rows(), 60)
     ]
 
@@ -94,7 +111,9 @@ class ExchangeHandler(BaseHTTPRequestHandler):
     def _binance_klines(self, query: dict[str, str]) -> None:
         if self.script.binance_hiccups:
             code = int(self.script.binance_hiccups.pop(0))
-            return self._send(code, {"code": -1003, "msg": "Too many requests"}, {"Retry-After": "3"})
+            return self._send(
+                code, {"code": -1003, "msg": "Too many requests"}, {"Retry-After": "3"}
+            )
         start, end = int(query["startTime"]), int(query["endTime"])
         limit = int(query["limit"])
         rows = [k for k in self.klines if start <= k[0] <= end][:limit]
@@ -112,7 +131,9 @@ def exchange() -> Iterator[tuple[str, Script]]:
     script = Script()
     handler = type("Handler", (ExchangeHandler,), {"script": script})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", script
     server.shutdown()
@@ -120,8 +141,13 @@ def exchange() -> Iterator[tuple[str, Script]]:
 
 
 def _kraken(url: str, sleeps: list[float], **options) -> KrakenRestClient:
-    return KrakenRestClient(url, min_interval_s=options.pop("min_interval_s", 0), sleep=sleeps.append,
-                            backoff_s=0.5, **options)
+    return KrakenRestClient(
+        url,
+        min_interval_s=options.pop("min_interval_s", 0),
+        sleep=sleeps.append,
+        backoff_s=0.5,
+        **options,
+    )
 
 
 def test_kraken_pages_follow_the_last_cursor_through_rate_limits(exchange):
@@ -135,7 +161,9 @@ def test_kraken_pages_follow_the_last_cursor_through_rate_limits(exchange):
     assert client.rate_limited == 2
     cursors = [int(parse_qs(urlparse(r).query)["since"][0]) for r in script.requests]
     assert cursors[:4] == [0, 0, 0, 0]  # the retried first page
-    assert cursors[4:] == [row_time_ns(kraken_rows()[i]) for i in (299, 598, 897)] + [int(REAL_LAST)]
+    assert cursors[4:] == [row_time_ns(kraken_rows()[i]) for i in (299, 598, 897)] + [
+        int(REAL_LAST)
+    ]
 
 
 def test_kraken_client_paces_requests(exchange):
@@ -154,7 +182,9 @@ def test_kraken_until_and_trade_id_gap_fill(exchange):
         upto = list(client.trades("XBTUSDT", since, until_ns=until))
         assert [t.trade_id for t in upto] == [r[6] for r in rows if since <= row_time_ns(r) < until]
         assert len(upto) >= 100
-        gap = client.trades_between_ids("BTC-USDT", 10218500, 10218700, since_ns=row_time_ns(rows[250]))
+        gap = client.trades_between_ids(
+            "BTC-USDT", 10218500, 10218700, since_ns=row_time_ns(rows[250])
+        )
     assert [t.trade_id for t in gap] == list(range(10218500, 10218701))
     everything = {t.trade_id: t for t in read_trades(KRAKEN_TRADES, "kraken-rest")}
     assert gap == [everything[i] for i in range(10218500, 10218701)]
@@ -187,7 +217,8 @@ def test_binance_klines_paginate_and_honor_retry_after(exchange):
     assert sleeps == [3.0, 3.0]  # Retry-After, not the default backoff
     assert [c.start_ns for c in candles] == [r["start_ns"] for r in reference]
     assert [(c.open, c.high, c.low, c.close, c.volume, c.trade_count) for c in candles] == [
-        (r["open"], r["high"], r["low"], r["close"], r["volume"], r["count"]) for r in reference]
+        (r["open"], r["high"], r["low"], r["close"], r["volume"], r["count"]) for r in reference
+    ]
     assert {(c.exchange, c.symbol, c.timeframe) for c in candles} == {("binance", "BTC-USDT", "1m")}
     pages = -(-len(reference) // 100)
     assert client.requests == 2 + pages + (1 if len(reference) % 100 == 0 else 0)
@@ -199,14 +230,45 @@ def test_backfill_commands_store_history(exchange, offline_url):
     url, _ = exchange
     runner = CliRunner()
     env = {"RTML_OFFLINE_URL": offline_url}
-    result = runner.invoke(cli, ["backfill", "kraken", "--symbol", "XBTUSDT", "--since", "0",
-                                 "--base-url", url, "--min-interval", "0"], env=env)
+    result = runner.invoke(
+        cli,
+        [
+            "backfill",
+            "kraken",
+            "--symbol",
+            "XBTUSDT",
+            "--since",
+            "0",
+            "--base-url",
+            url,
+            "--min-interval",
+            "0",
+        ],
+        env=env,
+    )
     assert result.exit_code == 0, result.output + result.stderr
     assert "stored 1000 Kraken trades" in result.output
     reference = reference_candles(kraken_rows(), 60)
-    result = runner.invoke(cli, ["backfill", "binance", "--symbol", "BTC-USDT", "--timeframe", "1m",
-                                 "--start", "2025-11-10T17:00:00Z", "--end", "2025-11-11T01:00:00Z",
-                                 "--base-url", url, "--min-interval", "0"], env=env)
+    result = runner.invoke(
+        cli,
+        [
+            "backfill",
+            "binance",
+            "--symbol",
+            "BTC-USDT",
+            "--timeframe",
+            "1m",
+            "--start",
+            "2025-11-10T17:00:00Z",
+            "--end",
+            "2025-11-11T01:00:00Z",
+            "--base-url",
+            url,
+            "--min-interval",
+            "0",
+        ],
+        env=env,
+    )
     assert result.exit_code == 0, result.output + result.stderr
     store = open_offline_store(offline_url)
     try:
@@ -216,6 +278,9 @@ def test_backfill_commands_store_history(exchange, offline_url):
         store.close()
     assert list(trades["trade_id"]) == list(range(10218208, 10219208))
     assert len(candles) == len(reference)
-    result = runner.invoke(cli, ["backfill", "kraken", "--symbol", "XBTUSDT", "--since", "last week",
-                                 "--base-url", url], env=env)
+    result = runner.invoke(
+        cli,
+        ["backfill", "kraken", "--symbol", "XBTUSDT", "--since", "last week", "--base-url", url],
+        env=env,
+    )
     assert result.exit_code == 2 and "--since 'last week'" in result.stderr

@@ -42,7 +42,7 @@ def test_kraken_bad_price_names_the_line_of_its_trade(tmp_path):
     text = KRAKEN_TRADES.read_text()
     position = text.index('"105383.80000"')  # the third trade's price
     path = tmp_path / "bad_price.json"
-    path.write_text(text[:position] + '"105383.8O000"' + text[position + 14:])
+    path.write_text(text[:position] + '"105383.8O000"' + text[position + 14 :])
     error = _error(lambda: list(read_trades(path, "kraken-rest")))
     assert error.line == text.count("\n", 0, position) + 1 - 1  # the line of the trade's '['
     assert "trade 3" in error.problem and "price" in error.problem
@@ -55,8 +55,13 @@ def test_missing_column(tmp_path):
     path.write_text("DateTime,Bid,Volume\n" + "".join(head[1:]))
     error = _error(lambda: list(read_trades(path, "ticks-csv", symbol="ES-USD")))
     assert error.line == 1 and "missing column for price" in error.problem
-    error = _error(lambda: list(read_trades(_es_copy(tmp_path), "ticks-csv", symbol="ES-USD",
-                                            mapping={"price": "Close"})))
+    error = _error(
+        lambda: list(
+            read_trades(
+                _es_copy(tmp_path), "ticks-csv", symbol="ES-USD", mapping={"price": "Close"}
+            )
+        )
+    )
     assert "missing column 'Close'" in error.problem
 
 
@@ -99,13 +104,17 @@ def test_binance_bad_flag_and_short_row(tmp_path):
 
 @pytest.mark.parametrize("symbol", ["BTC$-USD", "BTC/US D", "ÄBC-USD", "BTC-USD;DROP"])
 def test_odd_symbol_characters(symbol):
-    error = _error(lambda: list(itertools.islice(read_trades(ES_TICKS, "ticks-csv", symbol=symbol), 1)))
+    error = _error(
+        lambda: list(itertools.islice(read_trades(ES_TICKS, "ticks-csv", symbol=symbol), 1))
+    )
     assert error.source == str(ES_TICKS) and "symbol" in error.problem
 
 
 def test_odd_symbol_in_a_symbol_column_names_the_line(tmp_path):
     path = tmp_path / "ticks.csv"
-    path.write_text("time,price,size,symbol\n1378054800083,1640.25,8,ES-USD\n1378054800084,1640.25,1,E$-USD\n")
+    path.write_text(
+        "time,price,size,symbol\n1378054800083,1640.25,8,ES-USD\n1378054800084,1640.25,1,E$-USD\n"
+    )
     error = _error(lambda: list(read_trades(path, "ticks-csv")))
     assert error.line == 3 and "E$-USD" in error.problem
 
@@ -122,11 +131,14 @@ def test_wrong_format_names(tmp_path):
 
 
 def test_candle_time_off_its_timeframe(tmp_path):
-    error = _error(lambda: list(read_candles(BTC_30M, "candles-csv", timeframe="1h", symbol="BTC-USD")))
+    error = _error(
+        lambda: list(read_candles(BTC_30M, "candles-csv", timeframe="1h", symbol="BTC-USD"))
+    )
     assert error.line == 3 and "1h boundary" in error.problem
 
 
 # -- the command line --------------------------------------------------------------------
+
 
 def _run(args, **kwargs):
     return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
@@ -140,7 +152,9 @@ def test_cli_bad_file_exits_2_with_file_and_line_and_writes_nothing(tmp_path):
     out = tmp_path / "out.csv"
     result = _run(["candles", path, "--format", "ticks-csv", "--timeframe", "1m", "--output", out])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {path}, line 151: price '16x0.25' is not a decimal number"
+    assert (
+        result.stderr.strip() == f"error: {path}, line 151: price '16x0.25' is not a decimal number"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ticks.csv"]  # no output, no temp file
 
 
@@ -153,12 +167,15 @@ def test_cli_failure_keeps_an_earlier_output_untouched(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--format", "kraken"], "unknown format 'kraken'"),
-    (["--format", "kraken-rest", "--timeframe", "7x"], "timeframe '7x'"),
-    (["--format", "kraken-rest", "--symbol", "BTC!USD"], "BTC!USD"),
-    (["--format", "kraken-ohlc"], "holds candles"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--format", "kraken"], "unknown format 'kraken'"),
+        (["--format", "kraken-rest", "--timeframe", "7x"], "timeframe '7x'"),
+        (["--format", "kraken-rest", "--symbol", "BTC!USD"], "BTC!USD"),
+        (["--format", "kraken-ohlc"], "holds candles"),
+    ],
+)
 def test_cli_bad_options(tmp_path, args, needle):
     out = tmp_path / "out.csv"
     result = _run(["candles", KRAKEN_TRADES, *args, "--output", out])
@@ -167,14 +184,20 @@ def test_cli_bad_options(tmp_path, args, needle):
 
 
 def test_cli_missing_input_file(tmp_path):
-    result = _run(["candles", tmp_path / "nope.csv", "--format", "ticks-csv", "--output", tmp_path / "o.csv"])
+    result = _run(
+        ["candles", tmp_path / "nope.csv", "--format", "ticks-csv", "--output", tmp_path / "o.csv"]
+    )
     assert result.exit_code == 2 and "nope.csv" in result.stderr
 
 
 def test_undecodable_bytes_and_truncated_gzip_name_their_line(tmp_path):
     path = tmp_path / "latin1.csv"
     head = _es_head(tmp_path / "es.csv", 40)
-    path.write_bytes("".join(head[:30]).encode() + b"2013-09-01 17:00:01.000,1640.25,3\xff\n" + "".join(head[30:]).encode())
+    path.write_bytes(
+        "".join(head[:30]).encode()
+        + b"2013-09-01 17:00:01.000,1640.25,3\xff\n"
+        + "".join(head[30:]).encode()
+    )
     error = _error(lambda: list(read_trades(path, "ticks-csv", symbol="ES-USD")))
     assert error.line == 31 and "UTF-8" in error.problem
     truncated = tmp_path / "ticks.csv.gz"
@@ -184,5 +207,7 @@ def test_undecodable_bytes_and_truncated_gzip_name_their_line(tmp_path):
 
 
 def test_cli_unwritable_output(tmp_path):
-    result = _run(["candles", KRAKEN_TRADES, "--format", "kraken-rest", "--output", tmp_path / "no" / "o.csv"])
+    result = _run(
+        ["candles", KRAKEN_TRADES, "--format", "kraken-rest", "--output", tmp_path / "no" / "o.csv"]
+    )
     assert result.exit_code == 2 and "cannot write" in result.stderr

