@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -549,3 +550,39 @@ def test_an_old_store_is_upgraded_in_place_and_keeps_its_rows(offline_url: str) 
 def test_unsupported_backends_fail_loudly(url: str) -> None:
     with pytest.raises(UnsupportedOperation, match="offline store"):
         open_offline_store(url)
+
+
+def test_concurrent_openers_and_writers_share_one_store(offline_url: str) -> None:
+    """Processes opening a new store at once migrate it once; their writes all land."""
+    trades = kraken_trades(1000)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def worker(part: int) -> None:
+        try:
+            barrier.wait()
+            store = open_offline_store(offline_url)  # all four migrate the empty store at once
+            try:
+                for batch in range(5):
+                    start = part * 250 + batch * 50
+                    store.write_trades(trades[start : start + 50])
+            finally:
+                store.close()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(part,)) for part in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    store = open_offline_store(offline_url)
+    try:
+        assert store.trade_ids(*MARKET).tolist() == sorted(t.trade_id for t in trades)
+        assert store.schema_versions() == {"core": len(CORE_MIGRATIONS)}
+        with store.engine.connect() as conn:
+            steps = conn.execute(sa.text("SELECT count(*) FROM schema_version")).scalar_one()
+        assert steps == len(CORE_MIGRATIONS)
+    finally:
+        store.close()
