@@ -181,7 +181,7 @@ class TradeFlow:
     window. Trades with side ``unknown`` count as trades but in neither volume.
     """
 
-    __slots__ = ("window_ns", "_entries", "_buy", "_sell", "_sum_sq", "_last_price", "_latest_ns")
+    __slots__ = ("window_ns", "_entries", "_buy", "_sell", "_sum_sq", "_last_price", "_latest_ns", "_evictions")
 
     def __init__(self, window_ns: int) -> None:
         if window_ns <= 0:
@@ -193,6 +193,7 @@ class TradeFlow:
         self._sum_sq = 0.0
         self._last_price: float | None = None
         self._latest_ns: int | None = None
+        self._evictions = 0
 
     def add(self, trade: Trade) -> None:
         self.add_values(trade.time_ns, float(trade.price), float(trade.size), trade.side)
@@ -222,16 +223,21 @@ class TradeFlow:
             self._buy -= buy
             self._sell -= sell
             self._sum_sq -= sq
+            self._evictions += 1
             evicted = True
         if evicted and entries:  # the new oldest trade's return pointed at an evicted trade
             self._sum_sq -= entries[0][3]
             entries[0][3] = 0.0
-        if not entries:
-            self._buy = self._sell = self._sum_sq = 0.0
-        else:  # running float sums must not go below zero by rounding
-            self._buy = max(self._buy, 0.0)
-            self._sell = max(self._sell, 0.0)
-            self._sum_sq = max(self._sum_sq, 0.0)
+        if evicted and self._evictions >= len(entries):  # amortized O(1); no rounding drift builds up
+            self._recompute()
+
+    def _recompute(self) -> None:
+        """Exact sums from the entries (running sums of floats drift as values come and go)."""
+        entries = self._entries
+        self._buy = math.fsum(e[1] for e in entries)
+        self._sell = math.fsum(e[2] for e in entries)
+        self._sum_sq = math.fsum(e[3] for e in entries)
+        self._evictions = 0
 
     def advance(self, now_ns: int) -> None:
         """Move the window forward to ``now_ns`` without a trade (e.g. on a timer)."""
@@ -244,11 +250,11 @@ class TradeFlow:
 
     @property
     def buy_volume(self) -> float:
-        return self._buy
+        return max(self._buy, 0.0)
 
     @property
     def sell_volume(self) -> float:
-        return self._sell
+        return max(self._sell, 0.0)
 
     @property
     def trade_count(self) -> int:
@@ -257,17 +263,18 @@ class TradeFlow:
     @property
     def volume_imbalance(self) -> float:
         """(taker buy - taker sell) / (buy + sell) in [-1, 1]; nan with no sided volume."""
-        total = self._buy + self._sell
-        return (self._buy - self._sell) / total if total > 0 else NAN
+        buy, sell = self.buy_volume, self.sell_volume
+        total = buy + sell
+        return (buy - sell) / total if total > 0 else NAN
 
     @property
     def realized_volatility(self) -> float:
-        return math.sqrt(self._sum_sq)
+        return math.sqrt(max(self._sum_sq, 0.0))
 
     def features(self) -> dict[str, float]:
         return {
-            "flow_buy_volume": self._buy,
-            "flow_sell_volume": self._sell,
+            "flow_buy_volume": self.buy_volume,
+            "flow_sell_volume": self.sell_volume,
             "flow_volume_imbalance": self.volume_imbalance,
             "flow_trade_count": float(len(self._entries)),
             "flow_realized_vol": self.realized_volatility,
