@@ -55,6 +55,8 @@ def open_offline_store(url: str, *, migrate: bool = True) -> SqlOfflineStore:
     ``postgresql+psycopg://user@host:5432/db`` (``postgresql://`` means psycopg 3 too).
     """
     parsed = sa.make_url(url)
+    if parsed.drivername == "postgres":  # the Heroku-style spelling
+        parsed = parsed.set(drivername="postgresql")
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend == "postgresql":
         if driver not in ("psycopg", "postgresql", ""):
@@ -156,6 +158,21 @@ class SqlOfflineStore(OfflineStore):
 
     # --- generic upsert ---------------------------------------------------------------------
 
+    def _on_conflict(self, table: str, key: Sequence[str], values: Sequence[str]) -> str:
+        """``ON CONFLICT (key) DO UPDATE SET ... WHERE <a value changed>``."""
+        q = self._quote
+        key_list = ", ".join(q(c) for c in key)
+        if not values:
+            return f"ON CONFLICT ({key_list}) DO NOTHING"
+        assignments = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in values)
+        if self.dialect == "postgresql":
+            old = ", ".join(f"{q(table)}.{q(c)}" for c in values)
+            new = ", ".join(f"excluded.{q(c)}" for c in values)
+            changed = f"({old}) IS DISTINCT FROM ({new})"
+        else:
+            changed = " OR ".join(f"{q(table)}.{q(c)} IS NOT excluded.{q(c)}" for c in values)
+        return f"ON CONFLICT ({key_list}) DO UPDATE SET {assignments} WHERE {changed}"
+
     def _upsert(
         self,
         conn: Connection,
@@ -173,15 +190,7 @@ class SqlOfflineStore(OfflineStore):
         columns = [*key, *values]
         column_list = ", ".join(q(c) for c in columns)
         key_list = ", ".join(q(c) for c in key)
-        if values:
-            assignments = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in values)
-            if self.dialect == "postgresql":
-                changed = f"({', '.join(f'{q(table)}.{q(c)}' for c in values)}) IS DISTINCT FROM ({', '.join(f'excluded.{q(c)}' for c in values)})"
-            else:
-                changed = " OR ".join(f"{q(table)}.{q(c)} IS NOT excluded.{q(c)}" for c in values)
-            conflict = f"ON CONFLICT ({key_list}) DO UPDATE SET {assignments} WHERE {changed}"
-        else:
-            conflict = f"ON CONFLICT ({key_list}) DO NOTHING"
+        conflict = self._on_conflict(table, key, values)
         raw = conn.connection.driver_connection
         if self.dialect == "sqlite":
             placeholders = ", ".join("?" for _ in columns)
@@ -533,10 +542,7 @@ class SqlOfflineStore(OfflineStore):
             f"SELECT 0::bigint AS _seq, time_ns, {features} FROM {q(table.name)} WITH NO DATA"
         )
         key = ", ".join(q(c) for c in tables.FEATURE_KEY_COLUMNS)
-        changed = (
-            f"({', '.join(f'{q(table.name)}.{q(n)}' for n in names)}) IS DISTINCT FROM "
-            f"({', '.join(f'excluded.{q(n)}' for n in names)})"
-        )
+        conflict = self._on_conflict(table.name, tables.FEATURE_KEY_COLUMNS, names)
         nan_as_null = ", ".join(f"NULLIF({q(n)}, 'NaN')" for n in names)
         with conn.connection.driver_connection.cursor() as cursor:
             with cursor.copy(f"COPY {stage} FROM STDIN (FORMAT BINARY)") as copy:
@@ -545,8 +551,7 @@ class SqlOfflineStore(OfflineStore):
                 f"INSERT INTO {q(table.name)} ({key}, {features}) "
                 f"SELECT %s, %s, %s, time_ns, {nan_as_null} "
                 f"FROM (SELECT DISTINCT ON (time_ns) * FROM {stage} ORDER BY time_ns, _seq DESC) s "
-                f"ON CONFLICT ({key}) DO UPDATE SET "
-                f"{', '.join(f'{q(n)} = excluded.{q(n)}' for n in names)} WHERE {changed}",
+                f"{conflict}",
                 market,
             )
             written = cursor.rowcount
