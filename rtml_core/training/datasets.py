@@ -121,7 +121,7 @@ def content_hash(frame: pd.DataFrame) -> str:
             values = column.to_numpy(dtype="<f8")
             dtype = "float64"
         digest.update(name.encode() + b"\0" + dtype.encode() + b"\0")
-        digest.update(np.ascontiguousarray(values).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(values)).cast("B"))
     return digest.hexdigest()
 
 
@@ -168,7 +168,10 @@ def build_training_set(
         t = pd.to_datetime(pd.Series(times), utc=True).to_numpy(dtype="datetime64[ns]").astype(np.int64)
         t = np.unique(t)
 
-    feature_row = np.searchsorted(feature_end, t, side="right") - 1
+    if times is None:  # t is each feature row's own close time: the lookup is the identity
+        feature_row = np.arange(len(t))
+    else:
+        feature_row = np.searchsorted(feature_end, t, side="right") - 1
     price_now = np.searchsorted(price_end, t, side="right") - 1
     price_then = np.searchsorted(price_end, t + horizon_ns, side="right") - 1
 
@@ -195,7 +198,8 @@ def build_training_set(
     complete = (finite_row[safe_f] if len(features) else np.zeros(len(t), dtype=bool)) & np.isfinite(baseline[safe_p0])
 
     keep = labelled & no_gap & complete
-    rows, now, then = safe_f[keep], safe_p0[keep], safe_p1[keep]
+    rows = keep if times is None else safe_f[keep]  # a mask compresses faster than an index gathers
+    now, then = safe_p0[keep], safe_p1[keep]
     price, target_price = close[now], close[then]
     data = {"time": pd.to_datetime(t[keep], unit="ns", utc=True)}
     data.update((name, values[rows]) for name, values in columns.items())
