@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+import structlog.testing
 
 from rtml_core.book import OrderBook
 from rtml_core.schemas import BookLevel, BookUpdate, Trade
@@ -252,9 +253,13 @@ async def test_malformed_messages_are_counted_logged_and_skipped() -> None:
     server = KrakenServer([Session(steps)])
     async with server:
         source = _source(server.url, metrics, channels=("trade", "book"))
-        trades = await take(source.events(), 10)
+        with structlog.testing.capture_logs() as logs:
+            trades = await take(source.events(), 10)
         await source.close()
     assert [t.trade_id for t in trades] == [r[6] for r in ROWS[:10]]
+    logged = {entry["reason"]: entry for entry in logs if entry["event"] == "malformed_message"}
+    assert logged["bad_json"]["sample"] == "this is not json"
+    assert logged["unknown_channel"]["sample"].startswith('{"channel":"ohlc"')
     count = lambda reason: metrics.value("malformed_messages", exchange="kraken", reason=reason)  # noqa: E731
     assert count("bad_json") == 1
     assert count("unknown_channel") == 1
@@ -290,3 +295,17 @@ def test_reconnect_policy_grows_exponentially_with_full_jitter() -> None:
     assert all(0.0 <= s <= b for s, b in zip(samples, bounds))
     many = [next(ReconnectPolicy(initial=1.0, maximum=1.0).delays()) for _ in range(200)]
     assert len(set(many)) > 150  # jittered, not a constant
+
+
+def test_make_source_builds_each_exchange_with_a_url_override() -> None:
+    from rtml_stream.sources import make_source
+    from rtml_stream.sources.binance import BinanceSource
+    from rtml_stream.sources.coinbase import CoinbaseSource
+
+    kraken = make_source("kraken", ["BTC-USD"], url="ws://127.0.0.1:1", backfill=None)
+    assert isinstance(kraken, KrakenSource) and kraken.url == "ws://127.0.0.1:1"
+    assert isinstance(make_source("binance", ["BTC-USDT"]), BinanceSource)
+    assert make_source("coinbase", ["ETH-USD"]).url == "wss://advanced-trade-ws.coinbase.com"
+    assert isinstance(make_source("coinbase", ["ETH-USD"]), CoinbaseSource)
+    with pytest.raises(ValueError, match="unknown exchange"):
+        make_source("mtgox", ["BTC-USD"])
