@@ -71,3 +71,32 @@ def test_batch_does_not_depend_on_input_order(rows, timeframe, rnd):
     shuffled = trades[:]
     rnd.shuffle(shuffled)
     assert build_candles(shuffled, timeframe) == build_candles(trades, timeframe)
+
+
+@settings(max_examples=100, deadline=None)
+@given(trade_rows, timeframes, st.integers(0, 600 * NS), st.randoms(use_true_random=False))
+def test_disorder_within_the_allowed_lateness_is_never_late(rows, timeframe, delay, rnd):
+    """Trades arriving up to ``delay`` late, with lateness >= delay: same candles as batch."""
+    trades = _trades(rows)
+    arrival = sorted(trades, key=lambda t: t.time_ns + rnd.randint(0, delay))
+    builder = CandleBuilder("kraken", "BTC-USD", timeframe, allowed_lateness_ns=delay)
+    out = builder.add_many(arrival) + builder.flush()
+    assert builder.late == 0
+    assert out == build_candles(trades, timeframe)
+
+
+@settings(max_examples=100, deadline=None)
+@given(trade_rows, timeframes, st.randoms(use_true_random=False))
+def test_every_trade_is_in_a_candle_or_reported_late(rows, timeframe, rnd):
+    trades = _trades(rows)
+    arrival = trades[:]
+    rnd.shuffle(arrival)
+    builder = CandleBuilder("kraken", "BTC-USD", timeframe)
+    out = builder.add_many(arrival) + builder.flush()
+    late = builder.drain_late()
+    assert builder.late == len(late)
+    assert sum(c.trade_count for c in out) + len(late) == len(trades)
+    counted = sum((c.volume for c in out), Decimal(0)) + sum((t.size for t in late), Decimal(0))
+    assert counted == sum((t.size for t in trades), Decimal(0))
+    starts = [c.start_ns for c in out]
+    assert starts == sorted(set(starts))  # each window closed once, in order
