@@ -153,3 +153,27 @@ def test_resolve_request_refuses_horizon_below_the_timeframe_without_reading():
 
     with pytest.raises(InputError, match="shorter than the timeframe 30m"):
         resolve_request(None, TrainingConfig(timeframe="30m", horizon_s=60), "v1")
+
+
+def test_new_feature_partition_triggers_retraining_through_automation(sqlite_url, tmp_path):
+    """A new indicator_table partition requests the training set and every model downstream;
+    the champion waits for the candidate's blocking check."""
+    days = dg.DailyPartitionsDefinition(start_date="2017-10-01")
+    partitions = dg.MultiPartitionsDefinition({"date": days, "market": dg.StaticPartitionsDefinition(["gym_BTC-USD_30m"])})
+    upstream = [
+        dg.AssetSpec("validated_candles", partitions_def=partitions),
+        dg.AssetSpec("indicator_table", partitions_def=partitions, deps=["validated_candles"]),
+    ]
+    offline = OfflineStoreResource(url=sqlite_url)
+    defs = dg.Definitions(assets=[*upstream, *training_assets], asset_checks=training_checks,
+                          resources={"offline_store": offline, **training_resources(offline, str(tmp_path))})
+    instance = dg.DagsterInstance.ephemeral()
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert quiet.total_requested == 0
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("indicator_table", partition="2017-10-05|gym_BTC-USD_30m")
+    )
+    landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
+    requested = {r.key.to_user_string() for r in landed.results if r.true_subset.size}
+    assert requested == {"training_set", "baseline_model", "lasso_model", "xgboost_model", "candidate_model"}
