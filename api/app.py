@@ -78,6 +78,7 @@ def create_app(settings: Settings, *, online_store=None, registry=None) -> Lites
         finally:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
+            await app.state.service.reader.aclose()
             for client in owned:
                 try:
                     client.close()

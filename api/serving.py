@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import numpy as np
@@ -12,6 +13,8 @@ from api.champion import ChampionHolder, ServedModel
 from api.errors import ApiError
 from api.execution import ExecutionParams, execution_payload, prob_up
 from api.metrics import ApiMetrics
+from api.online_reader import PRICE_KEYS as LIVE_PRICE_KEYS
+from api.online_reader import SPREAD_KEYS, MarketRead, reader_for
 from api.schemas import ExecutionPayload, Prediction
 from rtml_core.errors import InputError
 from rtml_core.schemas import FeatureRow
@@ -20,7 +23,7 @@ from rtml_core.symbols import normalize_symbol
 from rtml_core.timeframes import timeframe_seconds
 
 PRICE_KEYS = ("close", "price")
-"""Where the current price is read from the feature row, first match wins."""
+"""Where the current price is read from the feature row, first match wins (then the live microprice)."""
 STORE_RETRY_AFTER_S = 1.0
 """After a failed online-store call, answer 503 at once for this long before trying again."""
 
@@ -50,8 +53,8 @@ class PredictionService:
             spread_bps=settings.exec_spread_bps, vol_target=settings.exec_vol_target,
             atr_stop_mult=settings.exec_atr_stop_mult, atr_take_mult=settings.exec_atr_take_mult,
         )
+        self.reader = reader_for(store)
         self._store_down_until = 0.0
-        self._has_live = callable(getattr(store, "read_live", None))
 
     # -- resolution ---------------------------------------------------------------------
     def champion(self) -> ServedModel:
@@ -79,55 +82,37 @@ class PredictionService:
         return 2_000.0 * timeframe_seconds(timeframe) + 10_000.0
 
     # -- the store, guarded -------------------------------------------------------------
-    def _store_call(self, what: str, call, *args):
+    async def read_market(self, exchange: str, symbol: str, timeframe: str) -> MarketRead:
+        """The latest feature row (404 when none) and the live values, in one round trip."""
         if time.monotonic() < self._store_down_until:
-            raise ApiError(503, "online_store_unavailable",
-                           f"the online store is unreachable ({what}); retry shortly")
+            raise ApiError(503, "online_store_unavailable", "the online store is unreachable; retry shortly")
         try:
-            return call(*args)
-        except ApiError:
-            raise
+            market = await self.reader.read(exchange, symbol, timeframe)
         except Exception as error:  # noqa: BLE001 - any store failure is a 503, logged by kind
             self._store_down_until = time.monotonic() + STORE_RETRY_AFTER_S
             raise ApiError(503, "online_store_unavailable",
-                           f"the online store is unreachable ({what}: {type(error).__name__})") from None
-
-    def latest_row(self, exchange: str, symbol: str, timeframe: str) -> FeatureRow:
-        row = self._store_call("read_latest", self.store.read_latest, exchange, symbol, timeframe)
-        if row is None:
+                           f"the online store is unreachable ({type(error).__name__})") from None
+        if market.row is None:
             raise ApiError(404, "unknown_symbol",
                            f"no online features for {exchange} {symbol} {timeframe}: the stream "
                            "sidecar does not serve this symbol (or timeframe)")
-        return row
-
-    def live_spread_bps(self, exchange: str, symbol: str) -> float | None:
-        if not self._has_live:
-            return None
-        try:
-            live = self.store.read_live(exchange, symbol)
-        except Exception:  # noqa: BLE001 - the spread is optional; the configured one is used
-            return None
-        if not live:
-            return None
-        values = getattr(live, "values", live)
-        spread = values.get("spread_bps") if hasattr(values, "get") else None
-        return float(spread) if spread is not None else None
+        return market
 
     # -- the prediction -----------------------------------------------------------------
-    def predict(self, symbol: str, exchange: str | None = None, timeframe: str | None = None,
-                source: str = "http") -> Prediction:
+    async def predict(self, symbol: str, exchange: str | None = None, timeframe: str | None = None,
+                      source: str = "http") -> Prediction:
         model = self.champion()
         exchange, symbol, timeframe = self.target(model, symbol, exchange, timeframe)
         if model.timeframe and timeframe != model.timeframe:
             raise ApiError(409, "timeframe_mismatch",
                            f"model {model.version} was trained on {model.timeframe} candles, "
                            f"not {timeframe}")
-        row = self.latest_row(exchange, symbol, timeframe)
-        spread = self.live_spread_bps(exchange, symbol)
-        return self.predict_row(model, row, spread, source)
+        market = await self.read_market(exchange, symbol, timeframe)
+        return self.predict_row(self.champion(), market.row, market.live, source)
 
-    def predict_row(self, model: ServedModel, row: FeatureRow, live_spread_bps: float | None = None,
+    def predict_row(self, model: ServedModel, row: FeatureRow, live: Mapping[str, float] | None = None,
                     source: str = "http") -> Prediction:
+        """Checks version, freshness and warm-up, then predicts with ``model`` (read once by the caller)."""
         if row.feature_set_version != model.feature_set_version:
             raise ApiError(409, "feature_set_mismatch",
                            f"model {model.version} needs feature set {model.feature_set_version}; "
@@ -153,15 +138,20 @@ class PredictionService:
             raise ApiError(503, "features_warming_up",
                            f"features {warming[:10]} of {row.symbol} are not defined yet (indicator "
                            "warm-up)")
+        live = live or {}
         price = next((values[key] for key in PRICE_KEYS if key in values), None)
+        if price is None:  # a feature set without the close: the live book's microprice
+            price = next((float(live[key]) for key in LIVE_PRICE_KEYS if key in live), None)
         if price is None or not math.isfinite(price) or price <= 0:
-            raise ApiError(409, "no_price", f"the online row for {row.symbol} carries no close price")
+            raise ApiError(409, "no_price", f"neither the online row nor the live values of {row.symbol} "
+                           "carry a price (close or book_microprice)")
+        spread = next((float(live[key]) for key in SPREAD_KEYS if key in live), None)
         predicted_return = model.predictor.predict(x)
         execution = execution_payload(
             price=price, predicted_return=predicted_return,
             realized_vol=values.get("realized_vol_20"), atr=values.get("atr_14"),
             timeframe_s=timeframe_seconds(row.timeframe), params=self.params,
-            live_spread_bps=live_spread_bps,
+            live_spread_bps=spread,
         )
         self.metrics.predictions.labels(source).inc()
         return Prediction(

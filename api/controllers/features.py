@@ -23,7 +23,7 @@ class FeaturesController(Controller):
                      timeframe: str | None = None) -> FeaturesResponse:
         service: PredictionService = state.service
         exchange, symbol, timeframe = service.target(service.holder.current, symbol, exchange, timeframe)
-        row = service.latest_row(exchange, symbol, timeframe)
+        row = (await service.read_market(exchange, symbol, timeframe)).row
         return FeaturesResponse(
             exchange=row.exchange, symbol=row.symbol, timeframe=row.timeframe,
             feature_set_version=row.feature_set_version, event_time=iso_time(row.event_time_ns),

@@ -28,7 +28,7 @@ class PredictController(Controller):
           responses=ERROR_RESPONSES)
     async def predict(self, data: PredictRequest, state: State) -> Prediction:
         service: PredictionService = state.service
-        return service.predict(data.symbol, data.exchange, data.timeframe)
+        return await service.predict(data.symbol, data.exchange, data.timeframe)
 
     @post("/batch", status_code=200, summary="Predict several symbols; per-symbol errors are listed",
           responses=ERROR_RESPONSES)
@@ -40,14 +40,20 @@ class PredictController(Controller):
                            f"{len(data.symbols)}")
         predictions: list[Prediction] = []
         errors: list[BatchItemError] = []
-        for symbol in data.symbols:
-            try:
-                predictions.append(service.predict(symbol, data.exchange, data.timeframe, "batch"))
-            except ApiError as error:
-                if error.kind in _FATAL_FOR_BATCH:
-                    raise
-                service.metrics.errors.labels(error.kind).inc()
-                errors.append(BatchItemError(symbol, error.status_code, error.kind, error.detail))
+        answers = await asyncio.gather(
+            *(service.predict(symbol, data.exchange, data.timeframe, "batch") for symbol in data.symbols),
+            return_exceptions=True,
+        )
+        for symbol, answer in zip(data.symbols, answers):
+            if isinstance(answer, ApiError):
+                if answer.kind in _FATAL_FOR_BATCH:
+                    raise answer
+                service.metrics.errors.labels(answer.kind).inc()
+                errors.append(BatchItemError(symbol, answer.status_code, answer.kind, answer.detail))
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                predictions.append(answer)
         return BatchPrediction(predictions=predictions, errors=errors)
 
 
@@ -81,10 +87,10 @@ async def prediction_stream(socket: WebSocket, symbol: str, exchange: str | None
     async def send(row=None) -> None:
         try:
             if row is None:
-                message = service.predict(symbol, exchange, timeframe, "stream")
+                message = await service.predict(symbol, exchange, timeframe, "stream")
             else:
-                message = service.predict_row(service.champion(), row,
-                                              service.live_spread_bps(exchange, symbol), "stream")
+                market = await service.read_market(exchange, symbol, timeframe)  # live spread/price
+                message = service.predict_row(service.champion(), row, market.live, "stream")
         except ApiError as error:
             message = ErrorBody(error.status_code, error.kind, error.detail)
         await socket.send_data(encoder.encode(message).decode())
