@@ -115,6 +115,20 @@ def main(argv: list[str] | None = None) -> None:
                 ),
             )
         )
+        alone = [
+            sys.executable,
+            "-c",
+            "import sys; from rtml_cli.candles import candles; candles(sys.argv[1:])",
+            *command[4:],
+        ]
+        results.append(
+            (
+                "  same, importing only its own command module",
+                _best(
+                    repeat, lambda: subprocess.run(alone, check=True, capture_output=True, env=env)
+                ),
+            )
+        )
         peer_out = work / "peer.csv"
         peer_rows = [0]
         results.append(
