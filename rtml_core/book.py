@@ -33,7 +33,7 @@ class OrderBook:
     publishes a depth-limited book (Kraken) expects; ``None`` keeps every level.
     """
 
-    __slots__ = ("depth", "bids", "asks")
+    __slots__ = ("asks", "bids", "depth")
 
     def __init__(self, depth: int | None = None) -> None:
         if depth is not None and depth < 1:
@@ -84,7 +84,9 @@ class OrderBook:
 
     def is_crossed(self) -> bool:
         """True when the best bid is at or above the best ask (a broken book)."""
-        return bool(self.bids and self.asks and self.bids.peekitem(0)[0] >= self.asks.peekitem(0)[0])
+        return bool(
+            self.bids and self.asks and self.bids.peekitem(0)[0] >= self.asks.peekitem(0)[0]
+        )
 
     def __len__(self) -> int:
         return len(self.bids) + len(self.asks)
@@ -181,7 +183,16 @@ class TradeFlow:
     window. Trades with side ``unknown`` count as trades but in neither volume.
     """
 
-    __slots__ = ("window_ns", "_entries", "_buy", "_sell", "_sum_sq", "_last_price", "_latest_ns", "_evictions")
+    __slots__ = (
+        "_buy",
+        "_entries",
+        "_evictions",
+        "_last_price",
+        "_latest_ns",
+        "_sell",
+        "_sum_sq",
+        "window_ns",
+    )
 
     def __init__(self, window_ns: int) -> None:
         if window_ns <= 0:
@@ -228,7 +239,9 @@ class TradeFlow:
         if evicted and entries:  # the new oldest trade's return pointed at an evicted trade
             self._sum_sq -= entries[0][3]
             entries[0][3] = 0.0
-        if evicted and self._evictions >= len(entries):  # amortized O(1); no rounding drift builds up
+        if evicted and self._evictions >= len(
+            entries
+        ):  # amortized O(1); no rounding drift builds up
             self._recompute()
 
     def _recompute(self) -> None:

@@ -1,9 +1,9 @@
 """Market-data sources: every one yields the shared Trade and BookUpdate types.
 
-    source = make_source("kraken", ["BTC-USD"], metrics=metrics)
-    async for event in source.events():   # Trade | BookUpdate
-        ...
-    await source.close()
+source = make_source("kraken", ["BTC-USD"], metrics=metrics)
+async for event in source.events():   # Trade | BookUpdate
+    ...
+await source.close()
 """
 
 from __future__ import annotations
@@ -25,13 +25,26 @@ from rtml_stream.sources.base import (
 EXCHANGES = ("kraken", "binance", "coinbase")
 
 __all__ = [
-    "EXCHANGES", "Event", "Malformed", "ReconnectPolicy", "Source", "SubscriptionError", "WebSocketSource",
-    "make_source", "parse_rfc3339_ns",
+    "EXCHANGES",
+    "Event",
+    "Malformed",
+    "ReconnectPolicy",
+    "Source",
+    "SubscriptionError",
+    "WebSocketSource",
+    "make_source",
+    "parse_rfc3339_ns",
 ]
 
 
-def make_source(exchange: str, symbols: Sequence[str], *, url: str | None = None,
-                metrics: StreamMetrics | None = None, **options: Any) -> WebSocketSource:
+def make_source(
+    exchange: str,
+    symbols: Sequence[str],
+    *,
+    url: str | None = None,
+    metrics: StreamMetrics | None = None,
+    **options: Any,
+) -> WebSocketSource:
     """A live source for ``exchange`` (kraken | binance | coinbase); ``url`` overrides the
     exchange's WebSocket URL (``rtml stream --ws-url``); other options go to the constructor."""
     if url is not None:
@@ -48,4 +61,6 @@ def make_source(exchange: str, symbols: Sequence[str], *, url: str | None = None
         from rtml_stream.sources.coinbase import CoinbaseSource
 
         return CoinbaseSource(symbols, metrics=metrics, **options)
-    raise ValueError(f"unknown exchange {exchange!r} (known: {', '.join(EXCHANGES)}; files: ReplaySource)")
+    raise ValueError(
+        f"unknown exchange {exchange!r} (known: {', '.join(EXCHANGES)}; files: ReplaySource)"
+    )

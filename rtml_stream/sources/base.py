@@ -78,8 +78,19 @@ def parse_rfc3339_ns(text: str) -> int:
     if not text.endswith("Z") or len(text) < 20 or text[10] != "T":
         raise Malformed("bad_timestamp", text[:40])
     try:
-        seconds = calendar.timegm((int(text[0:4]), int(text[5:7]), int(text[8:10]),
-                                   int(text[11:13]), int(text[14:16]), int(text[17:19]), 0, 0, 0))
+        seconds = calendar.timegm(
+            (
+                int(text[0:4]),
+                int(text[5:7]),
+                int(text[8:10]),
+                int(text[11:13]),
+                int(text[14:16]),
+                int(text[17:19]),
+                0,
+                0,
+                0,
+            )
+        )
         fraction = text[20:-1] if len(text) > 20 and text[19] == "." else ""
         nanos = int(fraction[:_FRACTION_DIGITS].ljust(_FRACTION_DIGITS, "0")) if fraction else 0
     except ValueError as error:
@@ -157,16 +168,27 @@ class WebSocketSource(Source):
         while not self._closing.is_set():
             reason = "closed"
             try:
-                async with connect(self.url, open_timeout=self.open_timeout, ping_interval=self.ping_interval,
-                                   ping_timeout=self.ping_interval, close_timeout=1.0,
-                                   max_size=self.max_message_bytes, compression=None) as ws:
+                async with connect(
+                    self.url,
+                    open_timeout=self.open_timeout,
+                    ping_interval=self.ping_interval,
+                    ping_timeout=self.ping_interval,
+                    close_timeout=1.0,
+                    max_size=self.max_message_bytes,
+                    compression=None,
+                ) as ws:
                     self._ws = ws
                     self.connections += 1
                     self.on_connect()
                     for message in self.subscriptions():
                         await self.send(message)
-                    log.info("subscribed", exchange=exchange, url=self.url, symbols=self.symbols,
-                             connection=self.connections)
+                    log.info(
+                        "subscribed",
+                        exchange=exchange,
+                        url=self.url,
+                        symbols=self.symbols,
+                        connection=self.connections,
+                    )
                     self.metrics.connected.labels(exchange).set(1)
                     idle = self.idle_timeout
                     while True:
@@ -188,7 +210,11 @@ class WebSocketSource(Source):
             except ConnectionClosed as error:
                 reason = "closed"
                 if not self._closing.is_set():
-                    log.warning("connection_closed", exchange=exchange, code=error.rcvd.code if error.rcvd else None)
+                    log.warning(
+                        "connection_closed",
+                        exchange=exchange,
+                        code=error.rcvd.code if error.rcvd else None,
+                    )
             except InvalidURI:
                 raise
             except (OSError, TimeoutError, InvalidHandshake) as error:
@@ -231,8 +257,14 @@ class WebSocketSource(Source):
             sample = raw[:_SAMPLE_CHARS]
             if isinstance(sample, bytes):
                 sample = sample.decode("utf-8", "replace")
-            log.warning("malformed_message", exchange=self.exchange, reason=reason, detail=detail[:200],
-                        sample=sample, count=seen)
+            log.warning(
+                "malformed_message",
+                exchange=self.exchange,
+                reason=reason,
+                detail=detail[:200],
+                sample=sample,
+                count=seen,
+            )
 
     async def send(self, message: Any) -> None:
         """Send one JSON message on the current connection (as a text frame)."""

@@ -26,7 +26,14 @@ from rtml_core.book import OrderBook
 from rtml_core.schemas import BookLevel, BookUpdate, Trade
 from rtml_core.symbols import normalize_symbol, to_exchange_symbol
 from rtml_stream.metrics import StreamMetrics
-from rtml_stream.sources.base import Event, Malformed, ReconnectPolicy, SubscriptionError, WebSocketSource, log
+from rtml_stream.sources.base import (
+    Event,
+    Malformed,
+    ReconnectPolicy,
+    SubscriptionError,
+    WebSocketSource,
+    log,
+)
 
 DEFAULT_URL = "wss://stream.binance.com:9443/stream"
 DEFAULT_REST_URL = "https://api.binance.com"
@@ -65,7 +72,7 @@ class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate"):
 
 
 class _Snapshot(msgspec.Struct):
-    lastUpdateId: int  # noqa: N815 - Binance's name
+    lastUpdateId: int
     bids: list[tuple[Decimal, Decimal]]
     asks: list[tuple[Decimal, Decimal]]
 
@@ -78,8 +85,12 @@ _snapshot = msgspec.json.Decoder(_Snapshot)
 class HttpSnapshotFetcher:
     """``GET {rest_url}/api/v3/depth?symbol=...&limit=...`` over one reused httpx.AsyncClient."""
 
-    def __init__(self, rest_url: str = DEFAULT_REST_URL, client: httpx.AsyncClient | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        rest_url: str = DEFAULT_REST_URL,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.rest_url = rest_url.rstrip("/")
         self._client = client
         self._owns_client = client is None
@@ -88,7 +99,9 @@ class HttpSnapshotFetcher:
     async def __call__(self, symbol: str, limit: int) -> bytes:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout, headers={"User-Agent": "rtml"})
-        response = await self._client.get(f"{self.rest_url}/api/v3/depth", params={"symbol": symbol, "limit": limit})
+        response = await self._client.get(
+            f"{self.rest_url}/api/v3/depth", params={"symbol": symbol, "limit": limit}
+        )
         response.raise_for_status()
         return response.content
 
@@ -99,7 +112,7 @@ class HttpSnapshotFetcher:
 
 
 class _DepthState:
-    __slots__ = ("book", "last_update_id", "synced", "first_u")
+    __slots__ = ("book", "first_u", "last_update_id", "synced")
 
     def __init__(self) -> None:
         self.book = OrderBook()
@@ -122,7 +135,9 @@ class BinanceSource(WebSocketSource):
     """Trades and a spliced L2 book per symbol from Binance (or Binance.US with its URLs)."""
 
     exchange = "binance"
-    default_idle_timeout = 60.0  # no app heartbeats: WebSocket pings keep the link, data keeps us awake
+    default_idle_timeout = (
+        60.0  # no app heartbeats: WebSocket pings keep the link, data keeps us awake
+    )
 
     def __init__(
         self,
@@ -141,13 +156,22 @@ class BinanceSource(WebSocketSource):
         ping_interval: float | None = 20.0,
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
-        super().__init__(url, symbols, metrics=metrics, idle_timeout=idle_timeout, open_timeout=open_timeout,
-                         ping_interval=ping_interval, reconnect=reconnect)
+        super().__init__(
+            url,
+            symbols,
+            metrics=metrics,
+            idle_timeout=idle_timeout,
+            open_timeout=open_timeout,
+            ping_interval=ping_interval,
+            reconnect=reconnect,
+        )
         unknown = set(channels) - {"trade", "depth"}
         if unknown or not channels:
             raise ValueError(f"channels must be 'trade' and/or 'depth', got {list(channels)}")
         if depth not in SNAPSHOT_LIMITS:
-            raise ValueError(f"Binance snapshot depth must be one of {SNAPSHOT_LIMITS}, got {depth}")
+            raise ValueError(
+                f"Binance snapshot depth must be one of {SNAPSHOT_LIMITS}, got {depth}"
+            )
         if depth_speed not in ("100ms", "1000ms"):
             raise ValueError(f"depth_speed must be '100ms' or '1000ms', got {depth_speed!r}")
         self.channels = tuple(channels)
@@ -177,7 +201,11 @@ class BinanceSource(WebSocketSource):
             if "trade" in self.channels:
                 names.append(f"{wire}@trade")
             if "depth" in self.channels:
-                names.append(f"{wire}@depth@{self.depth_speed}" if self.depth_speed != "1000ms" else f"{wire}@depth")
+                names.append(
+                    f"{wire}@depth@{self.depth_speed}"
+                    if self.depth_speed != "1000ms"
+                    else f"{wire}@depth"
+                )
         return names
 
     def subscriptions(self) -> list[dict]:
@@ -193,7 +221,7 @@ class BinanceSource(WebSocketSource):
         if symbol is None:
             try:
                 symbol = normalize_symbol(wire)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 raise Malformed("unknown_symbol", wire) from error
             if symbol not in self.depth_state:
                 raise Malformed("unknown_symbol", wire)
@@ -208,11 +236,15 @@ class BinanceSource(WebSocketSource):
             payload = _payload.decode(raw)
         elif envelope.id is not None:
             if envelope.error:
-                raise SubscriptionError(f"Binance rejected request {envelope.id}: {bytes(envelope.error).decode()}")
+                raise SubscriptionError(
+                    f"Binance rejected request {envelope.id}: {bytes(envelope.error).decode()}"
+                )
             log.info("binance_ack", id=envelope.id)
             return ()
         elif envelope.error:
-            log.warning("binance_error", error=bytes(envelope.error).decode("utf-8", "replace")[:300])
+            log.warning(
+                "binance_error", error=bytes(envelope.error).decode("utf-8", "replace")[:300]
+            )
             return ()
         else:
             raise Malformed("unknown_message", "no stream, data or id")
@@ -228,12 +260,19 @@ class BinanceSource(WebSocketSource):
             return []
         if last is not None and payload.t > last + 1:
             self.metrics.gaps_unfilled.labels(self.exchange, symbol).inc()
-            log.warning("trade_id_gap", exchange=self.exchange, symbol=symbol, first_id=last + 1,
-                        last_id=payload.t - 1)
+            log.warning(
+                "trade_id_gap",
+                exchange=self.exchange,
+                symbol=symbol,
+                first_id=last + 1,
+                last_id=payload.t - 1,
+            )
         self.last_trade_id[symbol] = payload.t
         time_ns = payload.T * 1_000_000
         self.metrics.trades_in.labels(self.exchange, symbol).inc()
-        self.metrics.exchange_lag.labels(self.exchange).observe(max(0.0, time.time() - payload.T / 1000))
+        self.metrics.exchange_lag.labels(self.exchange).observe(
+            max(0.0, time.time() - payload.T / 1000)
+        )
         side = "sell" if payload.m else "buy"  # m: the buyer was the maker, so the taker sold
         return [Trade(self.exchange, symbol, payload.t, time_ns, payload.p, payload.q, side)]
 
@@ -251,7 +290,9 @@ class BinanceSource(WebSocketSource):
         if diff.u <= last:
             return out  # already inside the snapshot
         if not state.synced and not (diff.U <= last + 1 <= diff.u):
-            return out + await self._resync(symbol, state, diff, "first diff does not straddle the snapshot")
+            return out + await self._resync(
+                symbol, state, diff, "first diff does not straddle the snapshot"
+            )
         if state.synced and diff.U != last + 1:
             return out + await self._resync(symbol, state, diff, f"U={diff.U} after u={last}")
         bids, asks = _levels(diff.b), _levels(diff.a)
@@ -259,7 +300,9 @@ class BinanceSource(WebSocketSource):
         state.last_update_id = diff.u
         state.synced = True
         self.metrics.book_updates_in.labels(self.exchange, symbol).inc()
-        out.append(BookUpdate(self.exchange, symbol, diff.E * 1_000_000, bids, asks, sequence=diff.u))
+        out.append(
+            BookUpdate(self.exchange, symbol, diff.E * 1_000_000, bids, asks, sequence=diff.u)
+        )
         return out
 
     async def _resync(self, symbol: str, state: _DepthState, diff: _Depth, why: str) -> list[Event]:
@@ -274,10 +317,17 @@ class BinanceSource(WebSocketSource):
         delays = self.reconnect_policy.delays()
         for attempt in range(1, self.snapshot_attempts + 1):
             try:
-                snapshot = _snapshot.decode(await self.fetch_snapshot(self._wire[symbol], self.depth))
+                snapshot = _snapshot.decode(
+                    await self.fetch_snapshot(self._wire[symbol], self.depth)
+                )
             except (httpx.HTTPError, msgspec.DecodeError, OSError) as error:
-                log.warning("snapshot_failed", exchange=self.exchange, symbol=symbol, attempt=attempt,
-                            error=repr(error))
+                log.warning(
+                    "snapshot_failed",
+                    exchange=self.exchange,
+                    symbol=symbol,
+                    attempt=attempt,
+                    error=repr(error),
+                )
             else:
                 if state.first_u is None or snapshot.lastUpdateId + 1 >= state.first_u:
                     bids, asks = _levels(snapshot.bids), _levels(snapshot.asks)
@@ -285,10 +335,22 @@ class BinanceSource(WebSocketSource):
                     state.last_update_id = snapshot.lastUpdateId
                     state.synced = False
                     self.metrics.book_updates_in.labels(self.exchange, symbol).inc()
-                    return BookUpdate(self.exchange, symbol, time.time_ns(), bids, asks, is_snapshot=True,
-                                      sequence=snapshot.lastUpdateId)
-                log.info("snapshot_too_old", exchange=self.exchange, symbol=symbol,
-                         last_update_id=snapshot.lastUpdateId, first_diff_u=state.first_u)
+                    return BookUpdate(
+                        self.exchange,
+                        symbol,
+                        time.time_ns(),
+                        bids,
+                        asks,
+                        is_snapshot=True,
+                        sequence=snapshot.lastUpdateId,
+                    )
+                log.info(
+                    "snapshot_too_old",
+                    exchange=self.exchange,
+                    symbol=symbol,
+                    last_update_id=snapshot.lastUpdateId,
+                    first_diff_u=state.first_u,
+                )
             if attempt < self.snapshot_attempts:
                 await asyncio.sleep(next(delays))
         self.metrics.sequence_gaps.labels(self.exchange, symbol).inc()

@@ -96,11 +96,20 @@ class CoinbaseSource(WebSocketSource):
         ping_interval: float | None = 20.0,
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
-        super().__init__(url, symbols, metrics=metrics, idle_timeout=idle_timeout, open_timeout=open_timeout,
-                         ping_interval=ping_interval, reconnect=reconnect)
+        super().__init__(
+            url,
+            symbols,
+            metrics=metrics,
+            idle_timeout=idle_timeout,
+            open_timeout=open_timeout,
+            ping_interval=ping_interval,
+            reconnect=reconnect,
+        )
         unknown = set(channels) - {"market_trades", "level2"}
         if unknown or not channels:
-            raise ValueError(f"channels must be 'market_trades' and/or 'level2', got {list(channels)}")
+            raise ValueError(
+                f"channels must be 'market_trades' and/or 'level2', got {list(channels)}"
+            )
         self.channels = (*channels, "heartbeats")  # heartbeats keep every subscription open
         self.jwt = jwt
         self.books: dict[str, OrderBook] = {s: OrderBook(depth) for s in self.symbols}
@@ -138,7 +147,7 @@ class CoinbaseSource(WebSocketSource):
         if symbol is None:
             try:
                 symbol = normalize_symbol(product_id)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 raise Malformed("unknown_symbol", product_id) from error
             if symbol not in self.books:
                 raise Malformed("unknown_symbol", product_id)
@@ -159,10 +168,17 @@ class CoinbaseSource(WebSocketSource):
         if envelope.sequence_num is not None:
             expected = self._expected_sequence
             if expected is not None and envelope.sequence_num < expected:
-                raise Malformed("stale_sequence", f"sequence_num {envelope.sequence_num} < {expected}")
+                raise Malformed(
+                    "stale_sequence", f"sequence_num {envelope.sequence_num} < {expected}"
+                )
             if expected is not None and envelope.sequence_num > expected:
                 self.metrics.sequence_gaps.labels(self.exchange, "*").inc()
-                log.warning("sequence_gap", exchange=self.exchange, expected=expected, got=envelope.sequence_num)
+                log.warning(
+                    "sequence_gap",
+                    exchange=self.exchange,
+                    expected=expected,
+                    got=envelope.sequence_num,
+                )
                 resync = "level2" in self.channels
             self._expected_sequence = envelope.sequence_num + 1
         out: list[Event] = []
@@ -173,7 +189,10 @@ class CoinbaseSource(WebSocketSource):
         elif channel == "heartbeats":
             pass
         elif channel == "subscriptions":
-            log.info("coinbase_ack", subscriptions=bytes(envelope.events)[:300].decode("utf-8", "replace"))
+            log.info(
+                "coinbase_ack",
+                subscriptions=bytes(envelope.events)[:300].decode("utf-8", "replace"),
+            )
         elif channel not in ("l2_data", "market_trades"):
             raise Malformed("unknown_channel", f"channel={channel!r}")
         if resync:
@@ -213,7 +232,16 @@ class CoinbaseSource(WebSocketSource):
             times = [u.event_time for u in event.updates if u.event_time]
             time_ns = parse_rfc3339_ns(max(times)) if times else time.time_ns()
             self.metrics.book_updates_in.labels(self.exchange, symbol).inc()
-            out.append(BookUpdate(self.exchange, symbol, time_ns, tuple(bids), tuple(asks), is_snapshot=is_snapshot))
+            out.append(
+                BookUpdate(
+                    self.exchange,
+                    symbol,
+                    time_ns,
+                    tuple(bids),
+                    tuple(asks),
+                    is_snapshot=is_snapshot,
+                )
+            )
         return out
 
     def _on_trades(self, events: list[_TradesEvent]) -> list[Event]:
@@ -226,9 +254,20 @@ class CoinbaseSource(WebSocketSource):
                 try:
                     trade_id = int(item.trade_id)
                 except ValueError as error:
-                    raise Malformed("wrong_types", f"trade_id {item.trade_id!r} is not an integer") from error
-                trades.append(Trade(self.exchange, self._symbol(item.product_id), trade_id,
-                                    parse_rfc3339_ns(item.time), item.price, item.size, taker))
+                    raise Malformed(
+                        "wrong_types", f"trade_id {item.trade_id!r} is not an integer"
+                    ) from error
+                trades.append(
+                    Trade(
+                        self.exchange,
+                        self._symbol(item.product_id),
+                        trade_id,
+                        parse_rfc3339_ns(item.time),
+                        item.price,
+                        item.size,
+                        taker,
+                    )
+                )
         trades.sort(key=lambda t: (t.time_ns, t.trade_id))  # Coinbase may list the newest first
         out: list[Event] = []
         now_ns = time.time_ns()
@@ -239,6 +278,8 @@ class CoinbaseSource(WebSocketSource):
                 continue
             self.last_trade_id[trade.symbol] = trade.trade_id
             self.metrics.trades_in.labels(self.exchange, trade.symbol).inc()
-            self.metrics.exchange_lag.labels(self.exchange).observe(max(0.0, (now_ns - trade.time_ns) / 1e9))
+            self.metrics.exchange_lag.labels(self.exchange).observe(
+                max(0.0, (now_ns - trade.time_ns) / 1e9)
+            )
             out.append(trade)
         return out

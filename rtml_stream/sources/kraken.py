@@ -134,8 +134,15 @@ class KrakenSource(WebSocketSource):
         ping_interval: float | None = 20.0,
         reconnect: ReconnectPolicy | None = None,
     ) -> None:
-        super().__init__(url, symbols, metrics=metrics, idle_timeout=idle_timeout, open_timeout=open_timeout,
-                         ping_interval=ping_interval, reconnect=reconnect)
+        super().__init__(
+            url,
+            symbols,
+            metrics=metrics,
+            idle_timeout=idle_timeout,
+            open_timeout=open_timeout,
+            ping_interval=ping_interval,
+            reconnect=reconnect,
+        )
         unknown = set(channels) - {"trade", "book"}
         if unknown or not channels:
             raise ValueError(f"channels must be 'trade' and/or 'book', got {list(channels)}")
@@ -153,6 +160,14 @@ class KrakenSource(WebSocketSource):
         self._has_snapshot: set[str] = set()
         self._resyncing: set[str] = set()
         self._req_id = 0
+
+    def resume(self, symbol: str, trade_id: int, time_ns: int) -> None:
+        """Continue after ``trade_id`` (the last trade already processed, e.g. read back from the
+        offline store after a restart): the first live trade's id gap is then backfilled."""
+        if symbol not in self.books:
+            raise ValueError(f"{symbol} is not one of this source's symbols {self.symbols}")
+        self.last_trade_id[symbol] = trade_id
+        self.last_trade_time_ns[symbol] = time_ns
 
     # --- subscription --------------------------------------------------------------------------
 
@@ -213,19 +228,27 @@ class KrakenSource(WebSocketSource):
         if envelope.success is False:
             text = bytes(raw[:300]).decode("utf-8", "replace")
             if envelope.method == "subscribe":
-                raise SubscriptionError(f"Kraken rejected a subscription: {envelope.error} ({text})")
-            log.warning("kraken_request_failed", method=envelope.method, error=envelope.error, reply=text)
+                raise SubscriptionError(
+                    f"Kraken rejected a subscription: {envelope.error} ({text})"
+                )
+            log.warning(
+                "kraken_request_failed", method=envelope.method, error=envelope.error, reply=text
+            )
             return
         result = _subscribe_result.decode(envelope.result) if envelope.result else None
-        log.info("kraken_ack", method=envelope.method, channel=result and result.channel,
-                 symbol=result and result.symbol)
+        log.info(
+            "kraken_ack",
+            method=envelope.method,
+            channel=result and result.channel,
+            symbol=result and result.symbol,
+        )
 
     def _symbol(self, wire_symbol: str) -> str:
         symbol = self._canonical.get(wire_symbol)
         if symbol is None:
             try:
                 symbol = normalize_symbol(wire_symbol)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 raise Malformed("unknown_symbol", wire_symbol) from error
             if symbol not in self.books:
                 raise Malformed("unknown_symbol", wire_symbol)
@@ -254,8 +277,14 @@ class KrakenSource(WebSocketSource):
             computed = kraken_checksum(book)
             if computed != entry.checksum:
                 self.metrics.checksum_failures.labels(self.exchange, symbol).inc()
-                log.warning("checksum_mismatch", exchange=self.exchange, symbol=symbol, expected=entry.checksum,
-                            computed=computed, sample=bytes(raw[:300]).decode("utf-8", "replace"))
+                log.warning(
+                    "checksum_mismatch",
+                    exchange=self.exchange,
+                    symbol=symbol,
+                    expected=entry.checksum,
+                    computed=computed,
+                    sample=bytes(raw[:300]).decode("utf-8", "replace"),
+                )
                 await self.resubscribe_book(symbol, "checksum_mismatch")
                 continue
             if is_snapshot:
@@ -263,14 +292,33 @@ class KrakenSource(WebSocketSource):
                 self._resyncing.discard(symbol)
             time_ns = parse_rfc3339_ns(entry.timestamp) if entry.timestamp else time.time_ns()
             self.metrics.book_updates_in.labels(self.exchange, symbol).inc()
-            out.append(BookUpdate(self.exchange, symbol, time_ns, bids, asks, is_snapshot=is_snapshot,
-                                  checksum=entry.checksum))
+            out.append(
+                BookUpdate(
+                    self.exchange,
+                    symbol,
+                    time_ns,
+                    bids,
+                    asks,
+                    is_snapshot=is_snapshot,
+                    checksum=entry.checksum,
+                )
+            )
         return out
 
     async def _on_trades(self, entries: list[_Trade], raw: bytes) -> list[Event]:
         trades = sorted(
-            (Trade(self.exchange, self._symbol(t.symbol), t.trade_id, parse_rfc3339_ns(t.timestamp),
-                   t.price, t.qty, t.side) for t in entries),
+            (
+                Trade(
+                    self.exchange,
+                    self._symbol(t.symbol),
+                    t.trade_id,
+                    parse_rfc3339_ns(t.timestamp),
+                    t.price,
+                    t.qty,
+                    t.side,
+                )
+                for t in entries
+            ),
             key=lambda trade: trade.trade_id,
         )
         out: list[Event] = []
@@ -282,32 +330,54 @@ class KrakenSource(WebSocketSource):
                 continue
             if last is not None and trade.trade_id > last + 1:
                 since_ns = self.last_trade_time_ns[trade.symbol]
-                out.extend(await self._fill_gap(trade.symbol, last + 1, trade.trade_id - 1, since_ns))
+                out.extend(
+                    await self._fill_gap(trade.symbol, last + 1, trade.trade_id - 1, since_ns)
+                )
             self.last_trade_id[trade.symbol] = trade.trade_id
             self.last_trade_time_ns[trade.symbol] = trade.time_ns
             self.metrics.trades_in.labels(self.exchange, trade.symbol).inc()
-            self.metrics.exchange_lag.labels(self.exchange).observe(max(0.0, (now_ns - trade.time_ns) / 1e9))
+            self.metrics.exchange_lag.labels(self.exchange).observe(
+                max(0.0, (now_ns - trade.time_ns) / 1e9)
+            )
             out.append(trade)
         return out
 
-    async def _fill_gap(self, symbol: str, first_id: int, last_id: int, since_ns: int) -> list[Trade]:
+    async def _fill_gap(
+        self, symbol: str, first_id: int, last_id: int, since_ns: int
+    ) -> list[Trade]:
         """The trades with ids first_id..last_id from REST, in id order (as many as were found)."""
         missing = last_id - first_id + 1
-        log.warning("trade_id_gap", exchange=self.exchange, symbol=symbol, first_id=first_id, last_id=last_id,
-                    missing=missing)
+        log.warning(
+            "trade_id_gap",
+            exchange=self.exchange,
+            symbol=symbol,
+            first_id=first_id,
+            last_id=last_id,
+            missing=missing,
+        )
         found: list[Trade] = []
         if self.backfill is not None:
             delays = self.reconnect_policy.delays()
             for attempt in range(1, self.backfill_attempts + 1):
                 try:
                     fetched = await asyncio.to_thread(
-                        lambda: list(self.backfill(symbol, first_id, last_id, since_ns=since_ns)))
-                    found = sorted({t.trade_id: t for t in fetched if first_id <= t.trade_id <= last_id}.values(),
-                                   key=lambda t: t.trade_id)
+                        lambda: list(self.backfill(symbol, first_id, last_id, since_ns=since_ns))
+                    )
+                    found = sorted(
+                        {
+                            t.trade_id: t for t in fetched if first_id <= t.trade_id <= last_id
+                        }.values(),
+                        key=lambda t: t.trade_id,
+                    )
                     break
                 except Exception as error:  # noqa: BLE001 - REST trouble must not kill the stream
-                    log.warning("backfill_failed", exchange=self.exchange, symbol=symbol, attempt=attempt,
-                                error=repr(error))
+                    log.warning(
+                        "backfill_failed",
+                        exchange=self.exchange,
+                        symbol=symbol,
+                        attempt=attempt,
+                        error=repr(error),
+                    )
                     if attempt < self.backfill_attempts:
                         await self._pause(next(delays))
         if found:
@@ -317,6 +387,13 @@ class KrakenSource(WebSocketSource):
             self.metrics.gaps_backfilled.labels(self.exchange, symbol).inc()
         else:
             self.metrics.gaps_unfilled.labels(self.exchange, symbol).inc()
-            log.error("trade_gap_unfilled", exchange=self.exchange, symbol=symbol, first_id=first_id,
-                      last_id=last_id, found=len(found), missing=missing)
+            log.error(
+                "trade_gap_unfilled",
+                exchange=self.exchange,
+                symbol=symbol,
+                first_id=first_id,
+                last_id=last_id,
+                found=len(found),
+                missing=missing,
+            )
         return found

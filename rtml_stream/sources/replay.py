@@ -30,7 +30,9 @@ def parse_speed(speed: Speed) -> float | None:
         try:
             value = float(text.rstrip("x"))
         except ValueError:
-            raise ValueError(f"speed {speed!r} is not 'max' or a positive number (1 = real time)") from None
+            raise ValueError(
+                f"speed {speed!r} is not 'max' or a positive number (1 = real time)"
+            ) from None
     else:
         value = float(speed)
     if value == 0:
@@ -83,7 +85,9 @@ class ReplaySource(Source):
         from rtml_core.ingest import read_trades
 
         def open_trades() -> Iterator[Trade]:
-            return read_trades(path, fmt, exchange=exchange, symbol=symbol, mapping=mapping, preset=preset)
+            return read_trades(
+                path, fmt, exchange=exchange, symbol=symbol, mapping=mapping, preset=preset
+            )
 
         return cls(open_trades, **options)
 

@@ -11,8 +11,14 @@ from rtml_stream.sources.base import Event, ReconnectPolicy
 FAST_RECONNECT = ReconnectPolicy(initial=0.02, maximum=0.2, factor=2.0)
 
 
-async def take(events: AsyncIterator[Event], count: int, *, kind: type = Trade, timeout: float = 5.0,
-               until: Callable[[Event], bool] | None = None) -> list[Event]:
+async def take(
+    events: AsyncIterator[Event],
+    count: int,
+    *,
+    kind: type = Trade,
+    timeout: float = 5.0,
+    until: Callable[[Event], bool] | None = None,
+) -> list[Event]:
     """The next ``count`` events of ``kind`` (others are skipped), failing after ``timeout``."""
     found: list[Event] = []
     async with asyncio.timeout(timeout):

@@ -50,13 +50,30 @@ def snapshot_route(bodies: list[str]):
 
 def trade_message(trade_id: int, price: str, qty: str, buyer_is_maker: bool, time_ms: int) -> str:
     """A ``<symbol>@trade`` payload in Binance's documented shape."""
-    return json.dumps({"e": "trade", "E": time_ms + 1, "s": "BTCUSDT", "t": trade_id, "p": price, "q": qty,
-                       "T": time_ms, "m": buyer_is_maker, "M": True})
+    return json.dumps(
+        {
+            "e": "trade",
+            "E": time_ms + 1,
+            "s": "BTCUSDT",
+            "t": trade_id,
+            "p": price,
+            "q": qty,
+            "T": time_ms,
+            "m": buyer_is_maker,
+            "M": True,
+        }
+    )
 
 
 def _source(url: str, rest_url: str, metrics: StreamMetrics, **kwargs) -> BinanceSource:
-    options = dict(url=url, rest_url=rest_url, metrics=metrics, idle_timeout=1.0, reconnect=FAST_RECONNECT,
-                   ping_interval=None)
+    options = {
+        "url": url,
+        "rest_url": rest_url,
+        "metrics": metrics,
+        "idle_timeout": 1.0,
+        "reconnect": FAST_RECONNECT,
+        "ping_interval": None,
+    }
     options.update(kwargs)
     return BinanceSource(["BTC-USDT"], **options)
 
@@ -64,7 +81,9 @@ def _source(url: str, rest_url: str, metrics: StreamMetrics, **kwargs) -> Binanc
 async def test_real_capture_splices_onto_the_real_snapshot() -> None:
     metrics = StreamMetrics()
     applied = [line for line in DIFFS if json.loads(line)["u"] > LAST_UPDATE_ID]
-    assert json.loads(applied[0])["U"] <= LAST_UPDATE_ID + 1 <= json.loads(applied[0])["u"]  # it straddles
+    assert (
+        json.loads(applied[0])["U"] <= LAST_UPDATE_ID + 1 <= json.loads(applied[0])["u"]
+    )  # it straddles
     with LocalHttpServer({"/api/v3/depth": snapshot_route([SNAPSHOT_TEXT])}) as rest:
         async with BinanceServer([Session(list(DIFFS))]) as server:
             source = _source(server.url, rest.url, metrics, channels=("depth",))
@@ -85,13 +104,17 @@ async def test_real_capture_splices_onto_the_real_snapshot() -> None:
 
 async def test_missing_diff_resyncs_from_a_fresh_snapshot() -> None:
     dropped = 15  # a diff after the splice goes missing
-    diffs = DIFFS[:dropped] + DIFFS[dropped + 1:]
+    diffs = DIFFS[:dropped] + DIFFS[dropped + 1 :]
     later = expected_book(DIFFS[: dropped + 2], SNAPSHOT)
-    fresh = {"lastUpdateId": json.loads(DIFFS[dropped + 1])["u"],
-             "bids": [[str(p), str(q)] for p, q in later.bids.items()],
-             "asks": [[str(p), str(q)] for p, q in later.asks.items()]}
+    fresh = {
+        "lastUpdateId": json.loads(DIFFS[dropped + 1])["u"],
+        "bids": [[str(p), str(q)] for p, q in later.bids.items()],
+        "asks": [[str(p), str(q)] for p, q in later.asks.items()],
+    }
     metrics = StreamMetrics()
-    with LocalHttpServer({"/api/v3/depth": snapshot_route([SNAPSHOT_TEXT, json.dumps(fresh)])}) as rest:
+    with LocalHttpServer(
+        {"/api/v3/depth": snapshot_route([SNAPSHOT_TEXT, json.dumps(fresh)])}
+    ) as rest:
         async with BinanceServer([Session(diffs)]) as server:
             source = _source(server.url, rest.url, metrics, channels=("depth",))
             last_u = json.loads(DIFFS[-1])["u"]
@@ -116,32 +139,63 @@ async def test_snapshot_older_than_the_first_diff_is_fetched_again() -> None:
 
 
 async def test_trades_take_the_takers_side_from_m() -> None:
-    messages = [trade_message(100, "78701.88", "0.01", True, 1787612486435),
-                trade_message(101, "78702.10", "0.25", False, 1787612486436)]
+    messages = [
+        trade_message(100, "78701.88", "0.01", True, 1787612486435),
+        trade_message(101, "78702.10", "0.25", False, 1787612486436),
+    ]
     metrics = StreamMetrics()
     async with BinanceServer([Session(messages)]) as server:
         source = _source(server.url, "http://127.0.0.1:9", metrics, channels=("trade",))
         trades = await take(source.events(), 2)
         await source.close()
     assert trades == [
-        Trade("binance", "BTC-USDT", 100, 1787612486435_000_000, Decimal("78701.88"), Decimal("0.01"), "sell"),
-        Trade("binance", "BTC-USDT", 101, 1787612486436_000_000, Decimal("78702.10"), Decimal("0.25"), "buy"),
+        Trade(
+            "binance",
+            "BTC-USDT",
+            100,
+            1787612486435_000_000,
+            Decimal("78701.88"),
+            Decimal("0.01"),
+            "sell",
+        ),
+        Trade(
+            "binance",
+            "BTC-USDT",
+            101,
+            1787612486436_000_000,
+            Decimal("78702.10"),
+            Decimal("0.25"),
+            "buy",
+        ),
     ]
     assert server.received[0]["params"] == ["btcusdt@trade"]
 
 
 async def test_kill_and_restart_reconnects_resubscribes_and_resplices() -> None:
-    first = [trade_message(i, "78700.00", "0.1", i % 2 == 0, 1787612486000 + i) for i in range(1, 31)]
-    second = [trade_message(i, "78700.00", "0.1", i % 2 == 0, 1787612486000 + i) for i in range(25, 61)]
+    first = [
+        trade_message(i, "78700.00", "0.1", i % 2 == 0, 1787612486000 + i) for i in range(1, 31)
+    ]
+    second = [
+        trade_message(i, "78700.00", "0.1", i % 2 == 0, 1787612486000 + i) for i in range(25, 61)
+    ]
     metrics = StreamMetrics()
     with LocalHttpServer({"/api/v3/depth": snapshot_route([SNAPSHOT_TEXT])}) as rest:
         server = BinanceServer([Session(first + DIFFS[:12]), Session(second + DIFFS[9:])])
         await server.start()
         source = _source(server.url, rest.url, metrics)
         last_u = json.loads(DIFFS[-1])["u"]
-        consumer = asyncio.create_task(take(source.events(), 10_000, kind=object, timeout=10,
-                                            until=lambda e: isinstance(e, BookUpdate) and e.sequence == last_u))
-        await wait_for_value(lambda: metrics.value("book_updates_in", exchange="binance", symbol="BTC-USDT") >= 1)
+        consumer = asyncio.create_task(
+            take(
+                source.events(),
+                10_000,
+                kind=object,
+                timeout=10,
+                until=lambda e: isinstance(e, BookUpdate) and e.sequence == last_u,
+            )
+        )
+        await wait_for_value(
+            lambda: metrics.value("book_updates_in", exchange="binance", symbol="BTC-USDT") >= 1
+        )
         await server.kill()
         await asyncio.sleep(0.2)
         await server.start()
@@ -162,10 +216,14 @@ async def test_malformed_messages_are_counted_and_skipped() -> None:
     steps = [
         Verbatim("{oops"),
         Verbatim('{"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1,"s":"BTCUSDT"}}'),
-        Verbatim('{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":"x","p":"1","q":"1",'
-                 '"T":1,"m":true}}'),
-        Verbatim('{"stream":"dogeeur@trade","data":{"e":"trade","E":1,"s":"DOGEEUR","t":1,"p":"1","q":"1",'
-                 '"T":1,"m":true}}'),
+        Verbatim(
+            '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":"x","p":"1","q":"1",'
+            '"T":1,"m":true}}'
+        ),
+        Verbatim(
+            '{"stream":"dogeeur@trade","data":{"e":"trade","E":1,"s":"DOGEEUR","t":1,"p":"1","q":"1",'
+            '"T":1,"m":true}}'
+        ),
         Verbatim('{"hello":"world"}'),
         good,
     ]
@@ -175,7 +233,7 @@ async def test_malformed_messages_are_counted_and_skipped() -> None:
         trades = await take(source.events(), 1)
         await source.close()
     assert trades[0].trade_id == 7
-    count = lambda reason: metrics.value("malformed_messages", exchange="binance", reason=reason)  # noqa: E731
+    count = lambda reason: metrics.value("malformed_messages", exchange="binance", reason=reason)
     assert count("bad_json") == 1
     assert count("wrong_types") == 2  # an unknown event type; a trade id that is not a number
     assert count("unknown_symbol") == 1

@@ -29,33 +29,63 @@ def expected_book(lines: list[str]) -> OrderBook:
         if message["channel"] != "l2_data":
             continue
         for event in message["events"]:
-            bids = [BookLevel(Decimal(u["price_level"]), Decimal(u["new_quantity"]))
-                    for u in event["updates"] if u["side"] == "bid"]
-            asks = [BookLevel(Decimal(u["price_level"]), Decimal(u["new_quantity"]))
-                    for u in event["updates"] if u["side"] == "offer"]
+            bids = [
+                BookLevel(Decimal(u["price_level"]), Decimal(u["new_quantity"]))
+                for u in event["updates"]
+                if u["side"] == "bid"
+            ]
+            asks = [
+                BookLevel(Decimal(u["price_level"]), Decimal(u["new_quantity"]))
+                for u in event["updates"]
+                if u["side"] == "offer"
+            ]
             (book.apply_snapshot if event["type"] == "snapshot" else book.apply_update)(bids, asks)
     return book
 
 
 def market_trades(trades: list[tuple[int, str, str, str]], kind: str = "update") -> str:
     """A ``market_trades`` message in Coinbase's documented shape (newest first, as Coinbase sends)."""
-    items = [{"trade_id": str(trade_id), "product_id": "BTC-USD", "price": price, "size": size, "side": side,
-              "time": f"2026-08-24T22:34:{13 + trade_id % 40:02d}.{trade_id:06d}Z"}
-             for trade_id, price, size, side in reversed(trades)]
-    return json.dumps({"channel": "market_trades", "client_id": "", "timestamp": "2026-08-24T22:34:14.0Z",
-                       "sequence_num": 0, "events": [{"type": kind, "trades": items}]})
+    items = [
+        {
+            "trade_id": str(trade_id),
+            "product_id": "BTC-USD",
+            "price": price,
+            "size": size,
+            "side": side,
+            "time": f"2026-08-24T22:34:{13 + trade_id % 40:02d}.{trade_id:06d}Z",
+        }
+        for trade_id, price, size, side in reversed(trades)
+    ]
+    return json.dumps(
+        {
+            "channel": "market_trades",
+            "client_id": "",
+            "timestamp": "2026-08-24T22:34:14.0Z",
+            "sequence_num": 0,
+            "events": [{"type": kind, "trades": items}],
+        }
+    )
 
 
 def _source(url: str, metrics: StreamMetrics, **kwargs) -> CoinbaseSource:
-    options = dict(url=url, metrics=metrics, idle_timeout=1.0, reconnect=FAST_RECONNECT, ping_interval=None)
+    options = {
+        "url": url,
+        "metrics": metrics,
+        "idle_timeout": 1.0,
+        "reconnect": FAST_RECONNECT,
+        "ping_interval": None,
+    }
     options.update(kwargs)
     return CoinbaseSource(["BTC-USD"], **options)
 
 
 async def test_real_level2_capture_builds_the_book() -> None:
     metrics = StreamMetrics()
-    server = CoinbaseServer([Session(list(L2_REST))], l2_snapshot=L2_SNAPSHOT,
-                            expected_channels=("level2", "heartbeats"))
+    server = CoinbaseServer(
+        [Session(list(L2_REST))],
+        l2_snapshot=L2_SNAPSHOT,
+        expected_channels=("level2", "heartbeats"),
+    )
     async with server:
         source = _source(server.url, metrics, channels=("level2",))
         updates = await take(source.events(), 1 + len(NON_EMPTY_UPDATES), kind=BookUpdate)
@@ -71,7 +101,11 @@ async def test_real_level2_capture_builds_the_book() -> None:
     assert metrics.total("sequence_gaps") == 0 and metrics.total("malformed_messages") == 0
     channels = [m["channel"] for m in server.received]
     assert channels == ["level2", "heartbeats"]
-    assert server.received[0] == {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "level2"}
+    assert server.received[0] == {
+        "type": "subscribe",
+        "product_ids": ["BTC-USD"],
+        "channel": "level2",
+    }
 
 
 async def test_market_trades_take_the_opposite_of_the_makers_side() -> None:
@@ -83,14 +117,24 @@ async def test_market_trades_take_the_opposite_of_the_makers_side() -> None:
         trades = await take(source.events(), 2)
         await source.close()
     assert [(t.trade_id, t.side) for t in trades] == [(101, "sell"), (102, "buy")]  # in id order
-    assert trades[0] == Trade("coinbase", "BTC-USD", 101, trades[0].time_ns, Decimal("78856.06"),
-                              Decimal("0.01"), "sell")
+    assert trades[0] == Trade(
+        "coinbase", "BTC-USD", 101, trades[0].time_ns, Decimal("78856.06"), Decimal("0.01"), "sell"
+    )
 
 
 async def test_sequence_gap_resubscribes_level2_for_a_fresh_snapshot() -> None:
-    steps = [L2_REST[0], L2_REST[1], SkipSequence(), L2_REST[4], WaitSubscribe("level2", 2), *L2_REST]
+    steps = [
+        L2_REST[0],
+        L2_REST[1],
+        SkipSequence(),
+        L2_REST[4],
+        WaitSubscribe("level2", 2),
+        *L2_REST,
+    ]
     metrics = StreamMetrics()
-    server = CoinbaseServer([Session(steps)], l2_snapshot=L2_SNAPSHOT, expected_channels=("level2", "heartbeats"))
+    server = CoinbaseServer(
+        [Session(steps)], l2_snapshot=L2_SNAPSHOT, expected_channels=("level2", "heartbeats")
+    )
     async with server:
         source = _source(server.url, metrics, channels=("level2",))
         # snapshot, update (line 2), [gap: line 5 dropped], fresh snapshot, every update again
@@ -99,18 +143,24 @@ async def test_sequence_gap_resubscribes_level2_for_a_fresh_snapshot() -> None:
     assert [u.is_snapshot for u in updates[:3]] == [True, False, True]
     assert metrics.value("sequence_gaps", exchange="coinbase", symbol="*") == 1
     assert metrics.value("resubscribes", exchange="coinbase", reason="sequence_gap") == 1
-    assert [(m["type"], m["channel"]) for m in server.received][2:] == [("unsubscribe", "level2"),
-                                                                        ("subscribe", "level2")]
+    assert [(m["type"], m["channel"]) for m in server.received][2:] == [
+        ("unsubscribe", "level2"),
+        ("subscribe", "level2"),
+    ]
     want = expected_book(CAPTURE)
     assert list(source.books["BTC-USD"].asks.items()) == list(want.asks.items())
     assert list(source.books["BTC-USD"].bids.items()) == list(want.bids.items())
 
 
 async def test_missing_heartbeats_then_a_dropped_connection_reconnect_and_resubscribe() -> None:
-    batch = lambda ids: market_trades([(i, "78856.00", "0.1", "BUY" if i % 3 else "SELL") for i in ids])  # noqa: E731
-    sessions = [Session([batch(range(1, 11))], end="silence"),
-                Session([batch(range(8, 21))], end="abort"),
-                Session([batch(range(21, 31))])]
+    batch = lambda ids: market_trades(
+        [(i, "78856.00", "0.1", "BUY" if i % 3 else "SELL") for i in ids]
+    )
+    sessions = [
+        Session([batch(range(1, 11))], end="silence"),
+        Session([batch(range(8, 21))], end="abort"),
+        Session([batch(range(21, 31))]),
+    ]
     metrics = StreamMetrics()
     server = CoinbaseServer(sessions, expected_channels=("market_trades", "heartbeats"))
     async with server:
@@ -126,14 +176,18 @@ async def test_missing_heartbeats_then_a_dropped_connection_reconnect_and_resubs
 
 
 async def test_kill_and_restart_resumes_the_stream() -> None:
-    batch = lambda ids: market_trades([(i, "78856.00", "0.1", "BUY") for i in ids])  # noqa: E731
+    batch = lambda ids: market_trades([(i, "78856.00", "0.1", "BUY") for i in ids])
     metrics = StreamMetrics()
-    server = CoinbaseServer([Session([batch(range(1, 6))]), Session([batch(range(6, 11))])],
-                            expected_channels=("market_trades", "heartbeats"))
+    server = CoinbaseServer(
+        [Session([batch(range(1, 6))]), Session([batch(range(6, 11))])],
+        expected_channels=("market_trades", "heartbeats"),
+    )
     await server.start()
     source = _source(server.url, metrics, channels=("market_trades",))
     consumer = asyncio.create_task(take(source.events(), 10, timeout=10))
-    await wait_for_value(lambda: metrics.value("trades_in", exchange="coinbase", symbol="BTC-USD") == 5)
+    await wait_for_value(
+        lambda: metrics.value("trades_in", exchange="coinbase", symbol="BTC-USD") == 5
+    )
     await server.kill()
     await asyncio.sleep(0.2)
     await server.start()
@@ -165,10 +219,12 @@ async def test_malformed_messages_are_counted_and_skipped() -> None:
         trades = await take(source.events(), 1)
         await source.close()
     assert trades[0].trade_id == 9
-    count = lambda reason: metrics.value("malformed_messages", exchange="coinbase", reason=reason)  # noqa: E731
+    count = lambda reason: metrics.value("malformed_messages", exchange="coinbase", reason=reason)
     assert count("bad_json") == 1
     assert count("unknown_channel") == 1
-    assert count("wrong_types") == 3  # a side that is neither; a trade id that is not a number; trades: 7
+    assert (
+        count("wrong_types") == 3
+    )  # a side that is neither; a trade id that is not a number; trades: 7
     assert count("update_before_snapshot") == 1
     assert count("stale_sequence") == 1
     assert metrics.total("reconnects") == 0

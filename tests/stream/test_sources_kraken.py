@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 
 import pytest
 import structlog.testing
@@ -35,26 +36,29 @@ SNAPSHOT, UPDATES = CAPTURE_LINES[2], CAPTURE_LINES[5:8]
 PAIR, ROWS = kraken_rest_trades(REST_TRADES)
 
 
-def _levels(items: list[dict]) -> list[BookLevel]:
-    from decimal import Decimal
-
-    return [BookLevel(Decimal(str(i["price"])), Decimal(str(i["qty"]))) for i in items]
-
-
 def _trade_messages(rows: list, per_message: int = 50) -> list[str]:
-    return [kraken_ws_trade_message(rows[i:i + per_message], "BTC/USDT") for i in range(0, len(rows), per_message)]
+    return [
+        kraken_ws_trade_message(rows[i : i + per_message], "BTC/USDT")
+        for i in range(0, len(rows), per_message)
+    ]
 
 
 def _source(url: str, metrics: StreamMetrics, **kwargs) -> KrakenSource:
-    options = dict(url=url, metrics=metrics, channels=("trade",), backfill=None, idle_timeout=1.0,
-                   reconnect=FAST_RECONNECT, ping_interval=None)
+    options = {
+        "url": url,
+        "metrics": metrics,
+        "channels": ("trade",),
+        "backfill": None,
+        "idle_timeout": 1.0,
+        "reconnect": FAST_RECONNECT,
+        "ping_interval": None,
+    }
     options.update(kwargs)
     return KrakenSource(["BTC-USDT"], **options)
 
 
 def test_capture_checksums_verify_line_by_line() -> None:
     import msgspec
-    from decimal import Decimal
 
     book = OrderBook(depth=10)
     verified = 0
@@ -76,50 +80,86 @@ def test_capture_checksums_verify_line_by_line() -> None:
 
 
 def test_checksum_changes_when_a_quantity_differs() -> None:
-    snapshot = json.loads(SNAPSHOT, parse_float=__import__("decimal").Decimal)["data"][0]
+    snapshot = json.loads(SNAPSHOT, parse_float=Decimal)["data"][0]
     book = OrderBook(depth=10)
-    book.apply_snapshot([BookLevel(lv["price"], lv["qty"]) for lv in snapshot["bids"]],
-                        [BookLevel(lv["price"], lv["qty"]) for lv in snapshot["asks"]])
+    book.apply_snapshot(
+        [BookLevel(lv["price"], lv["qty"]) for lv in snapshot["bids"]],
+        [BookLevel(lv["price"], lv["qty"]) for lv in snapshot["asks"]],
+    )
     assert kraken_checksum(book) == snapshot["checksum"]
     best_bid_price = book.best_bid()[0]
-    book.apply_update([BookLevel(best_bid_price, __import__("decimal").Decimal("0.01266504"))], [])
+    book.apply_update([BookLevel(best_bid_price, Decimal("0.01266504"))], [])
     assert kraken_checksum(book) != snapshot["checksum"]
 
 
 async def test_book_capture_over_websocket_verifies_every_message() -> None:
     metrics = StreamMetrics()
-    server = KrakenServer([Session(list(UPDATES))], book_snapshots={"BTC/USD": SNAPSHOT},
-                          expected_channels=("book",))
+    server = KrakenServer(
+        [Session(list(UPDATES))], book_snapshots={"BTC/USD": SNAPSHOT}, expected_channels=("book",)
+    )
     async with server:
-        source = KrakenSource(["BTC-USD"], url=server.url, channels=("book",), depth=10, metrics=metrics,
-                              backfill=None, idle_timeout=1.0, reconnect=FAST_RECONNECT, ping_interval=None)
+        source = KrakenSource(
+            ["BTC-USD"],
+            url=server.url,
+            channels=("book",),
+            depth=10,
+            metrics=metrics,
+            backfill=None,
+            idle_timeout=1.0,
+            reconnect=FAST_RECONNECT,
+            ping_interval=None,
+        )
         updates = await take(source.events(), 4, kind=BookUpdate)
         await source.close()
     assert [u.is_snapshot for u in updates] == [True, False, False, False]
-    assert [u.checksum for u in updates] == [json.loads(line)["data"][0]["checksum"] for line in [SNAPSHOT, *UPDATES]]
+    assert [u.checksum for u in updates] == [
+        json.loads(line)["data"][0]["checksum"] for line in [SNAPSHOT, *UPDATES]
+    ]
     assert updates[0].symbol == "BTC-USD" and len(updates[0].bids) == 10
     assert kraken_checksum(source.books["BTC-USD"]) == updates[-1].checksum
     assert metrics.value("checksum_failures", exchange="kraken", symbol="BTC-USD") == 0
     assert metrics.value("book_updates_in", exchange="kraken", symbol="BTC-USD") == 4
     assert metrics.total("malformed_messages") == 0
     subscribe = next(m for m in server.received if m["method"] == "subscribe")
-    assert subscribe["params"] == {"channel": "book", "symbol": ["BTC/USD"], "depth": 10, "snapshot": True}
+    assert subscribe["params"] == {
+        "channel": "book",
+        "symbol": ["BTC/USD"],
+        "depth": 10,
+        "snapshot": True,
+    }
 
 
 async def test_checksum_mismatch_resubscribes_for_a_fresh_snapshot() -> None:
     corrupted = json.loads(UPDATES[1])
-    corrupted["data"][0]["bids"][0]["qty"] = 0.01378632  # one satoshi off: our book no longer matches
+    corrupted["data"][0]["bids"][0]["qty"] = (
+        0.01378632  # one satoshi off: our book no longer matches
+    )
     steps = [UPDATES[0], json.dumps(corrupted), WaitSubscribe("book", 2), *UPDATES]
     metrics = StreamMetrics()
-    server = KrakenServer([Session(steps)], book_snapshots={"BTC/USD": SNAPSHOT}, expected_channels=("book",))
+    server = KrakenServer(
+        [Session(steps)], book_snapshots={"BTC/USD": SNAPSHOT}, expected_channels=("book",)
+    )
     async with server:
-        source = KrakenSource(["BTC-USD"], url=server.url, channels=("book",), metrics=metrics, backfill=None,
-                              idle_timeout=1.0, reconnect=FAST_RECONNECT, ping_interval=None)
+        source = KrakenSource(
+            ["BTC-USD"],
+            url=server.url,
+            channels=("book",),
+            metrics=metrics,
+            backfill=None,
+            idle_timeout=1.0,
+            reconnect=FAST_RECONNECT,
+            ping_interval=None,
+        )
         updates = await take(source.events(), 6, kind=BookUpdate)
         await source.close()
     checksums = [json.loads(line)["data"][0]["checksum"] for line in [SNAPSHOT, *UPDATES]]
     # snapshot, update 1, (corrupted update dropped), fresh snapshot, updates 1-3
-    assert [u.checksum for u in updates] == [checksums[0], checksums[1], checksums[0], *checksums[1:]]
+    assert [u.checksum for u in updates] == [
+        checksums[0],
+        checksums[1],
+        checksums[0],
+        *checksums[1:],
+    ]
     assert [u.is_snapshot for u in updates] == [True, False, True, False, False, False]
     assert metrics.value("checksum_failures", exchange="kraken", symbol="BTC-USD") == 1
     assert metrics.value("resubscribes", exchange="kraken", reason="checksum_mismatch") == 1
@@ -148,7 +188,9 @@ async def test_trades_are_normalized_with_the_takers_side() -> None:
 def _rest_backfill(base_url: str):
     from rtml_core.ingest.backfill import KrakenRestClient
 
-    return KrakenRestClient(base_url=base_url, min_interval_s=0.0, max_attempts=2, backoff_s=0.01).trades_between_ids
+    return KrakenRestClient(
+        base_url=base_url, min_interval_s=0.0, max_attempts=2, backoff_s=0.01
+    ).trades_between_ids
 
 
 async def _all_trades_without_disconnect() -> list[Trade]:
@@ -172,15 +214,21 @@ async def test_kill_and_restart_backfills_the_trade_id_gap() -> None:
         await server.start()
         source = _source(server.url, metrics, backfill=_rest_backfill(rest.url))
         consumer = asyncio.create_task(take(source.events(), 1000, timeout=10))
-        await wait_for_value(lambda: metrics.value("trades_in", exchange="kraken", symbol="BTC-USDT") == 300)
+        await wait_for_value(
+            lambda: metrics.value("trades_in", exchange="kraken", symbol="BTC-USDT") == 300
+        )
         await server.kill()
-        await asyncio.sleep(0.3)  # the consumer keeps reading: the source retries against a closed port
+        await asyncio.sleep(
+            0.3
+        )  # the consumer keeps reading: the source retries against a closed port
         await server.start()
         got = await consumer
         await source.close()
         await server.kill()
     assert [trade_key(t) for t in got] == [trade_key(t) for t in expected]
-    assert all(abs(a.time_ns - b.time_ns) < 1_000 for a, b in zip(got, expected))  # REST vs WS time rounding
+    assert all(
+        abs(a.time_ns - b.time_ns) < 1_000 for a, b in zip(got, expected)
+    )  # REST vs WS time rounding
     assert metrics.value("gaps_backfilled", exchange="kraken", symbol="BTC-USDT") == 1
     assert metrics.value("trades_backfilled", exchange="kraken", symbol="BTC-USDT") == 200
     assert metrics.value("trades_in", exchange="kraken", symbol="BTC-USDT") == 1000
@@ -194,8 +242,12 @@ async def test_kill_and_restart_backfills_the_trade_id_gap() -> None:
 
 async def test_missing_heartbeats_trigger_reconnect_and_resubscribe() -> None:
     metrics = StreamMetrics()
-    server = KrakenServer([Session(_trade_messages(ROWS[:100]), end="silence"),
-                           Session(_trade_messages(ROWS[100:200]))])
+    server = KrakenServer(
+        [
+            Session(_trade_messages(ROWS[:100]), end="silence"),
+            Session(_trade_messages(ROWS[100:200])),
+        ]
+    )
     async with server:
         source = _source(server.url, metrics, idle_timeout=0.3)
         trades = await take(source.events(), 200)
@@ -208,8 +260,9 @@ async def test_missing_heartbeats_trigger_reconnect_and_resubscribe() -> None:
 
 async def test_duplicates_after_reconnect_are_skipped() -> None:
     metrics = StreamMetrics()
-    server = KrakenServer([Session(_trade_messages(ROWS[:60]), end="close"),
-                           Session(_trade_messages(ROWS[40:100]))])
+    server = KrakenServer(
+        [Session(_trade_messages(ROWS[:60]), end="close"), Session(_trade_messages(ROWS[40:100]))]
+    )
     async with server:
         source = _source(server.url, metrics)
         trades = await take(source.events(), 100)
@@ -242,10 +295,14 @@ async def test_malformed_messages_are_counted_logged_and_skipped() -> None:
         Verbatim(json.dumps(bad_types)),
         Verbatim("[1, 2, 3]"),
         Verbatim(update_before_snapshot),
-        Verbatim('{"channel":"trade","type":"update","data":[{"symbol":"DOGE/EUR","side":"buy","price":1,'
-                 '"qty":1,"ord_type":"limit","trade_id":1,"timestamp":"2024-07-27T21:16:00.512060Z"}]}'),
-        Verbatim('{"channel":"trade","type":"update","data":[{"symbol":"BTC/USDT","side":"buy","price":1,'
-                 '"qty":1,"ord_type":"limit","trade_id":1,"timestamp":"yesterday"}]}'),
+        Verbatim(
+            '{"channel":"trade","type":"update","data":[{"symbol":"DOGE/EUR","side":"buy","price":1,'
+            '"qty":1,"ord_type":"limit","trade_id":1,"timestamp":"2024-07-27T21:16:00.512060Z"}]}'
+        ),
+        Verbatim(
+            '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USDT","side":"buy","price":1,'
+            '"qty":1,"ord_type":"limit","trade_id":1,"timestamp":"yesterday"}]}'
+        ),
         Pause(0.01),
         good[1],
     ]
@@ -260,7 +317,7 @@ async def test_malformed_messages_are_counted_logged_and_skipped() -> None:
     logged = {entry["reason"]: entry for entry in logs if entry["event"] == "malformed_message"}
     assert logged["bad_json"]["sample"] == "this is not json"
     assert logged["unknown_channel"]["sample"].startswith('{"channel":"ohlc"')
-    count = lambda reason: metrics.value("malformed_messages", exchange="kraken", reason=reason)  # noqa: E731
+    count = lambda reason: metrics.value("malformed_messages", exchange="kraken", reason=reason)
     assert count("bad_json") == 1
     assert count("unknown_channel") == 1
     assert count("wrong_types") == 2  # a price that is not a number; an array instead of an object
@@ -273,8 +330,14 @@ async def test_malformed_messages_are_counted_logged_and_skipped() -> None:
 async def test_rejected_subscription_fails_loudly() -> None:
     server = KrakenServer([Session([])], known_symbols=("BTC/USD",))
     async with server:
-        source = KrakenSource(["DOGE-XYZ"], url=server.url, channels=("trade",), backfill=None,
-                              reconnect=FAST_RECONNECT, ping_interval=None)
+        source = KrakenSource(
+            ["DOGE-XYZ"],
+            url=server.url,
+            channels=("trade",),
+            backfill=None,
+            reconnect=FAST_RECONNECT,
+            ping_interval=None,
+        )
         with pytest.raises(SubscriptionError, match="Currency pair not supported DOGE/XYZ"):
             await take(source.events(), 1)
 
@@ -291,7 +354,7 @@ def test_reconnect_policy_grows_exponentially_with_full_jitter() -> None:
     assert [round(next(plain), 6) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     jittered = ReconnectPolicy(initial=0.1, maximum=1.0, factor=2.0).delays()
     bounds = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-    samples = [[next(d) for d in [jittered]][0] for _ in bounds]
+    samples = [next(jittered) for _ in bounds]
     assert all(0.0 <= s <= b for s, b in zip(samples, bounds))
     many = [next(ReconnectPolicy(initial=1.0, maximum=1.0).delays()) for _ in range(200)]
     assert len(set(many)) > 150  # jittered, not a constant
@@ -309,3 +372,20 @@ def test_make_source_builds_each_exchange_with_a_url_override() -> None:
     assert isinstance(make_source("coinbase", ["ETH-USD"]), CoinbaseSource)
     with pytest.raises(ValueError, match="unknown exchange"):
         make_source("mtgox", ["BTC-USD"])
+
+
+async def test_resume_after_a_restart_backfills_from_the_last_processed_trade() -> None:
+    """A restarted process seeds the last trade it processed; the live feed starts 100 ids
+    later; the missing trades come from REST before the first live one."""
+    metrics = StreamMetrics()
+    last_done = ROWS[199]
+    with LocalHttpServer({"/0/public/Trades": kraken_trades_route(PAIR, ROWS)}) as rest:
+        async with KrakenServer([Session(_trade_messages(ROWS[300:400]))]) as server:
+            source = _source(server.url, metrics, backfill=_rest_backfill(rest.url))
+            source.resume("BTC-USDT", last_done[6], int(Decimal(str(last_done[2])) * 1_000_000_000))
+            trades = await take(source.events(), 200)
+            await source.close()
+    assert [t.trade_id for t in trades] == [r[6] for r in ROWS[200:400]]
+    assert metrics.value("trades_backfilled", exchange="kraken", symbol="BTC-USDT") == 100
+    with pytest.raises(ValueError, match="not one of"):
+        source.resume("ETH-USD", 1, 1)

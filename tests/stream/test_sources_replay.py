@@ -35,8 +35,15 @@ class FakeClock:
 
 
 def _trade(offset_ms: int, trade_id: int) -> Trade:
-    return Trade("test", "BTC-USD", trade_id, 1_700_000_000_000_000_000 + offset_ms * 1_000_000,
-                 Decimal("100"), Decimal("1"), "buy")
+    return Trade(
+        "test",
+        "BTC-USD",
+        trade_id,
+        1_700_000_000_000_000_000 + offset_ms * 1_000_000,
+        Decimal(100),
+        Decimal(1),
+        "buy",
+    )
 
 
 def test_parse_speed() -> None:
@@ -49,8 +56,14 @@ def test_parse_speed() -> None:
 
 async def test_max_speed_replays_all_500k_real_ticks_in_order() -> None:
     metrics = StreamMetrics()
-    source = ReplaySource.from_file(ES_TICKS, "ticks-csv", symbol="ES-USD", preset="mlfinpy-ticks",
-                                    metrics=metrics, batch_size=4096)
+    source = ReplaySource.from_file(
+        ES_TICKS,
+        "ticks-csv",
+        symbol="ES-USD",
+        preset="mlfinpy-ticks",
+        metrics=metrics,
+        batch_size=4096,
+    )
     count, last_id, first, last = 0, 0, None, None
     async for batch in source.batches():
         assert batch[0].trade_id == last_id + 1
@@ -60,7 +73,11 @@ async def test_max_speed_replays_all_500k_real_ticks_in_order() -> None:
         last = batch[-1]
     assert count == 500_000 == source.replayed
     assert metrics.value("trades_in", exchange="file", symbol="ES-USD") == 500_000
-    assert (first.time_ns, first.price, first.size) == (1378054800083000000, Decimal("1640.25"), Decimal("8"))
+    assert (first.time_ns, first.price, first.size) == (
+        1378054800083000000,
+        Decimal("1640.25"),
+        Decimal(8),
+    )
     assert (last.trade_id, last.price) == (500_000, Decimal("1631.25"))
 
 
@@ -105,7 +122,9 @@ async def test_real_time_with_the_real_clock() -> None:
 
 async def test_close_stops_the_replay() -> None:
     clock = FakeClock()
-    source = ReplaySource([_trade(i * 1000, i) for i in range(1, 101)], speed=1, clock=clock, sleep=clock.sleep)
+    source = ReplaySource(
+        [_trade(i * 1000, i) for i in range(1, 101)], speed=1, clock=clock, sleep=clock.sleep
+    )
     out = []
     async for trade in source.events():
         out.append(trade)
@@ -121,4 +140,3 @@ async def test_a_broken_file_fails_loudly_with_file_and_line(tmp_path) -> None:
     with pytest.raises(InputError) as error:
         _ = [t async for t in source.events()]
     assert str(path) in str(error.value) and "line 3" in str(error.value)
-

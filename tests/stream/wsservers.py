@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import parse_qs, urlparse
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -82,8 +82,13 @@ def utc_now_text() -> str:
 class ExchangeServer:
     """Base WebSocket server: scripted sessions, heartbeats, kill and restart."""
 
-    def __init__(self, sessions: list[Session], *, heartbeat_interval: float = 0.05,
-                 expected_channels: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        sessions: list[Session],
+        *,
+        heartbeat_interval: float = 0.05,
+        expected_channels: tuple[str, ...] = (),
+    ) -> None:
         self.sessions = sessions
         self.heartbeat_interval = heartbeat_interval
         self.expected_channels = expected_channels
@@ -97,7 +102,7 @@ class ExchangeServer:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    async def start(self) -> ExchangeServer:
+    async def start(self) -> Self:
         self._server = await serve(self._handler, "127.0.0.1", self.port, compression=None)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -114,7 +119,7 @@ class ExchangeServer:
         server.close(close_connections=False)
         await server.wait_closed()
 
-    async def __aenter__(self) -> ExchangeServer:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -155,7 +160,9 @@ class ExchangeServer:
     async def _handler(self, ws: ServerConnection) -> None:
         state = ConnState(ws, self.connection_count)
         self.connection_count += 1
-        session = self.sessions[state.index] if state.index < len(self.sessions) else Session([], "hold")
+        session = (
+            self.sessions[state.index] if state.index < len(self.sessions) else Session([], "hold")
+        )
         reader = self._spawn(self._read(state))
         beats = self._spawn(self._heartbeats(state))
         play = self._spawn(self._play(state, session))
@@ -221,13 +228,23 @@ class KrakenServer(ExchangeServer):
     """Kraken v2: status on connect, subscribe/unsubscribe acks per symbol, a book snapshot on
     every book subscribe (``book_snapshots[wire symbol]``), heartbeats once subscribed."""
 
-    status = ('{"channel":"status","type":"update","data":[{"version":"2.0.10","system":"online",'
-              '"api_version":"v2","connection_id":806193442143087786}]}')
+    status = (
+        '{"channel":"status","type":"update","data":[{"version":"2.0.10","system":"online",'
+        '"api_version":"v2","connection_id":806193442143087786}]}'
+    )
 
-    def __init__(self, sessions: list[Session], *, book_snapshots: dict[str, str] | None = None,
-                 known_symbols: tuple[str, ...] = ("BTC/USD", "BTC/USDT", "ETH/USD"),
-                 expected_channels: tuple[str, ...] = ("trade",), heartbeat_interval: float = 0.05) -> None:
-        super().__init__(sessions, heartbeat_interval=heartbeat_interval, expected_channels=expected_channels)
+    def __init__(
+        self,
+        sessions: list[Session],
+        *,
+        book_snapshots: dict[str, str] | None = None,
+        known_symbols: tuple[str, ...] = ("BTC/USD", "BTC/USDT", "ETH/USD"),
+        expected_channels: tuple[str, ...] = ("trade",),
+        heartbeat_interval: float = 0.05,
+    ) -> None:
+        super().__init__(
+            sessions, heartbeat_interval=heartbeat_interval, expected_channels=expected_channels
+        )
         self.book_snapshots = book_snapshots or {}
         self.known_symbols = known_symbols
 
@@ -239,22 +256,44 @@ class KrakenServer(ExchangeServer):
         params = message.get("params", {})
         channel = params.get("channel")
         if method == "ping":
-            await state.ws.send(json.dumps({"method": "pong", "req_id": message.get("req_id"),
-                                            "time_in": utc_now_text(), "time_out": utc_now_text()}))
+            await state.ws.send(
+                json.dumps(
+                    {
+                        "method": "pong",
+                        "req_id": message.get("req_id"),
+                        "time_in": utc_now_text(),
+                        "time_out": utc_now_text(),
+                    }
+                )
+            )
             return
         for symbol in params.get("symbol", []):
-            base = {"method": method, "req_id": message.get("req_id"), "time_in": utc_now_text(),
-                    "time_out": utc_now_text()}
+            base = {
+                "method": method,
+                "req_id": message.get("req_id"),
+                "time_in": utc_now_text(),
+                "time_out": utc_now_text(),
+            }
             if symbol not in self.known_symbols:
-                await state.ws.send(json.dumps({"error": f"Currency pair not supported {symbol}",
-                                                "success": False, "symbol": symbol, **base}))
+                await state.ws.send(
+                    json.dumps(
+                        {
+                            "error": f"Currency pair not supported {symbol}",
+                            "success": False,
+                            "symbol": symbol,
+                            **base,
+                        }
+                    )
+                )
                 continue
             result: dict[str, Any] = {"channel": channel, "symbol": symbol}
             if channel == "book":
                 result["depth"] = params.get("depth", 10)
             if method == "subscribe":
                 result["snapshot"] = params.get("snapshot", True)
-            await state.ws.send(json.dumps({"method": method, "result": result, "success": True, **base}))
+            await state.ws.send(
+                json.dumps({"method": method, "result": result, "success": True, **base})
+            )
             if method == "subscribe" and channel == "book" and symbol in self.book_snapshots:
                 await state.ws.send(self.book_snapshots[symbol])
         if method == "subscribe":
@@ -267,7 +306,7 @@ class KrakenServer(ExchangeServer):
 def kraken_rest_trades(path: Path) -> tuple[str, list[list[Any]]]:
     """(pair, rows) of a Kraken REST ``Trades`` reply; rows keep their decimal strings."""
     reply = json.loads(path.read_text())
-    (pair, rows), = ((k, v) for k, v in reply["result"].items() if k != "last")
+    ((pair, rows),) = ((k, v) for k, v in reply["result"].items() if k != "last")
     return pair, rows
 
 
@@ -314,7 +353,9 @@ class BinanceServer(ExchangeServer):
     def frame(self, state: ConnState, text: str) -> str:
         payload = json.loads(text)
         symbol = payload["s"].lower()
-        stream = f"{symbol}@trade" if payload["e"] == "trade" else f"{symbol}@depth@{self.depth_speed}"
+        stream = (
+            f"{symbol}@trade" if payload["e"] == "trade" else f"{symbol}@depth@{self.depth_speed}"
+        )
         return f'{{"stream":"{stream}","data":{text}}}'
 
 
@@ -326,10 +367,17 @@ class CoinbaseServer(ExchangeServer):
     message; every message carries the connection's ``sequence_num`` (renumbered here);
     ``heartbeats`` every interval once subscribed; a level2 snapshot on each level2 subscribe."""
 
-    def __init__(self, sessions: list[Session], *, l2_snapshot: str | None = None,
-                 expected_channels: tuple[str, ...] = ("market_trades", "level2", "heartbeats"),
-                 heartbeat_interval: float = 0.05) -> None:
-        super().__init__(sessions, heartbeat_interval=heartbeat_interval, expected_channels=expected_channels)
+    def __init__(
+        self,
+        sessions: list[Session],
+        *,
+        l2_snapshot: str | None = None,
+        expected_channels: tuple[str, ...] = ("market_trades", "level2", "heartbeats"),
+        heartbeat_interval: float = 0.05,
+    ) -> None:
+        super().__init__(
+            sessions, heartbeat_interval=heartbeat_interval, expected_channels=expected_channels
+        )
         self.l2_snapshot = l2_snapshot
         self._beats = 0
 
@@ -348,8 +396,12 @@ class CoinbaseServer(ExchangeServer):
             return
         if message.get("type") != "subscribe":
             return
-        ack = {"channel": "subscriptions", "client_id": "", "timestamp": utc_now_text(),
-               "events": [{"subscriptions": {channel: message.get("product_ids", [])}}]}
+        ack = {
+            "channel": "subscriptions",
+            "client_id": "",
+            "timestamp": utc_now_text(),
+            "events": [{"subscriptions": {channel: message.get("product_ids", [])}}],
+        }
         await state.ws.send(self._numbered(state, ack))
         if channel == "level2" and self.l2_snapshot is not None:
             await state.ws.send(self.frame(state, self.l2_snapshot))
@@ -360,8 +412,15 @@ class CoinbaseServer(ExchangeServer):
             return None
         self._beats += 1
         now = utc_now_text()
-        return self._numbered(state, {"channel": "heartbeats", "client_id": "", "timestamp": now,
-                                      "events": [{"current_time": now, "heartbeat_counter": self._beats}]})
+        return self._numbered(
+            state,
+            {
+                "channel": "heartbeats",
+                "client_id": "",
+                "timestamp": now,
+                "events": [{"current_time": now, "heartbeat_counter": self._beats}],
+            },
+        )
 
 
 # --- REST --------------------------------------------------------------------------------
@@ -379,12 +438,14 @@ class LocalHttpServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 parsed = urlparse(self.path)
                 query = parse_qs(parsed.query)
                 outer.requests.append((parsed.path, query))
                 route = outer.routes.get(parsed.path)
-                status, body = route(query) if route else (404, b'{"error":["EGeneral:Unknown method"]}')
+                status, body = (
+                    route(query) if route else (404, b'{"error":["EGeneral:Unknown method"]}')
+                )
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -395,14 +456,15 @@ class LocalHttpServer:
                 pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-    def __enter__(self) -> LocalHttpServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
