@@ -54,6 +54,31 @@ class Settings(BaseSettings):
     exec_vol_target: float = Field(default=0.5, description="Annualized volatility the position is sized to.")
     exec_atr_stop_mult: float = Field(default=2.0, description="Stop loss distance in ATR(14) multiples.")
     exec_atr_take_mult: float = Field(default=3.0, description="Take profit distance in ATR(14) multiples.")
+    # Streaming sidecar (docs/stream.md explains each one)
+    stream_timeframes: str = Field(default="1m,5m", description="Comma-separated candle timeframes of the stream.")
+    stream_allowed_lateness_ms: int = Field(default=2000, ge=0, description="Event-time lateness a trade may have "
+                                            "before its candle closes without it (later: a correction).")
+    stream_coalesce_ms: float = Field(default=100.0, gt=0, description="Live microstructure values written at most this often.")
+    stream_flow_window_s: float = Field(default=60.0, gt=0, description="Trade-flow window of the live features.")
+    stream_book_levels: int = Field(default=10, ge=1, description="N of the N-level book features.")
+    stream_fill_gaps: bool = Field(default=True, description="Emit flat candles for intervals without trades.")
+    stream_checkpoint_dir: Path | None = Field(default=None, description="Checkpoints; default RTML_HOME/checkpoints.")
+    stream_checkpoint_interval_s: float = Field(default=30.0, gt=0, description="Seconds between checkpoints.")
+    stream_metrics_port: int = Field(default=9108, ge=0, description="/metrics and /health port; 0 = off.")
+    stream_metrics_host: str = Field(default="127.0.0.1", description="Address the health server listens on.")
+    stream_online_buffer: int = Field(default=100_000, ge=1, description="Items buffered while the online store is down.")
+    stream_offline_buffer: int = Field(default=200_000, ge=1, description="Items buffered while the offline store is down.")
+    stream_offline_log: bool = Field(default=True, description="Append closed candles and feature rows offline.")
+    stream_stale_after_s: float = Field(default=120.0, gt=0, description="/health: no source message for this long is unhealthy.")
+    stream_dagster: str = Field(default="auto", description="Report online_features to Dagster: off, instance "
+                                "(DAGSTER_HOME), a webserver URL, or auto (URL in RTML_STREAM_DAGSTER_URL, else "
+                                "DAGSTER_HOME if set, else off).")
+    stream_dagster_url: str | None = Field(default=None, description="Dagster webserver URL for auto mode.")
+    stream_dagster_interval_s: float = Field(default=60.0, gt=0, description="Seconds between Dagster reports per market.")
+
+    @property
+    def resolved_checkpoint_dir(self) -> Path:
+        return (self.stream_checkpoint_dir or self.home / "checkpoints").resolve()
 
     @property
     def resolved_offline_url(self) -> str:

@@ -1,0 +1,273 @@
+"""Pure steps of the sidecar: Trade -> candles (several timeframes) -> feature rows, plus live values.
+
+``Pipeline`` holds explicit state per market (exchange, symbol): one ``CandleBuilder`` and one
+``FeatureEngine`` per timeframe, a ``TradeFlow`` window and the L2 book. It does no I/O: the
+runner feeds it events (``on_trades``, ``on_book``), moves event time on a timer (``advance``),
+and takes what came out with ``drain()``: closed candles, feature rows (``event_time_ns`` = the
+candle's end) and corrections (trades later than the allowed lateness, one per timeframe they
+missed). ``live_values()`` gives the coalesced microstructure values of the markets that changed.
+The clock (monotonic ns) is injected; it only stamps when a candle closed, for lag metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from rtml_core.book import OrderBook, TradeFlow, book_features
+from rtml_core.candles import CandleBuilder
+from rtml_core.errors import InputError
+from rtml_core.features import DEFAULT_FEATURE_SET, FeatureEngine, FeatureSet
+from rtml_core.schemas import BookUpdate, Candle, FeatureRow, Trade
+from rtml_core.timeframes import timeframe_ns
+
+log = structlog.get_logger("rtml_stream.pipeline")
+
+NO_RESUME = -(2**63)
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A trade that arrived after its ``timeframe`` window had closed (watermark at ``watermark_ns``)."""
+
+    trade: Trade
+    timeframe: str
+    window_start_ns: int
+    watermark_ns: int
+
+
+@dataclass(slots=True)
+class Output:
+    """What the pipeline produced since the last ``drain``: in the order it happened."""
+
+    candles: list[Candle]
+    rows: list[FeatureRow]
+    corrections: list[Correction]
+    closed_at: dict[tuple[str, str, str, int], int]  # row key -> clock ns of the closing event
+
+
+class MarketState:
+    """All state of one market: builders and engines per timeframe, trade flow, book, resume marks."""
+
+    __slots__ = ("exchange", "symbol", "timeframes", "builders", "engines", "flow", "book", "live_dirty",
+                 "last_trade_id", "last_trade_time_ns", "resume_after_id", "resume_until", "resume_max",
+                 "book_seen")
+
+    def __init__(self, exchange: str, symbol: str, timeframes: Sequence[str], builders: list[CandleBuilder],
+                 engines: list[FeatureEngine], flow: TradeFlow) -> None:
+        self.exchange = exchange
+        self.symbol = symbol
+        self.timeframes = tuple(timeframes)
+        self.builders = builders
+        self.engines = engines
+        self.flow = flow
+        self.book = OrderBook()
+        self.book_seen = False
+        self.live_dirty = False
+        self.last_trade_id: int | None = None
+        self.last_trade_time_ns: int | None = None
+        self.resume_after_id = NO_RESUME  # trades with ids up to this were folded in before a restart
+        self.resume_until: list[int] = [NO_RESUME] * len(builders)  # per builder: time already in stored candles
+        self.resume_max = NO_RESUME
+
+    def set_resume_times(self, until: Sequence[int]) -> None:
+        """Trades before ``until[i]`` are already in builder i's closed candles (rebuilt from storage)."""
+        self.resume_until = list(until)
+        self.resume_max = max(self.resume_until, default=NO_RESUME)
+
+
+class Pipeline:
+    """Trades and book updates of many markets in; candles, feature rows, corrections and live values out."""
+
+    def __init__(
+        self,
+        timeframes: Sequence[str],
+        *,
+        feature_set: FeatureSet = DEFAULT_FEATURE_SET,
+        allowed_lateness_ns: int = 0,
+        fill_gaps: bool = True,
+        flow_window_ns: int = 60_000_000_000,
+        book_levels: int = 10,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        if not timeframes:
+            raise ValueError("at least one timeframe is required")
+        self.timeframes = tuple(dict.fromkeys(timeframes))
+        self.tf_ns = tuple(timeframe_ns(tf) for tf in self.timeframes)
+        self.feature_set = feature_set
+        self.version = feature_set.version
+        self.allowed_lateness_ns = allowed_lateness_ns
+        self.fill_gaps = fill_gaps
+        self.flow_window_ns = flow_window_ns
+        self.book_levels = book_levels
+        self.clock = clock
+        self.markets: dict[tuple[str, str], MarketState] = {}
+        self.trades_in = 0
+        self.duplicates = 0
+        self.late = 0
+        self.candles_out = 0
+        self.rows_out = 0
+        self.engine_errors = 0
+        self._new_output()
+
+    # -- state -------------------------------------------------------------------------------
+    def _new_output(self) -> None:
+        self._candles: list[Candle] = []
+        self._rows: list[FeatureRow] = []
+        self._corrections: list[Correction] = []
+        self._closed_at: dict[tuple[str, str, str, int], int] = {}
+
+    def new_builder(self, exchange: str, symbol: str, timeframe: str) -> CandleBuilder:
+        builder = CandleBuilder(exchange, symbol, timeframe, allowed_lateness_ns=self.allowed_lateness_ns,
+                                fill_gaps=self.fill_gaps, keep_late_trades=0)
+        builder.on_late = lambda trade, b=builder: self._on_late(b, trade)
+        return builder
+
+    def market(self, exchange: str, symbol: str) -> MarketState:
+        """The state of a market, created empty (cold start) on first use."""
+        key = (exchange, symbol)
+        state = self.markets.get(key)
+        if state is None:
+            state = MarketState(
+                exchange, symbol, self.timeframes,
+                [self.new_builder(exchange, symbol, tf) for tf in self.timeframes],
+                [FeatureEngine(self.feature_set) for _ in self.timeframes],
+                TradeFlow(self.flow_window_ns),
+            )
+            self.markets[key] = state
+        return state
+
+    def install(self, state: MarketState) -> None:
+        """Use a restored market state (checkpoint or offline rebuild)."""
+        for builder in state.builders:
+            builder.on_late = lambda trade, b=builder: self._on_late(b, trade)
+        self.markets[(state.exchange, state.symbol)] = state
+
+    # -- steps -------------------------------------------------------------------------------
+    def on_trades(self, trades: Iterable[Trade]) -> None:
+        """Fold trades in (any mix of markets); closed candles become feature rows at once."""
+        exchange = symbol = None
+        state: MarketState | None = None
+        closed_any = self._closed
+        count = 0
+        for trade in trades:
+            if trade.symbol != symbol or trade.exchange != exchange:
+                exchange, symbol = trade.exchange, trade.symbol
+                state = self.markets.get((exchange, symbol)) or self.market(exchange, symbol)
+            count += 1
+            tid = trade.trade_id
+            if tid <= state.resume_after_id:
+                self.duplicates += 1
+                continue
+            t = trade.time_ns
+            if t < state.resume_max:
+                self._add_resuming(state, trade)
+            else:
+                if state.resume_max != NO_RESUME:
+                    state.set_resume_times([NO_RESUME] * len(state.builders))
+                for i, builder in enumerate(state.builders):
+                    closed = builder.add(trade)
+                    if closed:
+                        closed_any(state, i, closed)
+            state.flow.add_values(t, float(trade.price), float(trade.size), trade.side)
+            last = state.last_trade_id
+            if last is None or tid > last:
+                state.last_trade_id = tid
+                state.last_trade_time_ns = t
+            state.live_dirty = True
+        self.trades_in += count
+
+    def on_trade(self, trade: Trade) -> None:
+        self.on_trades((trade,))
+
+    def _add_resuming(self, state: MarketState, trade: Trade) -> None:
+        """After a rebuild from stored candles: a builder skips trades its stored candles hold."""
+        t = trade.time_ns
+        for i, builder in enumerate(state.builders):
+            if t < state.resume_until[i]:
+                continue
+            closed = builder.add(trade)
+            if closed:
+                self._closed(state, i, closed)
+
+    def on_book(self, update: BookUpdate) -> None:
+        """Apply an L2 snapshot or diff to the market's book (the live features read it)."""
+        state = self.markets.get((update.exchange, update.symbol)) or self.market(update.exchange, update.symbol)
+        state.book.apply(update)
+        state.book_seen = True
+        state.live_dirty = True
+
+    def advance(self, now_ns: int) -> None:
+        """Move event time to ``now_ns`` (a timer): candles whose window the watermark passed close."""
+        for state in self.markets.values():
+            for i, builder in enumerate(state.builders):
+                closed = builder.advance(now_ns)
+                if closed:
+                    self._closed(state, i, closed)
+            if state.flow.trade_count:
+                state.flow.advance(now_ns)
+                state.live_dirty = True
+
+    def flush_open(self) -> None:
+        """Close every open window (end of a finite replay)."""
+        for state in self.markets.values():
+            for i, builder in enumerate(state.builders):
+                closed = builder.flush()
+                if closed:
+                    self._closed(state, i, closed)
+
+    def _closed(self, state: MarketState, index: int, candles: list[Candle]) -> None:
+        engine = state.engines[index]
+        tf = state.timeframes[index]
+        tf_ns = self.tf_ns[index]
+        now = self.clock()
+        for candle in candles:
+            self._candles.append(candle)
+            self.candles_out += 1
+            try:
+                values = engine.update(candle)
+            except InputError as error:  # a candle older than the engine's state: never crash
+                self.engine_errors += 1
+                log.error("feature_engine_refused_candle", exchange=state.exchange, symbol=state.symbol,
+                          timeframe=tf, start_ns=candle.start_ns, error=str(error))
+                continue
+            end = candle.start_ns + tf_ns
+            self._rows.append(FeatureRow(state.exchange, state.symbol, tf, end, self.version, values))
+            self._closed_at[(state.exchange, state.symbol, tf, end)] = now
+            self.rows_out += 1
+
+    def _on_late(self, builder: CandleBuilder, trade: Trade) -> None:
+        self.late += 1
+        t = trade.time_ns
+        self._corrections.append(Correction(trade, builder.timeframe, t - t % builder.tf_ns, builder.watermark_ns))
+
+    # -- outputs -----------------------------------------------------------------------------
+    def drain(self) -> Output:
+        """Everything produced since the last drain (and forget it)."""
+        out = Output(self._candles, self._rows, self._corrections, self._closed_at)
+        self._new_output()
+        return out
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._candles or self._rows or self._corrections)
+
+    def live_values(self) -> list[tuple[str, str, int, dict[str, float]]]:
+        """(exchange, symbol, event time, values) of each market whose trades or book changed."""
+        out = []
+        for state in self.markets.values():
+            if not state.live_dirty:
+                continue
+            state.live_dirty = False
+            values = state.flow.features()
+            time_ns = state.last_trade_time_ns or 0
+            if state.book_seen and state.book.best_bid() is not None and state.book.best_ask() is not None:
+                values.update(book_features(state.book, self.book_levels))
+            values = {name: float(value) for name, value in values.items()}
+            values = {name: value for name, value in values.items() if not math.isinf(value)}
+            out.append((state.exchange, state.symbol, time_ns, values))
+        return out
