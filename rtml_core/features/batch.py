@@ -122,6 +122,10 @@ def features_from_columns(
     for spec in feature_set:
         key = spec.node_key
         if key not in results:
-            results[key] = KINDS[spec.indicator].batch(series, **spec.params)
+            kind = KINDS[spec.indicator]
+            if len(index) <= spec.warmup:  # all warm-up: NaN by definition (pandas-ta would warn)
+                results[key] = {output: pd.Series(np.nan, index=index) for output in kind.outputs}
+            else:
+                results[key] = kind.batch(series, **spec.params)
         out[spec.name] = results[key][spec.output].to_numpy(dtype=float)
     return pd.DataFrame(out)

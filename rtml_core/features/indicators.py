@@ -507,54 +507,30 @@ class WillrNode(_RangeNode):
 
 
 class MfiNode(Node):
-    """TA-Lib MFI: running sums of positive and negative money flow over ``length`` moves."""
+    """TA-Lib MFI through a ``talib.stream`` handle. Its running sums of money flow carry
+    TA-Lib's own rounding (which decides tiny flows against zero), so it keeps
+    ``REPLAY_HORIZON`` bars for snapshots: exact up to that many bars, the last ulps after."""
 
-    __slots__ = ("length", "prev_tp", "positive", "negative", "pos_sum", "neg_sum")
+    __slots__ = ("window",)
 
     def __init__(self, length: int):
-        self.length = length
-        self.prev_tp = NAN
-        self.positive: deque[float] = deque()
-        self.negative: deque[float] = deque()
-        self.pos_sum = 0.0
-        self.neg_sum = 0.0
+        self.window = StreamWindow("MFI", REPLAY_HORIZON, timeperiod=length)
 
     def update(self, o, h, l, c, v, vw):  # noqa: E741
-        tp = (h + l + c) / 3.0
-        prev = self.prev_tp
-        self.prev_tp = tp
-        if prev != prev:
-            return (NAN,)
-        positive, negative = self.positive, self.negative
-        if len(positive) == self.length:
-            self.pos_sum -= positive.popleft()
-            self.neg_sum -= negative.popleft()
-        move = tp - prev
-        flow = tp * v
-        if _is_zero(move):  # TA-Lib counts a typical-price move under 1e-8 as none
-            positive.append(0.0)
-            negative.append(0.0)
-        elif move < 0:
-            negative.append(flow)
-            self.neg_sum += flow
-            positive.append(0.0)
-        else:
-            positive.append(flow)
-            self.pos_sum += flow
-            negative.append(0.0)
-        if len(positive) < self.length:
-            return (NAN,)
-        total = self.pos_sum + self.neg_sum
-        return (0.0 if total < 1.0 else 100.0 * (self.pos_sum / total),)
+        value = self.window.push((h, l, c, v))
+        return (NAN,) if value is None else (value,)
+
+    def peek(self, o, h, l, c, v, vw):  # noqa: E741
+        value = self.window.preview((h, l, c, v))
+        return (NAN,) if value is None else (value,)
 
     def state(self):
-        return [self.prev_tp, list(self.positive), list(self.negative), self.pos_sum, self.neg_sum]
+        return self.window.state()
 
     def load(self, state):
-        self.prev_tp = state[0]
-        self.positive = deque(state[1])
-        self.negative = deque(state[2])
-        self.pos_sum, self.neg_sum = state[3], state[4]
+        window = self.window.fresh()
+        window.load(state)
+        self.window = window
 
 
 class AdxNode(Node):
