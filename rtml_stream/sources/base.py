@@ -71,31 +71,46 @@ class ReconnectPolicy:
 
 
 _FRACTION_DIGITS = 9
+_SECONDS_CACHE: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch seconds; trades share seconds
+_SECONDS_CACHE_LIMIT = 4096
 
 
 def parse_rfc3339_ns(text: str) -> int:
     """``2024-07-27T21:16:00.512060Z`` (UTC, up to nanoseconds) -> int ns since the epoch."""
-    if not text.endswith("Z") or len(text) < 20 or text[10] != "T":
-        raise Malformed("bad_timestamp", text[:40])
-    try:
-        seconds = calendar.timegm(
-            (
-                int(text[0:4]),
-                int(text[5:7]),
-                int(text[8:10]),
-                int(text[11:13]),
-                int(text[14:16]),
-                int(text[17:19]),
-                0,
-                0,
-                0,
+    head = text[:19]
+    seconds = _SECONDS_CACHE.get(head)
+    if seconds is None:
+        if not text.endswith("Z") or len(text) < 20 or text[10] != "T":
+            raise Malformed("bad_timestamp", text[:40])
+        try:
+            seconds = calendar.timegm(
+                (
+                    int(text[0:4]),
+                    int(text[5:7]),
+                    int(text[8:10]),
+                    int(text[11:13]),
+                    int(text[14:16]),
+                    int(text[17:19]),
+                    0,
+                    0,
+                    0,
+                )
             )
-        )
-        fraction = text[20:-1] if len(text) > 20 and text[19] == "." else ""
-        nanos = int(fraction[:_FRACTION_DIGITS].ljust(_FRACTION_DIGITS, "0")) if fraction else 0
-    except ValueError as error:
-        raise Malformed("bad_timestamp", text[:40]) from error
-    return seconds * 1_000_000_000 + nanos
+        except ValueError as error:
+            raise Malformed("bad_timestamp", text[:40]) from error
+        if len(_SECONDS_CACHE) >= _SECONDS_CACHE_LIMIT:
+            _SECONDS_CACHE.clear()
+        _SECONDS_CACHE[head] = seconds
+    elif text[-1] != "Z" or len(text) < 20:
+        raise Malformed("bad_timestamp", text[:40])
+    if text[19] != ".":
+        if len(text) != 20:
+            raise Malformed("bad_timestamp", text[:40])
+        return seconds * 1_000_000_000
+    fraction = text[20:-1]
+    if not fraction.isdigit():
+        raise Malformed("bad_timestamp", text[:40])
+    return seconds * 1_000_000_000 + int(fraction[:_FRACTION_DIGITS].ljust(_FRACTION_DIGITS, "0"))
 
 
 class Source(ABC):

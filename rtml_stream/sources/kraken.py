@@ -19,6 +19,8 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
+from functools import lru_cache
+from itertools import pairwise
 from typing import Literal
 
 import msgspec
@@ -91,16 +93,20 @@ _trades = msgspec.json.Decoder(list[_Trade])
 _subscribe_result = msgspec.json.Decoder(_SubscribeResult)
 
 
-def _checksum_text(value: Decimal) -> str:
-    return format(value, "f").replace(".", "").lstrip("0")
+@lru_cache(maxsize=1 << 16)
+def _checksum_piece(price: Decimal, qty: Decimal) -> str:
+    """One level's checksum text: price then qty, decimal point removed, leading zeros stripped."""
+    return format(price, "f").replace(".", "").lstrip("0") + format(qty, "f").replace(
+        ".", ""
+    ).lstrip("0")
 
 
 def kraken_checksum(book: OrderBook) -> int:
     """Kraken's CRC32 over the top 10 asks (low to high) then the top 10 bids (high to low):
     price then qty of each level, decimal point removed and leading zeros stripped."""
-    parts = [_checksum_text(p) + _checksum_text(q) for p, q in book.top_asks(CHECKSUM_LEVELS)]
-    parts += [_checksum_text(p) + _checksum_text(q) for p, q in book.top_bids(CHECKSUM_LEVELS)]
-    return zlib.crc32("".join(parts).encode("ascii"))
+    pieces = [_checksum_piece(p, q) for p, q in book.top_asks(CHECKSUM_LEVELS)]
+    pieces += [_checksum_piece(p, q) for p, q in book.top_bids(CHECKSUM_LEVELS)]
+    return zlib.crc32("".join(pieces).encode("ascii"))
 
 
 def default_backfill(rest_url: str = DEFAULT_REST_URL) -> Backfill | None:
@@ -306,41 +312,55 @@ class KrakenSource(WebSocketSource):
         return out
 
     async def _on_trades(self, entries: list[_Trade], raw: bytes) -> list[Event]:
-        trades = sorted(
-            (
-                Trade(
-                    self.exchange,
-                    self._symbol(t.symbol),
-                    t.trade_id,
-                    parse_rfc3339_ns(t.timestamp),
-                    t.price,
-                    t.qty,
-                    t.side,
-                )
-                for t in entries
-            ),
-            key=lambda trade: trade.trade_id,
-        )
-        out: list[Event] = []
-        now_ns = time.time_ns()
-        for trade in trades:
-            last = self.last_trade_id.get(trade.symbol)
-            if last is not None and trade.trade_id <= last:
-                self.metrics.duplicate_trades.labels(self.exchange, trade.symbol).inc()
-                continue
-            if last is not None and trade.trade_id > last + 1:
-                since_ns = self.last_trade_time_ns[trade.symbol]
-                out.extend(
-                    await self._fill_gap(trade.symbol, last + 1, trade.trade_id - 1, since_ns)
-                )
-            self.last_trade_id[trade.symbol] = trade.trade_id
-            self.last_trade_time_ns[trade.symbol] = trade.time_ns
-            self.metrics.trades_in.labels(self.exchange, trade.symbol).inc()
-            self.metrics.exchange_lag.labels(self.exchange).observe(
-                max(0.0, (now_ns - trade.time_ns) / 1e9)
+        exchange = self.exchange
+        trades = [
+            Trade(
+                exchange,
+                self._symbol(t.symbol),
+                t.trade_id,
+                parse_rfc3339_ns(t.timestamp),
+                t.price,
+                t.qty,
+                t.side,
             )
+            for t in entries
+        ]
+        if any(a.trade_id > b.trade_id for a, b in pairwise(trades)):
+            trades.sort(key=lambda trade: trade.trade_id)
+        out: list[Event] = []
+        live: list[Trade] = []
+        last_ids = self.last_trade_id
+        for trade in trades:
+            symbol = trade.symbol
+            last = last_ids.get(symbol)
+            if last is not None:
+                if trade.trade_id <= last:
+                    self.metrics.duplicate_trades.labels(exchange, symbol).inc()
+                    continue
+                if trade.trade_id > last + 1:
+                    since_ns = self.last_trade_time_ns[symbol]
+                    out.extend(await self._fill_gap(symbol, last + 1, trade.trade_id - 1, since_ns))
+            last_ids[symbol] = trade.trade_id
+            self.last_trade_time_ns[symbol] = trade.time_ns
             out.append(trade)
+            live.append(trade)
+        self._count_trades(live)
         return out
+
+    def _count_trades(self, live: list[Trade]) -> None:
+        """Count live trades per symbol once per message; observe the lag of the newest."""
+        if not live:
+            return
+        exchange = self.exchange
+        counts: dict[str, int] = {}
+        for trade in live:
+            counts[trade.symbol] = counts.get(trade.symbol, 0) + 1
+        for symbol, count in counts.items():
+            self.metrics.trades_in.labels(exchange, symbol).inc(count)
+        newest = max(trade.time_ns for trade in live)
+        self.metrics.exchange_lag.labels(exchange).observe(
+            max(0.0, (time.time_ns() - newest) / 1e9)
+        )
 
     async def _fill_gap(
         self, symbol: str, first_id: int, last_id: int, since_ns: int

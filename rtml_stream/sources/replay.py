@@ -52,7 +52,7 @@ class ReplaySource(Source):
         trades: Iterable[Trade] | Callable[[], Iterable[Trade]],
         *,
         speed: Speed = "max",
-        batch_size: int = 1024,
+        batch_size: int = 512,
         metrics: StreamMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
