@@ -47,13 +47,16 @@ class CsvRows:
         self.source = str(path)
         self._handle = open_text(path)
         self._reader = csv.reader(self._lines())
-        self._next = self._reader.__next__
 
     def __enter__(self) -> CsvRows:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         self._handle.close()
+        if exc_type is not None and issubclass(exc_type, csv.Error):
+            raise InputError(
+                f"not valid CSV: {exc}", source=self.source, line=self._reader.line_num
+            ) from None
 
     @property
     def line_num(self) -> int:
@@ -73,16 +76,8 @@ class CsvRows:
                 f"cannot read the file: {error}", source=self.source, line=self._reader.line_num + 1
             ) from None
 
-    def __iter__(self) -> CsvRows:
-        return self
-
-    def __next__(self) -> list[str]:
-        try:
-            return self._next()
-        except csv.Error as error:
-            raise InputError(
-                f"not valid CSV: {error}", source=self.source, line=self._reader.line_num
-            ) from None
+    def __iter__(self) -> Iterator[list[str]]:
+        return self._reader  # the C reader itself: no Python call per row
 
 
 def _first_undecodable_line(path: str | Path) -> int | None:

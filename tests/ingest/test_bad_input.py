@@ -211,3 +211,12 @@ def test_cli_unwritable_output(tmp_path):
         ["candles", KRAKEN_TRADES, "--format", "kraken-rest", "--output", tmp_path / "no" / "o.csv"]
     )
     assert result.exit_code == 2 and "cannot write" in result.stderr
+
+
+def test_csv_syntax_error_names_its_line(tmp_path):
+    path = tmp_path / "ticks.csv"
+    head = _es_head(path, 20)
+    head[9] = '2013-09-01 17:00:00.500,"1640.25' + "9" * 200_000 + "\n"
+    path.write_text("".join(head))
+    error = _error(lambda: list(read_trades(path, "ticks-csv", symbol="ES-USD")))
+    assert error.source == str(path) and error.line >= 10 and "not valid CSV" in error.problem
