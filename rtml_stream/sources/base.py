@@ -193,6 +193,8 @@ class WebSocketSource(Source):
                     compression=None,
                 ) as ws:
                     self._ws = ws
+                    if self._closing.is_set():  # close() ran while we were connecting
+                        return
                     self.connections += 1
                     self.on_connect()
                     for message in self.subscriptions():

@@ -389,3 +389,31 @@ async def test_resume_after_a_restart_backfills_from_the_last_processed_trade() 
     assert metrics.value("trades_backfilled", exchange="kraken", symbol="BTC-USDT") == 100
     with pytest.raises(ValueError, match="not one of"):
         source.resume("ETH-USD", 1, 1)
+
+
+async def test_close_ends_the_event_stream_while_connected_and_while_backing_off() -> None:
+    async with KrakenServer([Session(_trade_messages(ROWS[:5]))]) as server:
+        source = _source(server.url, StreamMetrics())
+        events = []
+
+        async def consume() -> None:
+            async for event in source.events():
+                events.append(event)
+
+        task = asyncio.create_task(consume())
+        await wait_for_value(lambda: len(events) == 5)
+        await source.close()
+        await asyncio.wait_for(task, 2)  # events() returned: no reconnect after close
+    assert source.connections == 1
+    # nothing listening: the source is backing off between refused connects when closed
+    source = _source(
+        server.url, StreamMetrics(), reconnect=ReconnectPolicy(initial=5.0, maximum=5.0)
+    )
+    task = asyncio.create_task(consume_all(source))
+    await asyncio.sleep(0.1)
+    await source.close()
+    assert await asyncio.wait_for(task, 2) == []
+
+
+async def consume_all(source: KrakenSource) -> list:
+    return [event async for event in source.events()]
