@@ -7,6 +7,7 @@ rows included. State can be snapshotted to bytes and restored in another process
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 
 import msgspec
@@ -15,10 +16,10 @@ import pandas as pd
 from rtml_core.errors import InputError
 from rtml_core.features.batch import prepare_candles
 from rtml_core.features.definitions import DEFAULT_FEATURE_SET, FeatureSet
-from rtml_core.features.indicators import KINDS, Node
+from rtml_core.features.indicators import KINDS, REPLAY_HORIZON, Node
 from rtml_core.schemas import Candle
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
@@ -26,7 +27,8 @@ class _Snapshot(msgspec.Struct, frozen=True):
     feature_set_version: str
     count: int
     last_time_ns: int | None
-    nodes: list
+    nodes: list  # each node's exact state
+    tail: list  # the last REPLAY_HORIZON candles (open, high, low, close, volume, vwap)
 
 
 class FeatureEngine:
@@ -54,8 +56,15 @@ class FeatureEngine:
         self._pick = tuple(
             offsets[spec.node_key] + KINDS[spec.indicator].outputs.index(spec.output) for spec in feature_set
         )
+        if self._pick == tuple(range(width)):
+            self._pick = None  # features in node order: no reordering per update
+        self._bind()
+        self._tail: deque[tuple] = deque(maxlen=REPLAY_HORIZON)
         self.count = 0
         self.last_time_ns: int | None = None
+
+    def _bind(self) -> None:
+        self._updates = [node.update for node in self._nodes]
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -87,12 +96,15 @@ class FeatureEngine:
             self._check_time(time_ns)
         if vwap is None or not vwap > 0 or vwap == math.inf:
             vwap = (high + low + close) / 3.0
+        self._tail.append((open, high, low, close, volume, vwap))
         flat: list[float] = []
         extend = flat.extend
-        for node in self._nodes:
-            extend(node.update(open, high, low, close, volume, vwap))
+        for update in self._updates:
+            extend(update(open, high, low, close, volume, vwap))
         self.last_time_ns = time_ns
         self.count += 1
+        if self._pick is None:
+            return dict(zip(self._names, flat))
         return dict(zip(self._names, [flat[i] for i in self._pick]))
 
     def update(self, candle: Candle) -> dict[str, float]:
@@ -124,6 +136,8 @@ class FeatureEngine:
         flat: list[float] = []
         for node in self._nodes:
             flat.extend(node.peek(open, high, low, close, volume, vwap))
+        if self._pick is None:
+            return dict(zip(self._names, flat))
         return dict(zip(self._names, [flat[i] for i in self._pick]))
 
     def peek(self, candle: Candle) -> dict[str, float]:
@@ -169,6 +183,7 @@ class FeatureEngine:
                 count=self.count,
                 last_time_ns=self.last_time_ns,
                 nodes=[node.state() for node in self._nodes],
+                tail=list(self._tail),
             )
         )
 
@@ -188,8 +203,11 @@ class FeatureEngine:
         engine = cls(feature_set)
         if len(snap.nodes) != len(engine._nodes):
             raise InputError("snapshot does not match the feature set's indicators", source="snapshot")
+        tail = [tuple(row) for row in snap.tail]
         for node, state in zip(engine._nodes, snap.nodes):
-            node.load(state)
+            node.load(state, tail)
+        engine._bind()
+        engine._tail.extend(tail)
         engine.count = snap.count
         engine.last_time_ns = snap.last_time_ns
         return engine

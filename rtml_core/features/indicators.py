@@ -5,21 +5,26 @@ to compute itself both ways:
 
 - ``batch(columns, **params)``: pandas-ta with ``talib=True`` over whole columns. This *is*
   the definition of the feature.
-- ``node(**params)``: a small incremental class with O(window) state, plain-number state
-  that can be snapshotted exactly, and ``update``/``peek``.
+- ``node(**params)``: a small incremental class with O(window) state and ``update``/``peek``.
 
-Incremental nodes reproduce TA-Lib's C arithmetic operation for operation (same seeds,
-same running sums, same order of floating-point operations), so they agree with the batch
-values bit for bit; the parity tests check it on real candles and generated series.
-Where a node's state is a pure function of its last few inputs (CCI; the standard
-deviation of Bollinger Bands and realized volatility) it drives a ``talib.stream`` handle
-and keeps that input tail for snapshots, because TA-Lib handles cannot be pickled.
+Two kinds of node, both bit-identical to the batch values (the parity tests check it):
+
+- *Stream nodes* drive a ``talib.stream`` handle: TA-Lib's own C code, so the same floating
+  point operations as the batch function (EMA, RSI, MACD, ATR/NATR, MFI, CCI, and the
+  standard deviation inside Bollinger Bands and realized volatility). Handles cannot be
+  pickled: a snapshot rebuilds them by replaying the engine's last ``REPLAY_HORIZON``
+  candles (exact while the stream is no longer than that; past it the recursive ones have
+  forgotten their different start to far below an ulp, the running sums agree to the last
+  ulps).
+- *Exact nodes* are small classes whose arithmetic is TA-Lib's operation for operation
+  (SMA running total, OBV, ROC, MOM, STOCH, WILLR, ADX, log returns): their state is a few
+  plain numbers, snapshotted exactly.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +34,14 @@ from rtml_core.features.ta import ta, talib, talib_abstract, talib_stream
 
 NAN = float("nan")
 EPSILON = float(np.finfo(float).eps)  # pandas-ta's non_zero_range replaces an exact 0 with this
-
+REPLAY_HORIZON = 1024
+"""Candles the engine keeps to rebuild stream nodes from a snapshot. With this many, a
+recursive TA-Lib state (EMA(26), Wilder(14), ...) started from a different seed has decayed
+the difference by more than 2**-60."""
 
 _np_log = np.log
+
+Row = tuple[float, float, float, float, float, float]  # open, high, low, close, volume, vwap
 
 
 def _log(x: float) -> float:
@@ -42,11 +52,6 @@ def _log(x: float) -> float:
 def _is_zero(value: float) -> bool:
     """TA-Lib's ``TA_IS_ZERO``."""
     return -0.00000001 < value < 0.00000001
-
-
-# ---------------------------------------------------------------------------------------
-# Primitives shared by nodes: TA-Lib's SMA (running total) and EMA (SMA seed).
-# ---------------------------------------------------------------------------------------
 
 
 class RunningSma:
@@ -69,6 +74,11 @@ class RunningSma:
         self.total -= window.popleft()
         return out
 
+    def preview(self, value: float) -> float:
+        if len(self.window) + 1 < self.length:
+            return NAN
+        return (self.total + value) / self.length
+
     def state(self) -> list:
         return [list(self.window), self.total]
 
@@ -77,91 +87,63 @@ class RunningSma:
         self.total = state[1]
 
 
-REPLAY_HORIZON = 1024
-"""Inputs a recursive TA-Lib handle (EMA, MACD, RSI, ATR) keeps for snapshots: reopened on
-them, its state has forgotten its different seed to far below one ulp (and is exact while
-the stream is shorter than this)."""
+class Handle:
+    """A ``talib.stream`` handle that opens itself once enough inputs arrived."""
 
+    __slots__ = ("function", "params", "need", "pending", "stream")
 
-class StreamWindow:
-    """A ``talib.stream`` handle, opened once enough inputs arrived, with the input tail it
-    needs to be rebuilt in another process (TA-Lib handles cannot be pickled).
-
-    ``horizon``: how many inputs to keep; at least TA-Lib's lookback + 1. A handle reopened on
-    its tail is exact when its state is a function of that window (CCI), equal to the last
-    ulps for running sums (STDDEV), and has forgotten its seed for recursive ones given
-    ``REPLAY_HORIZON`` inputs.
-    """
-
-    __slots__ = ("function", "params", "need", "pending", "tail", "handle")
-
-    def __init__(self, function: str, horizon: int = 0, **params):
+    def __init__(self, function: str, **params):
         self.function = function
         self.params = params
         self.need = talib_abstract.Function(function, **params).lookback + 1
-        self.pending: list[tuple[float, ...]] | None = []
-        self.tail: deque[tuple[float, ...]] = deque(maxlen=max(horizon, self.need))
-        self.handle = None
+        self.pending: list[tuple[float, ...]] = []
+        self.stream = None  # the open talib.stream handle
 
-    def _open(self, rows) -> object | None:
+    def _open(self, rows: list[tuple[float, ...]]):
         columns = [np.array(column, dtype=float) for column in zip(*rows)]
         try:
             return getattr(talib_stream, self.function)(*columns, **self.params)
         except talib.InsufficientHistory:
             return None
 
-    def push(self, xs: tuple[float, ...]):
-        """The handle's value after ``xs``; None while warming up."""
-        self.tail.append(xs)
-        handle = self.handle
-        if handle is not None:
-            return handle.update(*xs)
+    def warm(self, xs: tuple[float, ...]):
+        """Before the handle is open: collect ``xs``; its first value, or None."""
         pending = self.pending
         pending.append(xs)
         if len(pending) < self.need:
             return None
-        handle = self._open(pending)
-        if handle is None:
+        stream = self._open(pending)
+        if stream is None:
             return None
-        self.handle = handle
-        self.pending = None
-        return handle.value
+        self.stream = stream
+        self.pending = []
+        return stream.value
+
+    def push(self, xs: tuple[float, ...]):
+        stream = self.stream
+        if stream is not None:
+            return stream.update(*xs)
+        return self.warm(xs)
 
     def preview(self, xs: tuple[float, ...]):
-        if self.handle is not None:
-            return self.handle.peek(*xs)
+        if self.stream is not None:
+            return self.stream.peek(*xs)
         if len(self.pending) + 1 < self.need:
             return None
-        handle = self._open([*self.pending, xs])
-        return None if handle is None else handle.value
+        stream = self._open([*self.pending, xs])
+        return None if stream is None else stream.value
 
-    def state(self) -> list:
-        pending = None if self.pending is None else [list(row) for row in self.pending]
-        return [[list(row) for row in self.tail], pending]
-
-    def load(self, state: list) -> None:
-        tail, pending = state
-        self.tail = deque((tuple(row) for row in tail), maxlen=self.tail.maxlen)
-        if pending is None:
-            self.pending = None
-            self.handle = self._open(self.tail)
-            if self.handle is None:
-                raise ValueError(f"cannot reopen talib.stream.{self.function} on the snapshot's inputs")
-        else:
-            self.pending = [tuple(row) for row in pending]
-            self.handle = None
-
-    def fresh(self) -> StreamWindow:
-        return StreamWindow(self.function, self.tail.maxlen, **self.params)
-
-
-# ---------------------------------------------------------------------------------------
-# Nodes: one per (kind, params). ``update`` returns a tuple in ``outputs`` order.
-# ---------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.pending = []
+        self.stream = None
 
 
 class Node:
-    """Incremental state of one indicator. Subclasses set ``outputs`` and implement the rest."""
+    """Incremental state of one indicator; ``update`` returns a tuple in ``outputs`` order.
+
+    ``state()`` is the exact part of the state (plain numbers); ``load(state, tail)`` restores
+    it, rebuilding any TA-Lib handle by replaying ``tail``, the engine's last candles.
+    """
 
     __slots__ = ()
     outputs: tuple[str, ...] = ("value",)
@@ -171,20 +153,17 @@ class Node:
 
     def peek(self, o: float, h: float, l: float, c: float, v: float, vw: float) -> tuple:  # noqa: E741
         """What ``update`` would return, committing nothing."""
-        return self.clone().update(o, h, l, c, v, vw)
-
-    def state(self) -> list:
-        raise NotImplementedError
-
-    def load(self, state: list) -> None:
-        raise NotImplementedError
-
-    def clone(self) -> Node:
         twin = object.__new__(type(self))
         for name in _all_slots(type(self)):
             setattr(twin, name, getattr(self, name))
-        twin.load(self.state())
-        return twin
+        twin.load(self.state(), ())
+        return twin.update(o, h, l, c, v, vw)
+
+    def state(self) -> list:
+        return []
+
+    def load(self, state: list, tail: Sequence[Row]) -> None:
+        raise NotImplementedError
 
 
 def _all_slots(cls: type) -> list[str]:
@@ -194,72 +173,67 @@ def _all_slots(cls: type) -> list[str]:
     return names
 
 
-class SmaNode(Node):
-    __slots__ = ("sma",)
-
-    def __init__(self, length: int):
-        self.sma = RunningSma(length)
-
-    def update(self, o, h, l, c, v, vw):  # noqa: E741
-        return (self.sma.push(c),)
-
-    def state(self):
-        return self.sma.state()
-
-    def load(self, state):
-        self.sma = RunningSma(self.sma.length)
-        self.sma.load(state)
+# ----------------------------------------------------------------------------- stream nodes
 
 
-class _CloseStreamNode(Node):
-    """A TA-Lib indicator of close through a ``talib.stream`` handle (bit-identical to batch)."""
+class _StreamNode(Node):
+    """A node that is one TA-Lib handle over the close (subclasses override ``_inputs``)."""
 
-    __slots__ = ("window", "blank")
+    __slots__ = ("handle", "blank", "single")
 
-    def _setup(self, function: str, width: int, horizon: int, **params) -> None:
-        self.window = StreamWindow(function, horizon, **params)
-        self.blank = (NAN,) * width
+    def _setup(self, function: str, **params) -> None:
+        self.handle = Handle(function, **params)
+        self.blank = (NAN,) * len(self.outputs)
+        self.single = len(self.outputs) == 1
 
-    def update(self, o, h, l, c, v, vw):  # noqa: E741
-        value = self.window.push((c,))
+    def _inputs(self, o, h, l, c, v):  # noqa: E741
+        return (c,)
+
+    def _out(self, value) -> tuple:
         if value is None:
             return self.blank
-        return value if isinstance(value, tuple) else (value,)
+        return (value,) if self.single else value
+
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        stream = self.handle.stream
+        if stream is not None and self.single:
+            return (stream.update(*self._inputs(o, h, l, c, v)),)
+        return self._out(self.handle.push(self._inputs(o, h, l, c, v)))
 
     def peek(self, o, h, l, c, v, vw):  # noqa: E741
-        value = self.window.preview((c,))
-        if value is None:
-            return self.blank
-        return value if isinstance(value, tuple) else (value,)
+        return self._out(self.handle.preview(self._inputs(o, h, l, c, v)))
 
-    def state(self):
-        return self.window.state()
-
-    def load(self, state):
-        window = self.window.fresh()
-        window.load(state)
-        self.window = window
+    def load(self, state, tail):
+        self.handle = Handle(self.handle.function, **self.handle.params)
+        for row in tail:
+            self.update(*row)
 
 
-class EmaNode(_CloseStreamNode):
+class EmaNode(_StreamNode):
     """TA-Lib EMA: k = 2/(length+1), seeded with the SMA of the first ``length`` closes."""
 
     __slots__ = ()
 
     def __init__(self, length: int):
-        self._setup("EMA", 1, REPLAY_HORIZON, timeperiod=length)
+        self._setup("EMA", timeperiod=length)
+
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        stream = self.handle.stream
+        if stream is not None:
+            return (stream.update(c),)
+        return self._out(self.handle.warm((c,)))
 
 
-class RsiNode(_CloseStreamNode):
+class RsiNode(EmaNode):
     """TA-Lib RSI: Wilder smoothing seeded with the mean gain and loss of the first moves."""
 
     __slots__ = ()
 
     def __init__(self, length: int):
-        self._setup("RSI", 1, REPLAY_HORIZON, timeperiod=length)
+        self._setup("RSI", timeperiod=length)
 
 
-class MacdNode(_CloseStreamNode):
+class MacdNode(_StreamNode):
     """TA-Lib MACD: both EMAs seeded at bar ``slow - 1``, signal EMA seeded with the mean of
     its first ``signal`` MACD values."""
 
@@ -267,11 +241,103 @@ class MacdNode(_CloseStreamNode):
     outputs = ("macd", "signal", "hist")
 
     def __init__(self, fast: int, slow: int, signal: int):
-        self._setup("MACD", 3, REPLAY_HORIZON, fastperiod=fast, slowperiod=slow, signalperiod=signal)
+        self._setup("MACD", fastperiod=fast, slowperiod=slow, signalperiod=signal)
+
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        stream = self.handle.stream
+        if stream is not None:
+            return stream.update(c)
+        return self._out(self.handle.warm((c,)))
+
+
+class AtrNode(_StreamNode):
+    """TA-Lib ATR; NATR = (ATR / close) * 100 exactly as TA-Lib's NATR computes it."""
+
+    __slots__ = ()
+    outputs = ("atr", "natr")
+
+    def __init__(self, length: int):
+        self._setup("ATR", timeperiod=length)
+
+    def _pair(self, atr, c: float) -> tuple:
+        if atr is None:
+            return (NAN, NAN)
+        return (atr, (atr / c) * 100.0 if not _is_zero(c) else 0.0)
+
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        stream = self.handle.stream
+        if stream is not None:
+            atr = stream.update(h, l, c)
+            return (atr, (atr / c) * 100.0 if not _is_zero(c) else 0.0)
+        return self._pair(self.handle.warm((h, l, c)), c)
+
+    def peek(self, o, h, l, c, v, vw):  # noqa: E741
+        return self._pair(self.handle.preview((h, l, c)), c)
+
+
+class CciNode(_StreamNode):
+    """TA-Lib CCI over typical price."""
+
+    __slots__ = ()
+
+    def __init__(self, length: int):
+        self._setup("CCI", timeperiod=length)
+
+    def _inputs(self, o, h, l, c, v):  # noqa: E741
+        return (h, l, c)
+
+
+class MfiNode(_StreamNode):
+    """TA-Lib MFI (its running sums decide tiny flows against zero in TA-Lib's own way)."""
+
+    __slots__ = ()
+
+    def __init__(self, length: int):
+        self._setup("MFI", timeperiod=length)
+
+    def _inputs(self, o, h, l, c, v):  # noqa: E741
+        return (h, l, c, v)
+
+
+class RealizedVolNode(Node):
+    """Population standard deviation (ddof=0, TA-Lib STDDEV) of the last ``length`` one-bar
+    log returns; not annualized."""
+
+    __slots__ = ("prev_close", "handle")
+
+    def __init__(self, length: int):
+        self.prev_close = NAN
+        self.handle = Handle("STDDEV", timeperiod=length, nbdev=1.0)
+
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        prev = self.prev_close
+        self.prev_close = c
+        if prev != prev:
+            return (NAN,)
+        stream = self.handle.stream
+        if stream is not None:
+            return (stream.update(float(_np_log(c / prev))),)
+        value = self.handle.warm((_log(c / prev),))
+        return (NAN,) if value is None else (value,)
+
+    def peek(self, o, h, l, c, v, vw):  # noqa: E741
+        prev = self.prev_close
+        if prev != prev:
+            return (NAN,)
+        value = self.handle.preview((_log(c / prev),))
+        return (NAN,) if value is None else (value,)
+
+    def load(self, state, tail):
+        self.prev_close = NAN
+        self.handle.reset()
+        for row in tail:
+            self.update(*row)
 
 
 class BbandsNode(Node):
-    """TA-Lib BBANDS (SMA middle, population std dev) plus pandas-ta's bandwidth and %B."""
+    """TA-Lib BBANDS (SMA middle +- nbdev population std devs) plus pandas-ta's bandwidth and
+    %B. The middle band is an exact running SMA, so %B stays exact on flat windows, where
+    pandas-ta divides the middle band's rounding by machine epsilon."""
 
     __slots__ = ("nbdev", "mid", "std")
     outputs = ("lower", "mid", "upper", "bandwidth", "percent")
@@ -279,9 +345,9 @@ class BbandsNode(Node):
     def __init__(self, length: int, std: float):
         self.nbdev = float(std)
         self.mid = RunningSma(length)
-        self.std = StreamWindow("STDDEV", 0, timeperiod=length, nbdev=1.0)
+        self.std = Handle("STDDEV", timeperiod=length, nbdev=1.0)
 
-    def _bands(self, c: float, mid: float, dev: float | None) -> tuple:
+    def _bands(self, c: float, mid: float, dev) -> tuple:
         if mid != mid or dev is None:
             return (NAN, NAN, NAN, NAN, NAN)
         if self.nbdev == 1.0:
@@ -298,56 +364,49 @@ class BbandsNode(Node):
         return (lower, mid, upper, 100 * span / mid, above / span)
 
     def update(self, o, h, l, c, v, vw):  # noqa: E741
-        return self._bands(c, self.mid.push(c), self.std.push((c,)))
+        stream = self.std.stream
+        dev = stream.update(c) if stream is not None else self.std.warm((c,))
+        return self._bands(c, self.mid.push(c), dev)
 
     def peek(self, o, h, l, c, v, vw):  # noqa: E741
-        mid = self.mid
-        if len(mid.window) + 1 < mid.length:
-            mean = NAN
-        else:
-            mean = (mid.total + c) / mid.length
-        return self._bands(c, mean, self.std.preview((c,)))
+        return self._bands(c, self.mid.preview(c), self.std.preview((c,)))
 
     def state(self):
-        return [self.mid.state(), self.std.state()]
+        return self.mid.state()
 
-    def load(self, state):
+    def load(self, state, tail):
         self.mid = RunningSma(self.mid.length)
-        self.mid.load(state[0])
-        std = self.std.fresh()
-        std.load(state[1])
-        self.std = std
+        self.mid.load(state)
+        self.std = Handle(self.std.function, **self.std.params)
+        for row in tail:
+            c = row[3]
+            if self.std.stream is not None:
+                self.std.stream.update(c)
+            else:
+                self.std.warm((c,))
 
 
-class AtrNode(Node):
-    """TA-Lib ATR through a ``talib.stream`` handle; NATR = (ATR / close) * 100 as TA-Lib's
-    NATR computes it (0 for a close that is TA-Lib zero)."""
+# ------------------------------------------------------------------------------ exact nodes
 
-    __slots__ = ("window",)
-    outputs = ("atr", "natr")
+
+class SmaNode(Node):
+    __slots__ = ("sma",)
 
     def __init__(self, length: int):
-        self.window = StreamWindow("ATR", REPLAY_HORIZON, timeperiod=length)
-
-    @staticmethod
-    def _pair(atr, c: float) -> tuple:
-        if atr is None:
-            return (NAN, NAN)
-        return (atr, (atr / c) * 100.0 if not _is_zero(c) else 0.0)
+        self.sma = RunningSma(length)
 
     def update(self, o, h, l, c, v, vw):  # noqa: E741
-        return self._pair(self.window.push((h, l, c)), c)
+        return (self.sma.push(c),)
 
     def peek(self, o, h, l, c, v, vw):  # noqa: E741
-        return self._pair(self.window.preview((h, l, c)), c)
+        return (self.sma.preview(c),)
 
     def state(self):
-        return self.window.state()
+        return self.sma.state()
 
-    def load(self, state):
-        window = self.window.fresh()
-        window.load(state)
-        self.window = window
+    def load(self, state, tail):
+        self.sma = RunningSma(self.sma.length)
+        self.sma.load(state)
 
 
 class ObvNode(Node):
@@ -373,7 +432,7 @@ class ObvNode(Node):
     def state(self):
         return [self.prev_close, self.obv]
 
-    def load(self, state):
+    def load(self, state, tail):
         self.prev_close, self.obv = state
 
 
@@ -386,45 +445,58 @@ class _LagNode(Node):
         self.length = length
         self.closes: deque[float] = deque(maxlen=length)
 
-    def _value(self, close: float, then: float) -> float:
-        raise NotImplementedError
-
-    def update(self, o, h, l, c, v, vw):  # noqa: E741
-        closes = self.closes
-        out = self._value(c, closes[0]) if len(closes) == self.length else NAN
-        closes.append(c)
-        return (out,)
-
-    def peek(self, o, h, l, c, v, vw):  # noqa: E741
-        closes = self.closes
-        return (self._value(c, closes[0]) if len(closes) == self.length else NAN,)
-
     def state(self):
         return list(self.closes)
 
-    def load(self, state):
+    def load(self, state, tail):
         self.closes = deque(state, maxlen=self.length)
+
+    def peek(self, o, h, l, c, v, vw):  # noqa: E741
+        twin = object.__new__(type(self))
+        twin.length = self.length
+        twin.closes = deque(self.closes, maxlen=self.length)
+        return twin.update(o, h, l, c, v, vw)
 
 
 class RocNode(_LagNode):
+    """TA-Lib ROC: ``((close / then) - 1) * 100``, 0 when ``then`` is 0."""
+
     __slots__ = ()
 
-    def _value(self, close, then):
-        return ((close / then) - 1.0) * 100.0 if then != 0.0 else 0.0
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        closes = self.closes
+        if len(closes) == self.length:
+            then = closes[0]
+            closes.append(c)
+            return (((c / then) - 1.0) * 100.0 if then != 0.0 else 0.0,)
+        closes.append(c)
+        return (NAN,)
 
 
 class MomNode(_LagNode):
     __slots__ = ()
 
-    def _value(self, close, then):
-        return close - then
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        closes = self.closes
+        if len(closes) == self.length:
+            then = closes[0]
+            closes.append(c)
+            return (c - then,)
+        closes.append(c)
+        return (NAN,)
 
 
 class LogReturnNode(_LagNode):
     __slots__ = ()
 
-    def _value(self, close, then):
-        return _log(close / then)
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        closes = self.closes
+        if len(closes) == self.length:
+            then = closes[0]
+            closes.append(c)
+            return (float(_np_log(c / then)),)
+        closes.append(c)
+        return (NAN,)
 
 
 class _RangeNode(Node):
@@ -446,7 +518,8 @@ class _RangeNode(Node):
 
 
 class StochNode(_RangeNode):
-    """TA-Lib STOCH: fast %K from the ``k``-bar range, smoothed by SMA(smooth_k), %D = SMA(d)."""
+    """TA-Lib STOCH: fast %K = 100 * ((close - lowest) / (highest - lowest)) over ``k`` bars
+    (0 on a flat range), slow %K = SMA(smooth_k) of it, %D = SMA(d) of slow %K."""
 
     __slots__ = ("slow_k", "slow_d")
     outputs = ("k", "d")
@@ -464,8 +537,7 @@ class StochNode(_RangeNode):
             return (NAN, NAN)
         lowest = min(lows)
         span = max(highs) - lowest
-        fast_k = 100.0 * ((c - lowest) / span) if span != 0.0 else 0.0
-        k = self.slow_k.push(fast_k)
+        k = self.slow_k.push(100.0 * ((c - lowest) / span) if span != 0.0 else 0.0)
         if k != k:
             return (NAN, NAN)
         d = self.slow_d.push(k)
@@ -476,7 +548,7 @@ class StochNode(_RangeNode):
     def state(self):
         return [self._range_state(), self.slow_k.state(), self.slow_d.state()]
 
-    def load(self, state):
+    def load(self, state, tail):
         self._load_range(state[0])
         self.slow_k = RunningSma(self.slow_k.length)
         self.slow_k.load(state[1])
@@ -485,7 +557,7 @@ class StochNode(_RangeNode):
 
 
 class WillrNode(_RangeNode):
-    """TA-Lib WILLR: ``-100 * (highest - close) / (highest - lowest)``, 0 on a flat range."""
+    """TA-Lib WILLR: ``-100 * ((highest - close) / (highest - lowest))``, 0 on a flat range."""
 
     __slots__ = ()
 
@@ -502,35 +574,8 @@ class WillrNode(_RangeNode):
     def state(self):
         return self._range_state()
 
-    def load(self, state):
+    def load(self, state, tail):
         self._load_range(state)
-
-
-class MfiNode(Node):
-    """TA-Lib MFI through a ``talib.stream`` handle. Its running sums of money flow carry
-    TA-Lib's own rounding (which decides tiny flows against zero), so it keeps
-    ``REPLAY_HORIZON`` bars for snapshots: exact up to that many bars, the last ulps after."""
-
-    __slots__ = ("window",)
-
-    def __init__(self, length: int):
-        self.window = StreamWindow("MFI", REPLAY_HORIZON, timeperiod=length)
-
-    def update(self, o, h, l, c, v, vw):  # noqa: E741
-        value = self.window.push((h, l, c, v))
-        return (NAN,) if value is None else (value,)
-
-    def peek(self, o, h, l, c, v, vw):  # noqa: E741
-        value = self.window.preview((h, l, c, v))
-        return (NAN,) if value is None else (value,)
-
-    def state(self):
-        return self.window.state()
-
-    def load(self, state):
-        window = self.window.fresh()
-        window.load(state)
-        self.window = window
 
 
 class AdxNode(Node):
@@ -600,69 +645,9 @@ class AdxNode(Node):
     def state(self):
         return [self.bars, self.prev_high, self.prev_low, self.prev_close, self.plus_dm, self.minus_dm, self.tr, self.adx]
 
-    def load(self, state):
+    def load(self, state, tail):
         (self.bars, self.prev_high, self.prev_low, self.prev_close,
          self.plus_dm, self.minus_dm, self.tr, self.adx) = state
-
-
-class CciNode(Node):
-    """TA-Lib CCI through a ``talib.stream`` handle (its state is the last ``length`` bars)."""
-
-    __slots__ = ("window",)
-
-    def __init__(self, length: int):
-        self.window = StreamWindow("CCI", 0, timeperiod=length)
-
-    def update(self, o, h, l, c, v, vw):  # noqa: E741
-        value = self.window.push((h, l, c))
-        return (NAN,) if value is None else (value,)
-
-    def peek(self, o, h, l, c, v, vw):  # noqa: E741
-        value = self.window.preview((h, l, c))
-        return (NAN,) if value is None else (value,)
-
-    def state(self):
-        return self.window.state()
-
-    def load(self, state):
-        window = self.window.fresh()
-        window.load(state)
-        self.window = window
-
-
-class RealizedVolNode(Node):
-    """Population standard deviation (ddof=0, TA-Lib STDDEV) of the last ``length`` one-bar
-    log returns; not annualized."""
-
-    __slots__ = ("prev_close", "window")
-
-    def __init__(self, length: int):
-        self.prev_close = NAN
-        self.window = StreamWindow("STDDEV", 0, timeperiod=length, nbdev=1.0)
-
-    def update(self, o, h, l, c, v, vw):  # noqa: E741
-        prev = self.prev_close
-        self.prev_close = c
-        if prev != prev:
-            return (NAN,)
-        value = self.window.push((_log(c / prev),))
-        return (NAN,) if value is None else (value,)
-
-    def peek(self, o, h, l, c, v, vw):  # noqa: E741
-        prev = self.prev_close
-        if prev != prev:
-            return (NAN,)
-        value = self.window.preview((_log(c / prev),))
-        return (NAN,) if value is None else (value,)
-
-    def state(self):
-        return [self.prev_close, self.window.state()]
-
-    def load(self, state):
-        self.prev_close = state[0]
-        window = self.window.fresh()
-        window.load(state[1])
-        self.window = window
 
 
 class VwapDeviationNode(Node):
@@ -675,10 +660,7 @@ class VwapDeviationNode(Node):
 
     peek = update
 
-    def state(self):
-        return []
-
-    def load(self, state):
+    def load(self, state, tail):
         pass
 
 
