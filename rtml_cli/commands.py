@@ -15,3 +15,5 @@ from rtml_cli.features import features  # noqa: E402
 ALL.append(features)
 from rtml_cli.demo import demo  # noqa: E402
 ALL.append(demo)
+from rtml_cli.stream import stream  # noqa: E402
+ALL.append(stream)
