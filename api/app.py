@@ -15,10 +15,9 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
-from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi.config import OpenAPIConfig
 
-from api.auth import PUBLIC_PATHS, ApiKeyMiddleware, check_auth_config, parse_keys, rate_limit_identity
+from api.auth import PUBLIC_PATHS, ApiKeyMiddleware, check_auth_config, parse_keys
 from api.champion import ChampionHolder, ChampionSource, RegistryChampionSource, poll_champion, refresh_champion
 from api.controllers.features import FeaturesController
 from api.controllers.health import health, metrics, ready
@@ -26,6 +25,7 @@ from api.controllers.models import ModelsController
 from api.controllers.predict import PredictController, prediction_stream
 from api.errors import ApiError, api_error_handler, http_error_handler, internal_error_handler
 from api.metrics import ApiMetrics, MetricsMiddleware
+from api.ratelimit import rate_limit_config
 from api.serving import PredictionService
 from rtml_core.settings import Settings
 
@@ -89,10 +89,7 @@ def create_app(settings: Settings, *, online_store=None, registry=None) -> Lites
     if keys and not settings.api_auth_disabled:
         middleware.append(DefineMiddleware(ApiKeyMiddleware, keys=keys))
     if settings.api_rate_limit > 0:
-        middleware.append(RateLimitConfig(
-            rate_limit=("second", settings.api_rate_limit), exclude=[p for p in PUBLIC_PATHS],
-            identifier_for_request=rate_limit_identity,
-        ).middleware)
+        middleware.append(rate_limit_config(settings.api_rate_limit, list(PUBLIC_PATHS)).middleware)
     middleware.append(MetricsMiddleware)
 
     return Litestar(

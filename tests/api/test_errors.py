@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
+import time
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -76,16 +78,24 @@ async def test_auth_disabled_serves_without_key(online_store, registry, champion
         assert (await test_client.post("/v1/predict", json={"symbol": "BTC-USD"})).status_code == 200
 
 
-async def test_rate_limit_answers_429(online_store, registry, champion_version, real_data):
+async def test_rate_limit_answers_429_per_key_and_window(online_store, registry, champion_version, real_data):
     online_store.write_rows([feature_row(real_data)])
-    app = create_app(api_settings(api_rate_limit=5), online_store=online_store, registry=registry)
+    other = {"X-API-Key": "second-key"}
+    app = create_app(api_settings(api_rate_limit=5, api_keys=f"{API_KEY},second-key"),
+                     online_store=online_store, registry=registry)
     async with AsyncTestClient(app) as test_client:
-        codes = [(await test_client.post("/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS)).status_code
-                 for _ in range(8)]
-        assert codes[:5] == [200] * 5 and 429 in codes[5:]
-        limited = await test_client.post("/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS)
+        async def post(headers):
+            return await test_client.post("/v1/predict", json={"symbol": "BTC-USD"}, headers=headers)
+
+        await asyncio.sleep(1 - time.time() % 1)  # start at the beginning of a one-second window
+        codes = [(await post(HEADERS)).status_code for _ in range(8)]
+        assert codes[:5] == [200] * 5 and codes[5:] == [429] * 3
+        limited = await post(HEADERS)
         assert_error(limited, 429, "rate_limited")
-        assert "ratelimit-limit" in {k.lower() for k in limited.headers}
+        assert limited.headers["ratelimit-limit"] == "5"
+        assert (await post(other)).status_code == 200  # limits are per API key
+        await asyncio.sleep(1.05)
+        assert (await post(HEADERS)).status_code == 200  # a new window
 
 
 async def test_stale_features_refused_or_flagged(online_store, registry, champion_version, real_data):
