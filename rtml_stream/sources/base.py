@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, ClassVar
 
 import backoff
@@ -161,6 +162,9 @@ class WebSocketSource(Source):
         self._ws: ClientConnection | None = None
         self._closing = asyncio.Event()
         self._malformed_seen: dict[str, int] = {}
+        self.last_trade_id: dict[str, int] = {}
+        self.last_trade_time_ns: dict[str, int] = {}
+        self.backfill_attempts = 3
 
     # --- hooks -----------------------------------------------------------------------------
 
@@ -174,6 +178,117 @@ class WebSocketSource(Source):
     @abstractmethod
     async def handle(self, raw: bytes) -> Sequence[Event]:
         """Turn one message into events; raise ``Malformed`` to count and skip it."""
+
+    async def fetch_missing_trades(
+        self, symbol: str, first_id: int, last_id: int, since_ns: int
+    ) -> list[Trade] | None:
+        """Trades ``first_id..last_id`` from the exchange's REST API; None: no backfill configured."""
+        return None
+
+    # --- trade ids: order, duplicates, gaps -------------------------------------------------
+
+    def resume(self, symbol: str, trade_id: int, time_ns: int) -> None:
+        """Continue after ``trade_id`` (the last trade already processed, e.g. read back from the
+        offline store after a restart): the first live trade's id gap is then backfilled."""
+        if symbol not in self.symbols:
+            raise ValueError(f"{symbol} is not one of this source's symbols {self.symbols}")
+        self.last_trade_id[symbol] = trade_id
+        self.last_trade_time_ns[symbol] = time_ns
+
+    async def sequence_trades(self, trades: list[Trade]) -> list[Event]:
+        """Trades in id order per symbol: ids seen before are skipped, a skipped id range is
+        filled through ``fetch_missing_trades`` before the later trade (or counted unfilled)."""
+        if any(a.trade_id > b.trade_id for a, b in pairwise(trades)):
+            trades.sort(key=lambda trade: trade.trade_id)
+        out: list[Event] = []
+        live: list[Trade] = []
+        last_ids, last_times = self.last_trade_id, self.last_trade_time_ns
+        for trade in trades:
+            symbol = trade.symbol
+            last = last_ids.get(symbol)
+            if last is not None:
+                if trade.trade_id <= last:
+                    self.metrics.duplicate_trades.labels(self.exchange, symbol).inc()
+                    continue
+                if trade.trade_id > last + 1:
+                    out.extend(
+                        await self._fill_gap(
+                            symbol, last + 1, trade.trade_id - 1, last_times[symbol]
+                        )
+                    )
+            last_ids[symbol] = trade.trade_id
+            last_times[symbol] = trade.time_ns
+            out.append(trade)
+            live.append(trade)
+        self._count_trades(live)
+        return out
+
+    def _count_trades(self, live: list[Trade]) -> None:
+        """Count live trades per symbol once per message; observe the lag of the newest."""
+        if not live:
+            return
+        exchange = self.exchange
+        counts: dict[str, int] = {}
+        for trade in live:
+            counts[trade.symbol] = counts.get(trade.symbol, 0) + 1
+        for symbol, count in counts.items():
+            self.metrics.trades_in.labels(exchange, symbol).inc(count)
+        newest = max(trade.time_ns for trade in live)
+        self.metrics.exchange_lag.labels(exchange).observe(
+            max(0.0, (time.time_ns() - newest) / 1e9)
+        )
+
+    async def _fill_gap(
+        self, symbol: str, first_id: int, last_id: int, since_ns: int
+    ) -> list[Trade]:
+        """The trades with ids first_id..last_id, in id order (as many as could be fetched)."""
+        exchange = self.exchange
+        missing = last_id - first_id + 1
+        log.warning(
+            "trade_id_gap",
+            exchange=exchange,
+            symbol=symbol,
+            first_id=first_id,
+            last_id=last_id,
+            missing=missing,
+        )
+        found: list[Trade] = []
+        delays = self.reconnect_policy.delays()
+        for attempt in range(1, self.backfill_attempts + 1):
+            try:
+                fetched = await self.fetch_missing_trades(symbol, first_id, last_id, since_ns)
+            except Exception as error:  # noqa: BLE001 - REST trouble must not kill the stream
+                log.warning(
+                    "backfill_failed",
+                    exchange=exchange,
+                    symbol=symbol,
+                    attempt=attempt,
+                    error=repr(error),
+                )
+                if attempt < self.backfill_attempts:
+                    await self._pause(next(delays))
+                continue
+            if fetched is not None:
+                unique = {t.trade_id: t for t in fetched if first_id <= t.trade_id <= last_id}
+                found = [unique[i] for i in sorted(unique)]
+            break
+        if found:
+            self.metrics.trades_backfilled.labels(exchange, symbol).inc(len(found))
+            self.metrics.trades_in.labels(exchange, symbol).inc(len(found))
+        if len(found) == missing:
+            self.metrics.gaps_backfilled.labels(exchange, symbol).inc()
+        else:
+            self.metrics.gaps_unfilled.labels(exchange, symbol).inc()
+            log.error(
+                "trade_gap_unfilled",
+                exchange=exchange,
+                symbol=symbol,
+                first_id=first_id,
+                last_id=last_id,
+                found=len(found),
+                missing=missing,
+            )
+        return found
 
     # --- session loop ----------------------------------------------------------------------
 

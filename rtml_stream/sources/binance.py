@@ -18,6 +18,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
+from typing import Literal
 
 import httpx
 import msgspec
@@ -111,6 +112,69 @@ class HttpSnapshotFetcher:
             self._client = None
 
 
+TradeBackfill = Callable[[str, int, int], Awaitable[list[Trade]]]
+"""``backfill(symbol, first_id, last_id)`` -> the trades with ids in [first_id, last_id]."""
+
+
+class _HistoricalTrade(msgspec.Struct):
+    id: int
+    price: Decimal
+    qty: Decimal
+    time: int
+    isBuyerMaker: bool
+
+
+_historical = msgspec.json.Decoder(list[_HistoricalTrade])
+
+
+class HttpTradesBackfill:
+    """Missing trades by id from ``GET /api/v3/historicalTrades?symbol=&fromId=&limit=1000``."""
+
+    page = 1000
+
+    def __init__(
+        self,
+        rest_url: str = DEFAULT_REST_URL,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.rest_url = rest_url.rstrip("/")
+        self._client = client
+        self._owns_client = client is None
+        self.timeout = timeout
+
+    async def __call__(self, symbol: str, first_id: int, last_id: int) -> list[Trade]:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout, headers={"User-Agent": "rtml"})
+        wire = to_exchange_symbol("binance", symbol)
+        found: list[Trade] = []
+        next_id = first_id
+        while next_id <= last_id:
+            limit = min(self.page, last_id - next_id + 1)
+            response = await self._client.get(
+                f"{self.rest_url}/api/v3/historicalTrades",
+                params={"symbol": wire, "fromId": next_id, "limit": limit},
+            )
+            response.raise_for_status()
+            rows = _historical.decode(response.content)
+            if not rows:
+                break
+            for row in rows:
+                if row.id > last_id:
+                    break
+                side = "sell" if row.isBuyerMaker else "buy"
+                found.append(
+                    Trade("binance", symbol, row.id, row.time * 1_000_000, row.price, row.qty, side)
+                )
+            next_id = rows[-1].id + 1
+        return found
+
+    async def aclose(self) -> None:
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
 class _DepthState:
     __slots__ = ("book", "first_u", "last_update_id", "synced")
 
@@ -150,6 +214,8 @@ class BinanceSource(WebSocketSource):
         depth_speed: str = "100ms",
         snapshot_fetcher: SnapshotFetcher | None = None,
         snapshot_attempts: int = 5,
+        trade_backfill: TradeBackfill | None | Literal["default"] = "default",
+        backfill_attempts: int = 3,
         metrics: StreamMetrics | None = None,
         idle_timeout: float | None = None,
         open_timeout: float = 10.0,
@@ -179,16 +245,20 @@ class BinanceSource(WebSocketSource):
         self.depth_speed = depth_speed
         self.fetch_snapshot: SnapshotFetcher = snapshot_fetcher or HttpSnapshotFetcher(rest_url)
         self.snapshot_attempts = max(1, snapshot_attempts)
+        self.trade_backfill: TradeBackfill | None = (
+            HttpTradesBackfill(rest_url) if trade_backfill == "default" else trade_backfill
+        )
+        self.backfill_attempts = max(1, backfill_attempts)
         self._wire = {s: to_exchange_symbol("binance", s) for s in self.symbols}
         self._canonical = {w: s for s, w in self._wire.items()}
         self.depth_state: dict[str, _DepthState] = {s: _DepthState() for s in self.symbols}
-        self.last_trade_id: dict[str, int] = {}
         self._request_id = 0
 
     async def close(self) -> None:
         await super().close()
-        if isinstance(self.fetch_snapshot, HttpSnapshotFetcher):
-            await self.fetch_snapshot.aclose()
+        for owned in (self.fetch_snapshot, self.trade_backfill):
+            if isinstance(owned, HttpSnapshotFetcher | HttpTradesBackfill):
+                await owned.aclose()
 
     @property
     def books(self) -> dict[str, OrderBook]:
@@ -249,32 +319,28 @@ class BinanceSource(WebSocketSource):
         else:
             raise Malformed("unknown_message", "no stream, data or id")
         if isinstance(payload, _Trade):
-            return self._on_trade(payload)
+            return await self._on_trade(payload)
         return await self._on_depth(payload)
 
-    def _on_trade(self, payload: _Trade) -> list[Event]:
-        symbol = self._symbol(payload.s)
-        last = self.last_trade_id.get(symbol)
-        if last is not None and payload.t <= last:
-            self.metrics.duplicate_trades.labels(self.exchange, symbol).inc()
-            return []
-        if last is not None and payload.t > last + 1:
-            self.metrics.gaps_unfilled.labels(self.exchange, symbol).inc()
-            log.warning(
-                "trade_id_gap",
-                exchange=self.exchange,
-                symbol=symbol,
-                first_id=last + 1,
-                last_id=payload.t - 1,
-            )
-        self.last_trade_id[symbol] = payload.t
-        time_ns = payload.T * 1_000_000
-        self.metrics.trades_in.labels(self.exchange, symbol).inc()
-        self.metrics.exchange_lag.labels(self.exchange).observe(
-            max(0.0, time.time() - payload.T / 1000)
-        )
+    async def _on_trade(self, payload: _Trade) -> list[Event]:
         side = "sell" if payload.m else "buy"  # m: the buyer was the maker, so the taker sold
-        return [Trade(self.exchange, symbol, payload.t, time_ns, payload.p, payload.q, side)]
+        trade = Trade(
+            self.exchange,
+            self._symbol(payload.s),
+            payload.t,
+            payload.T * 1_000_000,
+            payload.p,
+            payload.q,
+            side,
+        )
+        return await self.sequence_trades([trade])
+
+    async def fetch_missing_trades(
+        self, symbol: str, first_id: int, last_id: int, since_ns: int
+    ) -> list[Trade] | None:
+        if self.trade_backfill is None:
+            return None
+        return await self.trade_backfill(symbol, first_id, last_id)
 
     async def _on_depth(self, diff: _Depth) -> list[Event]:
         symbol = self._symbol(diff.s)

@@ -113,7 +113,6 @@ class CoinbaseSource(WebSocketSource):
         self.channels = (*channels, "heartbeats")  # heartbeats keep every subscription open
         self.jwt = jwt
         self.books: dict[str, OrderBook] = {s: OrderBook(depth) for s in self.symbols}
-        self.last_trade_id: dict[str, int] = {}
         self._products = [to_exchange_symbol("coinbase", s) for s in self.symbols]
         self._canonical = {to_exchange_symbol("coinbase", s): s for s in self.symbols}
         self._has_snapshot: set[str] = set()
@@ -185,7 +184,7 @@ class CoinbaseSource(WebSocketSource):
         if channel == "l2_data" and envelope.events:
             out = self._on_l2(_l2_events.decode(envelope.events), raw, skip=resync)
         elif channel == "market_trades" and envelope.events:
-            out = self._on_trades(_trade_events.decode(envelope.events))
+            out = await self._on_trades(_trade_events.decode(envelope.events))
         elif channel == "heartbeats":
             pass
         elif channel == "subscriptions":
@@ -244,7 +243,7 @@ class CoinbaseSource(WebSocketSource):
             )
         return out
 
-    def _on_trades(self, events: list[_TradesEvent]) -> list[Event]:
+    async def _on_trades(self, events: list[_TradesEvent]) -> list[Event]:
         trades: list[Trade] = []
         for event in events:
             for item in event.trades:
@@ -269,17 +268,4 @@ class CoinbaseSource(WebSocketSource):
                     )
                 )
         trades.sort(key=lambda t: (t.time_ns, t.trade_id))  # Coinbase may list the newest first
-        out: list[Event] = []
-        now_ns = time.time_ns()
-        for trade in trades:
-            last = self.last_trade_id.get(trade.symbol)
-            if last is not None and trade.trade_id <= last:
-                self.metrics.duplicate_trades.labels(self.exchange, trade.symbol).inc()
-                continue
-            self.last_trade_id[trade.symbol] = trade.trade_id
-            self.metrics.trades_in.labels(self.exchange, trade.symbol).inc()
-            self.metrics.exchange_lag.labels(self.exchange).observe(
-                max(0.0, (now_ns - trade.time_ns) / 1e9)
-            )
-            out.append(trade)
-        return out
+        return await self.sequence_trades(trades)

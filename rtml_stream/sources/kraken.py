@@ -20,7 +20,6 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from functools import lru_cache
-from itertools import pairwise
 from typing import Literal
 
 import msgspec
@@ -159,21 +158,11 @@ class KrakenSource(WebSocketSource):
         self.backfill = default_backfill(rest_url) if backfill == "default" else backfill
         self.backfill_attempts = max(1, backfill_attempts)
         self.books: dict[str, OrderBook] = {s: OrderBook(depth) for s in self.symbols}
-        self.last_trade_id: dict[str, int] = {}
-        self.last_trade_time_ns: dict[str, int] = {}
         self._wire = {s: to_exchange_symbol("kraken", s) for s in self.symbols}
         self._canonical: dict[str, str] = {w: s for s, w in self._wire.items()}
         self._has_snapshot: set[str] = set()
         self._resyncing: set[str] = set()
         self._req_id = 0
-
-    def resume(self, symbol: str, trade_id: int, time_ns: int) -> None:
-        """Continue after ``trade_id`` (the last trade already processed, e.g. read back from the
-        offline store after a restart): the first live trade's id gap is then backfilled."""
-        if symbol not in self.books:
-            raise ValueError(f"{symbol} is not one of this source's symbols {self.symbols}")
-        self.last_trade_id[symbol] = trade_id
-        self.last_trade_time_ns[symbol] = time_ns
 
     # --- subscription --------------------------------------------------------------------------
 
@@ -325,95 +314,14 @@ class KrakenSource(WebSocketSource):
             )
             for t in entries
         ]
-        if any(a.trade_id > b.trade_id for a, b in pairwise(trades)):
-            trades.sort(key=lambda trade: trade.trade_id)
-        out: list[Event] = []
-        live: list[Trade] = []
-        last_ids = self.last_trade_id
-        for trade in trades:
-            symbol = trade.symbol
-            last = last_ids.get(symbol)
-            if last is not None:
-                if trade.trade_id <= last:
-                    self.metrics.duplicate_trades.labels(exchange, symbol).inc()
-                    continue
-                if trade.trade_id > last + 1:
-                    since_ns = self.last_trade_time_ns[symbol]
-                    out.extend(await self._fill_gap(symbol, last + 1, trade.trade_id - 1, since_ns))
-            last_ids[symbol] = trade.trade_id
-            self.last_trade_time_ns[symbol] = trade.time_ns
-            out.append(trade)
-            live.append(trade)
-        self._count_trades(live)
-        return out
+        return await self.sequence_trades(trades)
 
-    def _count_trades(self, live: list[Trade]) -> None:
-        """Count live trades per symbol once per message; observe the lag of the newest."""
-        if not live:
-            return
-        exchange = self.exchange
-        counts: dict[str, int] = {}
-        for trade in live:
-            counts[trade.symbol] = counts.get(trade.symbol, 0) + 1
-        for symbol, count in counts.items():
-            self.metrics.trades_in.labels(exchange, symbol).inc(count)
-        newest = max(trade.time_ns for trade in live)
-        self.metrics.exchange_lag.labels(exchange).observe(
-            max(0.0, (time.time_ns() - newest) / 1e9)
-        )
-
-    async def _fill_gap(
+    async def fetch_missing_trades(
         self, symbol: str, first_id: int, last_id: int, since_ns: int
-    ) -> list[Trade]:
-        """The trades with ids first_id..last_id from REST, in id order (as many as were found)."""
-        missing = last_id - first_id + 1
-        log.warning(
-            "trade_id_gap",
-            exchange=self.exchange,
-            symbol=symbol,
-            first_id=first_id,
-            last_id=last_id,
-            missing=missing,
+    ) -> list[Trade] | None:
+        if self.backfill is None:
+            return None
+        backfill = self.backfill
+        return await asyncio.to_thread(
+            lambda: list(backfill(symbol, first_id, last_id, since_ns=since_ns))
         )
-        found: list[Trade] = []
-        if self.backfill is not None:
-            delays = self.reconnect_policy.delays()
-            for attempt in range(1, self.backfill_attempts + 1):
-                try:
-                    fetched = await asyncio.to_thread(
-                        lambda: list(self.backfill(symbol, first_id, last_id, since_ns=since_ns))
-                    )
-                    found = sorted(
-                        {
-                            t.trade_id: t for t in fetched if first_id <= t.trade_id <= last_id
-                        }.values(),
-                        key=lambda t: t.trade_id,
-                    )
-                    break
-                except Exception as error:  # noqa: BLE001 - REST trouble must not kill the stream
-                    log.warning(
-                        "backfill_failed",
-                        exchange=self.exchange,
-                        symbol=symbol,
-                        attempt=attempt,
-                        error=repr(error),
-                    )
-                    if attempt < self.backfill_attempts:
-                        await self._pause(next(delays))
-        if found:
-            self.metrics.trades_backfilled.labels(self.exchange, symbol).inc(len(found))
-            self.metrics.trades_in.labels(self.exchange, symbol).inc(len(found))
-        if len(found) == missing:
-            self.metrics.gaps_backfilled.labels(self.exchange, symbol).inc()
-        else:
-            self.metrics.gaps_unfilled.labels(self.exchange, symbol).inc()
-            log.error(
-                "trade_gap_unfilled",
-                exchange=self.exchange,
-                symbol=symbol,
-                first_id=first_id,
-                last_id=last_id,
-                found=len(found),
-                missing=missing,
-            )
-        return found

@@ -239,3 +239,66 @@ async def test_malformed_messages_are_counted_and_skipped() -> None:
     assert count("unknown_symbol") == 1
     assert count("unknown_message") == 1
     assert metrics.total("reconnects") == 0
+
+
+def historical_trades_route(trades: list[dict]):
+    """``GET /api/v3/historicalTrades?symbol=&fromId=&limit=`` in Binance's documented shape."""
+
+    def route(query: dict) -> tuple[int, bytes]:
+        from_id, limit = int(query["fromId"][0]), int(query.get("limit", ["500"])[0])
+        rows = [t for t in trades if t["id"] >= from_id][:limit]
+        return 200, json.dumps(rows).encode()
+
+    return route
+
+
+async def test_trade_id_gap_is_backfilled_from_rest_historical_trades() -> None:
+    payloads = [
+        json.loads(trade_message(i, f"78700.{i:02d}", "0.1", i % 2 == 0, 1787612486000 + i))
+        for i in range(1, 41)
+    ]
+    rest_rows = [
+        {
+            "id": p["t"],
+            "price": p["p"],
+            "qty": p["q"],
+            "quoteQty": "0",
+            "time": p["T"],
+            "isBuyerMaker": p["m"],
+            "isBestMatch": True,
+        }
+        for p in payloads
+    ]
+    metrics = StreamMetrics()
+    with LocalHttpServer({"/api/v3/historicalTrades": historical_trades_route(rest_rows)}) as rest:
+        server = BinanceServer(
+            [
+                Session([json.dumps(p) for p in payloads[:20]]),
+                Session([json.dumps(p) for p in payloads[30:]]),
+            ]
+        )
+        await server.start()
+        source = _source(server.url, rest.url, metrics, channels=("trade",))
+        consumer = asyncio.create_task(take(source.events(), 40, timeout=10))
+        await wait_for_value(
+            lambda: metrics.value("trades_in", exchange="binance", symbol="BTC-USDT") == 20
+        )
+        await server.kill()
+        await asyncio.sleep(0.1)
+        await server.start()
+        trades = await consumer
+        await source.close()
+        await server.kill()
+    assert [t.trade_id for t in trades] == list(range(1, 41))
+    assert [t.side for t in trades[20:30]] == [
+        "sell" if i % 2 == 0 else "buy" for i in range(21, 31)
+    ]
+    assert (
+        trades[25].price == Decimal("78700.26")
+        and trades[25].time_ns == (1787612486000 + 26) * 1_000_000
+    )
+    assert metrics.value("gaps_backfilled", exchange="binance", symbol="BTC-USDT") == 1
+    assert metrics.value("trades_backfilled", exchange="binance", symbol="BTC-USDT") == 10
+    assert rest.requests == [
+        ("/api/v3/historicalTrades", {"symbol": ["BTCUSDT"], "fromId": ["21"], "limit": ["10"]})
+    ]
