@@ -31,6 +31,18 @@ class _Snapshot(msgspec.Struct, frozen=True):
     tail: list  # the last REPLAY_HORIZON candles (open, high, low, close, volume, vwap)
 
 
+_INF = math.inf
+
+
+def _refuse(time_ns: int, *values: float) -> None:
+    names = ("open", "high", "low", "close", "volume")
+    shown = ", ".join(f"{name}={value!r}" for name, value in zip(names, values))
+    raise InputError(
+        f"candle at {time_ns} ns: prices must be finite and > 0, volume finite and >= 0 ({shown})",
+        source="stream",
+    )
+
+
 class FeatureEngine:
     """Incremental features for one market (exchange, symbol, timeframe).
 
@@ -94,6 +106,9 @@ class FeatureEngine:
         """Commit one closed candle (floats) and return every feature's value."""
         if self.last_time_ns is not None and time_ns <= self.last_time_ns:
             self._check_time(time_ns)
+        if not (0.0 < open < _INF and 0.0 < high < _INF and 0.0 < low < _INF and 0.0 < close < _INF
+                and 0.0 <= volume < _INF):
+            _refuse(time_ns, open, high, low, close, volume)
         if vwap is None or not vwap > 0 or vwap == math.inf:
             vwap = (high + low + close) / 3.0
         self._tail.append((open, high, low, close, volume, vwap))
@@ -131,6 +146,9 @@ class FeatureEngine:
     ) -> dict[str, float]:
         """The values ``update_values`` would return for this candle; commits nothing."""
         self._check_time(time_ns)
+        if not (0.0 < open < _INF and 0.0 < high < _INF and 0.0 < low < _INF and 0.0 < close < _INF
+                and 0.0 <= volume < _INF):
+            _refuse(time_ns, open, high, low, close, volume)
         if vwap is None or not vwap > 0 or vwap == math.inf:
             vwap = (high + low + close) / 3.0
         flat: list[float] = []

@@ -396,7 +396,15 @@ class SmaNode(Node):
         self.sma = RunningSma(length)
 
     def update(self, o, h, l, c, v, vw):  # noqa: E741
-        return (self.sma.push(c),)
+        sma = self.sma  # RunningSma.push, inlined: this is the hottest path
+        sma.total += c
+        window = sma.window
+        window.append(c)
+        if len(window) < sma.length:
+            return (NAN,)
+        out = sma.total / sma.length
+        sma.total -= window.popleft()
+        return (out,)
 
     def peek(self, o, h, l, c, v, vw):  # noqa: E741
         return (self.sma.preview(c),)

@@ -134,3 +134,17 @@ def test_warm_up_rows_are_nan_then_values():
     for spec in DEFAULT_FEATURE_SET:
         series = np.array([row[spec.name] for row in out])
         assert np.isnan(series[: spec.warmup]).all() and not np.isnan(series[spec.warmup :]).any(), spec.name
+
+
+@pytest.mark.parametrize(
+    "bad", [(0, float("nan"), 1.0, 1.0, 1.0, 1.0), (0, 1.0, 1.0, -1.0, 1.0, 1.0), (0, 1.0, 1.0, 1.0, 1.0, -2.0),
+            (0, 1.0, float("inf"), 1.0, 1.0, 1.0)],
+)
+def test_non_finite_or_negative_candles_are_refused_without_touching_state(bad):
+    engine = FeatureEngine()
+    rows = candle_rows(real_candles("btc_usd_30m_2017-2019.csv").iloc[:30])
+    engine.run(rows[:20])
+    before = engine.snapshot()
+    with pytest.raises(InputError, match="prices must be finite"):
+        engine.update_values(rows[20][0], *bad[1:])
+    assert engine.snapshot() == before
