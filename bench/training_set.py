@@ -122,9 +122,14 @@ def build_benchmark(rows: int, naive_rows: int) -> list[tuple[str, str, str]]:
     candles, prep = _timed(replayed_minute_candles, rows)
     features, feature_s = _timed(compute_features, candles)
     print(f"setup: {len(candles):,} candles in {prep:.1f}s, {features.shape[1] - 1} features in {feature_s:.1f}s")
-    built, fast_s = _timed(build_training_set, features, candles, timeframe="1m", horizon_s=60, repeat=3)
-    _, hash_s = _timed(content_hash, built.frame, repeat=3)
-    asof, asof_s = _timed(merge_asof_training_set, features, candles, timeframe_s=60, horizon_s=60, repeat=3)
+    fast_s = asof_s = hash_s = float("inf")
+    for _ in range(3):  # interleaved, so both see the same load on a shared machine
+        built, seconds = _timed(build_training_set, features, candles, timeframe="1m", horizon_s=60)
+        fast_s = min(fast_s, seconds)
+        _, seconds = _timed(content_hash, built.frame)
+        hash_s = min(hash_s, seconds)
+        asof, seconds = _timed(merge_asof_training_set, features, candles, timeframe_s=60, horizon_s=60)
+        asof_s = min(asof_s, seconds)
     pd.testing.assert_frame_equal(built.frame, asof, check_exact=False, rtol=1e-12)
     subset = min(naive_rows, rows)
     naive, naive_s = _timed(naive_training_set, features.iloc[:subset], candles.iloc[: subset + 2],
@@ -139,12 +144,13 @@ def build_benchmark(rows: int, naive_rows: int) -> list[tuple[str, str, str]]:
     return [
         ("feature rows in / training rows out", f"{rows:,} / {built.row_count:,}",
          f"{built.dropped_for_gaps:,} dropped for gaps, {built.dropped_for_warmup:,} warm-up"),
-        ("rtml build_training_set (searchsorted)", f"{fast_s:.2f} s",
+        ("rtml build_training_set (grid lookup)", f"{fast_s:.2f} s",
          f"{per_row(fast_s)}; includes the sha256 content hash ({hash_s:.2f} s)"),
         ("pandas merge_asof (same rows, same checks, no hash)", f"{asof_s:.2f} s",
-         f"{per_row(asof_s)}; {asof_s / fast_s:.1f}x rtml, {asof_s / (fast_s - hash_s):.1f}x rtml without hash"),
+         f"{per_row(asof_s)}; {asof_s / fast_s:.1f}x rtml's time ({asof_s / max(fast_s - hash_s, 1e-9):.1f}x "
+         "without the hash)"),
         (f"naive per-row lookup (timed on {subset:,}, extrapolated)", f"{naive_full:.1f} s",
-         f"{per_row(naive_full)}; {naive_full / fast_s:.0f}x rtml"),
+         f"{per_row(naive_full)}; {naive_full / fast_s:.0f}x rtml's time"),
         ("XGBoost fit (hist, 100 trees, depth 4, 2 threads)", f"{xgb_s:.1f} s", f"{X.shape[0]:,} x {X.shape[1]}"),
         ("Lasso fit (StandardScaler + Lasso, alpha 1e-5)", f"{lasso_s:.1f} s", f"{X.shape[0]:,} x {X.shape[1]}"),
     ]
@@ -169,8 +175,9 @@ def model_report(quick: bool) -> list[tuple]:
         base = evaluate_baseline(ts, plan)["metrics"]
         rows.append((label, f"H={horizon}s", "mean of last 10", base["mae_price"], base["rmse_price"],
                      base["directional_accuracy"], base["skill_vs_mean10"], base["skill_vs_zero"], int(base["n_rows"])))
-        rows.append((label, f"H={horizon}s", "zero return", base["baseline_zero_mae_price"], float("nan"),
-                     float("nan"), 1 - base["baseline_zero_mae_price"] / base["mae_price"], 0.0, int(base["n_rows"])))
+        rows.append((label, f"H={horizon}s", "zero return", base["baseline_zero_mae_price"],
+                     base["baseline_zero_rmse_price"], 0.5, 1 - base["baseline_zero_mae_price"] / base["mae_price"],
+                     0.0, int(base["n_rows"])))
         for kind in ("lasso", "xgboost"):
             m = train_model(ts, kind, space, plan).metrics
             rows.append((label, f"H={horizon}s", kind, m["mae_price"], m["rmse_price"], m["directional_accuracy"],

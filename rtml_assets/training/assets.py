@@ -300,7 +300,8 @@ def baseline_model(training_set: TrainingSet) -> dg.Output[dict]:
     table = _md_table([
         ("baseline", "MAE price", "RMSE price", "directional accuracy"),
         ("mean of last 10", metrics["mae_price"], metrics["rmse_price"], metrics["directional_accuracy"]),
-        ("zero return", metrics["baseline_zero_mae_price"], float("nan"), "n/a (never calls a side)"),
+        ("zero return", metrics["baseline_zero_mae_price"], metrics["baseline_zero_rmse_price"],
+         "0.5 (never calls a side)"),
     ])
     return dg.Output(
         metrics,
@@ -353,7 +354,7 @@ def xgboost_model(
     ),
 )
 def candidate_model(lasso_model: RegisteredModel, xgboost_model: RegisteredModel) -> dg.Output[RegisteredModel]:
-    models = [m for m in (lasso_model, xgboost_model)]
+    models = [lasso_model, xgboost_model]
     if len({m.training_set_hash for m in models}) > 1:
         raise InputError(
             "lasso_model and xgboost_model were trained on different training sets; rematerialize both"

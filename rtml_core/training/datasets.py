@@ -1,6 +1,6 @@
 """Point-in-time training sets: for each time t, the features known at t and the return to t + H.
 
-Pure and vectorized (``numpy.searchsorted``); no I/O. Conventions:
+Pure and vectorized (a grid-slot table, or ``numpy.searchsorted`` off the grid); no I/O. Conventions:
 
 - ``features`` and ``prices`` frames carry a ``time`` column holding each candle's *start*;
   a candle is known at ``start + timeframe`` (its close time), never before.
@@ -125,6 +125,28 @@ def content_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+GRID_SLACK = 4
+"""Use the grid lookup while the time span has at most this many slots per candle."""
+
+
+def last_at_or_before(ends: np.ndarray, times: np.ndarray, step: int) -> np.ndarray:
+    """Index of the last ``ends`` value <= each of ``times`` (-1 when none), ``ends`` strictly
+    increasing. Exact either way: when the ends sit on a grid of ``step`` (candles) the lookup
+    is a table of grid slots, O(1) per time; otherwise a binary search (``searchsorted``)."""
+    if len(ends) == 0:
+        return np.full(len(times), -1, dtype=np.int64)
+    first = int(ends[0])
+    offsets = ends - first
+    slots = int(offsets[-1]) // step + 1
+    if slots > GRID_SLACK * len(ends) + 1024 or np.any(offsets % step):
+        return np.searchsorted(ends, times, side="right") - 1
+    table = np.full(slots, -1, dtype=np.int64)
+    table[offsets // step] = np.arange(len(ends))
+    np.maximum.accumulate(table, out=table)  # an empty slot means: the last candle before it
+    slot = (np.asarray(times, dtype=np.int64) - first) // step
+    return np.where(slot < 0, -1, table[np.clip(slot, 0, slots - 1)])
+
+
 def build_training_set(
     features: pd.DataFrame,
     prices: pd.DataFrame,
@@ -172,8 +194,8 @@ def build_training_set(
         feature_row = np.arange(len(t))
     else:
         feature_row = np.searchsorted(feature_end, t, side="right") - 1
-    price_now = np.searchsorted(price_end, t, side="right") - 1
-    price_then = np.searchsorted(price_end, t + horizon_ns, side="right") - 1
+    price_now = last_at_or_before(price_end, t, tf_ns)
+    price_then = last_at_or_before(price_end, t + horizon_ns, tf_ns)
 
     labelled = (t + horizon_ns) <= (price_end[-1] if len(price_end) else np.iinfo(np.int64).min)
     has_history = (feature_row >= 0) & (price_now >= 0)
@@ -198,14 +220,22 @@ def build_training_set(
     complete = (finite_row[safe_f] if len(features) else np.zeros(len(t), dtype=bool)) & np.isfinite(baseline[safe_p0])
 
     keep = labelled & no_gap & complete
-    rows = keep if times is None else safe_f[keep]  # a mask compresses faster than an index gathers
+    # one float block, filled row by row and handed to pandas without a consolidating copy
+    out_names = [*names, "price", "baseline_price", "target_price", "target"]
+    block = np.empty((len(out_names), int(keep.sum())), dtype=np.float64)
+    for position, values in enumerate(columns.values()):
+        if times is None:  # the feature row of t is row t itself: compress by the mask
+            np.compress(keep, values, out=block[position])
+        else:
+            np.take(values, safe_f[keep], out=block[position])
     now, then = safe_p0[keep], safe_p1[keep]
-    price, target_price = close[now], close[then]
-    data = {"time": pd.to_datetime(t[keep], unit="ns", utc=True)}
-    data.update((name, values[rows]) for name, values in columns.items())
-    data.update(price=price, baseline_price=baseline[now], target_price=target_price,
-                target=np.log(target_price / price))
-    frame = pd.DataFrame(data)
+    price, target_price, target = block[-4], block[-2], block[-1]
+    np.take(close, now, out=price)
+    np.take(baseline, now, out=block[-3])
+    np.take(close, then, out=target_price)
+    np.log(target_price / price, out=target)
+    frame = pd.DataFrame(block.T, columns=out_names, copy=False)
+    frame.insert(0, "time", pd.to_datetime(t[keep], unit="ns", utc=True))
 
     return TrainingSet(
         frame=frame,

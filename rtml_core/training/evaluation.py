@@ -97,7 +97,9 @@ def evaluate(predicted_return: np.ndarray, frame: pd.DataFrame) -> dict[str, flo
     out = dict(model)
     out["n_rows"] = float(len(frame))
     out["baseline_mean10_mae_price"] = mean10["mae_price"]
+    out["baseline_mean10_rmse_price"] = mean10["rmse_price"]
     out["baseline_zero_mae_price"] = zero["mae_price"]
+    out["baseline_zero_rmse_price"] = zero["rmse_price"]
     out["baseline_mean10_directional_accuracy"] = mean10["directional_accuracy"]
     out["skill_vs_mean10"] = _skill(model["mae_price"], mean10["mae_price"])
     out["skill_vs_zero"] = _skill(model["mae_price"], zero["mae_price"])

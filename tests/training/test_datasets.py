@@ -126,3 +126,21 @@ def test_bad_input_is_refused_with_a_clear_error():
         build_training_set(FEATURES.iloc[:4], shuffled, timeframe=TF, horizon_s=1800)
     with pytest.raises(InputError, match="no 'close' column"):
         build_training_set(FEATURES, CANDLES.drop(columns="close"), timeframe=TF, horizon_s=1800)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ends=st.lists(st.integers(min_value=0, max_value=400), min_size=1, max_size=60, unique=True),
+    times=st.lists(st.integers(min_value=-30, max_value=450), min_size=1, max_size=40),
+    step=st.sampled_from([1, 7]),
+    jitter=st.booleans(),
+)
+def test_grid_lookup_equals_binary_search(ends, times, step, jitter):
+    from rtml_core.training.datasets import last_at_or_before
+
+    grid = np.array(sorted(ends), dtype=np.int64) * step + 1_000
+    if jitter and step > 1:
+        grid[-1] += 1  # off the grid: the binary-search path
+    queries = np.array(times, dtype=np.int64) * step + 1_000
+    expected = np.searchsorted(grid, queries, side="right") - 1
+    np.testing.assert_array_equal(last_at_or_before(grid, queries, step), expected)
