@@ -51,12 +51,18 @@ class OrderBook:
         self.clear()
         self.apply_update(bids, asks)
 
-    def apply_update(self, bids: Iterable[BookLevel], asks: Iterable[BookLevel]) -> None:
-        """Set each level's size; a size of 0 removes the level. Truncates to ``depth``."""
+    def apply_update(
+        self, bids: Iterable[BookLevel], asks: Iterable[BookLevel]
+    ) -> tuple[list[Decimal], list[Decimal]]:
+        """Set each level's size; a size of 0 removes the level. Truncates to ``depth``.
+
+        Returns the bid and ask prices the truncation dropped (usually none).
+        """
         _apply_side(self.bids, bids)
         _apply_side(self.asks, asks)
         if self.depth is not None:
-            self.truncate(self.depth)
+            return self.truncate(self.depth)
+        return [], []
 
     def apply(self, update: BookUpdate) -> None:
         if update.is_snapshot:
@@ -64,11 +70,13 @@ class OrderBook:
         else:
             self.apply_update(update.bids, update.asks)
 
-    def truncate(self, depth: int) -> None:
-        """Drop the levels beyond the best ``depth`` on each side."""
-        for side in (self.bids, self.asks):
+    def truncate(self, depth: int) -> tuple[list[Decimal], list[Decimal]]:
+        """Drop the levels beyond the best ``depth`` on each side; returns their prices."""
+        dropped: tuple[list[Decimal], list[Decimal]] = ([], [])
+        for side, out in ((self.bids, dropped[0]), (self.asks, dropped[1])):
             while len(side) > depth:
-                side.popitem(-1)
+                out.append(side.popitem(-1)[0])
+        return dropped
 
     def top_bids(self, levels: int) -> list[Level]:
         return list(islice(self.bids.items(), levels))

@@ -42,6 +42,7 @@ DEFAULT_URL = "wss://ws.kraken.com/v2"
 DEFAULT_REST_URL = "https://api.kraken.com"
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 CHECKSUM_LEVELS = 10
+_ZERO = Decimal(0)
 
 Backfill = Callable[..., Iterable[Trade]]
 """``backfill(symbol, first_id, last_id, since_ns=...)`` -> the trades with ids in [first_id, last_id];
@@ -268,7 +269,10 @@ class KrakenSource(WebSocketSource):
             if is_snapshot:
                 book.apply_snapshot(bids, asks)
             else:
-                book.apply_update(bids, asks)
+                dropped_bids, dropped_asks = book.apply_update(bids, asks)
+                if dropped_bids or dropped_asks:  # tell consumers' books what truncation removed
+                    bids += tuple(BookLevel(price, _ZERO) for price in dropped_bids)
+                    asks += tuple(BookLevel(price, _ZERO) for price in dropped_asks)
             computed = kraken_checksum(book)
             if computed != entry.checksum:
                 self.metrics.checksum_failures.labels(self.exchange, symbol).inc()

@@ -77,8 +77,11 @@ def test_depth_truncation_drops_levels_beyond_the_depth_for_good() -> None:
     book = sample_book(depth_limit=2)
     assert [p for p, _ in book.top_bids(5)] == [Decimal("100.0"), Decimal("99.5")]
     assert [p for p, _ in book.top_asks(5)] == [Decimal("100.5"), Decimal("101.0")]
+    dropped = book.apply_update(levels(("99.75", "1")), levels(("100.75", "2")))  # better levels
+    assert dropped == ([Decimal("99.5")], [Decimal("101.0")])  # pushed beyond the depth
+    assert [p for p, _ in book.top_bids(5)] == [Decimal("100.0"), Decimal("99.75")]
     book.apply_update(levels(("100.0", "0")), [])  # the exchange would send the level that enters
-    assert [p for p, _ in book.top_bids(5)] == [Decimal("99.5")]
+    assert [p for p, _ in book.top_bids(5)] == [Decimal("99.75")]
     with pytest.raises(ValueError):
         OrderBook(0)
 

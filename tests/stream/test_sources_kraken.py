@@ -417,3 +417,67 @@ async def test_close_ends_the_event_stream_while_connected_and_while_backing_off
 
 async def consume_all(source: KrakenSource) -> list:
     return [event async for event in source.events()]
+
+
+def independent_checksum(bids: dict[Decimal, Decimal], asks: dict[Decimal, Decimal]) -> int:
+    """Kraken's checksum written the plain way (dicts, sorted here), to cross-check ours."""
+    import zlib
+
+    def text(value: Decimal) -> str:
+        return f"{value:f}".replace(".", "").lstrip("0")
+
+    top = sorted(asks.items())[:10] + sorted(bids.items(), reverse=True)[:10]
+    return zlib.crc32("".join(text(p) + text(q) for p, q in top).encode())
+
+
+async def test_levels_pushed_out_by_truncation_are_sent_as_deletions() -> None:
+    """A new level inside the top 10 pushes the 10th out of Kraken's depth-10 book without a
+    message for it; the yielded update carries it as a size-0 level, so a consumer's unbounded
+    book stays equal to the source's truncated one."""
+    snapshot = json.loads(SNAPSHOT, parse_float=Decimal)["data"][0]
+    bids = {lv["price"]: lv["qty"] for lv in snapshot["bids"]}
+    asks = {lv["price"]: lv["qty"] for lv in snapshot["asks"]}
+    assert independent_checksum(bids, asks) == snapshot["checksum"]
+    bids[Decimal("78870.0")] = Decimal("0.50000000")
+    del bids[min(bids)]  # Kraken's view: depth 10, the worst bid has gone
+    update = {
+        "channel": "book",
+        "type": "update",
+        "data": [
+            {
+                "symbol": "BTC/USD",
+                "bids": [{"price": 78870.0, "qty": 0.50000000}],
+                "asks": [],
+                "checksum": independent_checksum(bids, asks),
+                "timestamp": "2026-08-24T22:21:58.400000Z",
+            }
+        ],
+    }
+    text = json.dumps(update).replace('"qty": 0.5}', '"qty": 0.50000000}')
+    metrics = StreamMetrics()
+    server = KrakenServer(
+        [Session([text])], book_snapshots={"BTC/USD": SNAPSHOT}, expected_channels=("book",)
+    )
+    async with server:
+        source = KrakenSource(
+            ["BTC-USD"],
+            url=server.url,
+            channels=("book",),
+            metrics=metrics,
+            backfill=None,
+            idle_timeout=1.0,
+            reconnect=FAST_RECONNECT,
+            ping_interval=None,
+        )
+        updates = await take(source.events(), 2, kind=BookUpdate)
+        await source.close()
+    assert metrics.value("checksum_failures", exchange="kraken", symbol="BTC-USD") == 0
+    assert updates[1].bids == (
+        BookLevel(Decimal("78870.0"), Decimal("0.50000000")),
+        BookLevel(Decimal("78858.8"), Decimal(0)),
+    )
+    consumer = OrderBook()  # no depth limit
+    for update in updates:
+        consumer.apply(update)
+    assert consumer.top_bids(100) == source.books["BTC-USD"].top_bids(100)
+    assert len(consumer.bids) == 10
