@@ -295,6 +295,8 @@ class WebSocketSource(Source):
     async def events(self) -> AsyncIterator[Event]:
         delays: Iterator[float] | None = None
         exchange = self.exchange
+        messages_in = self.metrics.messages_in.labels(exchange)
+        last_message_time = self.metrics.last_message_time.labels(exchange)
         while not self._closing.is_set():
             reason = "closed"
             try:
@@ -329,8 +331,8 @@ class WebSocketSource(Source):
                                 raw = await ws.recv(decode=False)
                         except TimeoutError:
                             raise IdleTimeout(f"no message for {idle}s") from None
-                        self.metrics.messages_in.labels(exchange).inc()
-                        self.metrics.last_message_time.labels(exchange).set(time.time())
+                        messages_in.inc()
+                        last_message_time.set(time.time())
                         events = await self._handle_safely(raw)
                         if events:
                             delays = None  # a working connection resets the backoff
