@@ -184,35 +184,29 @@ def build_training_set(
         raise InputError(f"prices row {row} has a non-positive or missing close {close[row]!r}", line=row)
     baseline = pd.Series(close).rolling(BASELINE_WINDOW, min_periods=BASELINE_WINDOW).mean().to_numpy()
 
-    if times is None:
+    if len(close) == 0:
+        raise InputError("prices frame has no rows: no candles in the range")
+    if times is None:  # t is each feature row's own close time: the feature lookup is the identity
         t = feature_end.copy()
-    else:
-        t = pd.to_datetime(pd.Series(times), utc=True).to_numpy(dtype="datetime64[ns]").astype(np.int64)
-        t = np.unique(t)
-
-    if times is None:  # t is each feature row's own close time: the lookup is the identity
         feature_row = np.arange(len(t))
     else:
+        t = np.unique(pd.to_datetime(pd.Series(times), utc=True).to_numpy(dtype="datetime64[ns]").astype(np.int64))
         feature_row = np.searchsorted(feature_end, t, side="right") - 1
     price_now = last_at_or_before(price_end, t, tf_ns)
     price_then = last_at_or_before(price_end, t + horizon_ns, tf_ns)
 
-    labelled = (t + horizon_ns) <= (price_end[-1] if len(price_end) else np.iinfo(np.int64).min)
+    labelled = (t + horizon_ns) <= price_end[-1]
     has_history = (feature_row >= 0) & (price_now >= 0)
     safe_f = np.clip(feature_row, 0, None)
     safe_p0 = np.clip(price_now, 0, None)
     safe_p1 = np.clip(price_then, 0, None)
-    if len(price_end):
-        end_now, end_then = price_end[safe_p0], price_end[safe_p1]
-        fresh_price = end_now > t - tf_ns  # the candle closing at or before t is the latest possible
-        fresh_target = end_then > t + horizon_ns - tf_ns
-        contiguous = (end_then - end_now) == (price_then - price_now).astype(np.int64) * tf_ns
-    else:
-        fresh_price = fresh_target = contiguous = np.zeros(len(t), dtype=bool)
-    fresh_features = (feature_end[safe_f] == price_end[safe_p0]) if len(feature_end) else fresh_price
+    end_now, end_then = price_end[safe_p0], price_end[safe_p1]
+    fresh_price = end_now > t - tf_ns  # the candle closing at or before t is the latest possible
+    fresh_target = end_then > t + horizon_ns - tf_ns
+    contiguous = (end_then - end_now) == (price_then - price_now).astype(np.int64) * tf_ns
+    fresh_features = (feature_end[safe_f] == end_now) if len(feature_end) else fresh_price
     no_gap = has_history & fresh_price & fresh_target & contiguous & fresh_features
 
-    # column by column: 1-D gathers stay cache-friendly where a 2-D row gather does not
     columns = {name: features[name].to_numpy(dtype=np.float64) for name in names}
     finite_row = np.ones(len(features), dtype=bool)
     for values in columns.values():

@@ -144,3 +144,10 @@ def test_grid_lookup_equals_binary_search(ends, times, step, jitter):
     queries = np.array(times, dtype=np.int64) * step + 1_000
     expected = np.searchsorted(grid, queries, side="right") - 1
     np.testing.assert_array_equal(last_at_or_before(grid, queries, step), expected)
+
+
+def test_empty_inputs():
+    empty = build_training_set(FEATURES.iloc[:0], CANDLES, timeframe=TF, horizon_s=1800)
+    assert empty.row_count == 0 and empty.dropped_for_gaps == 0 and len(empty.content_hash) == 64
+    with pytest.raises(InputError, match="no candles"):
+        build_training_set(FEATURES, CANDLES.iloc[:0], timeframe=TF, horizon_s=1800)
