@@ -1,8 +1,8 @@
 """The sidecar's online features as a Dagster external asset, reported from the stream.
 
-``online_features_spec()`` is the ``AssetSpec`` the code location includes (group ``online``,
-with a freshness policy) and ``online_features_checks()`` the freshness check that turns the
-asset red in the UI when the stream stops. The sidecar reports materializations of it through
+``online_features_spec()`` is the ``AssetSpec`` the code location includes (group ``online``),
+with a time-window ``FreshnessPolicy`` (warn after 3 minutes without a report, fail after 10), so
+the UI shows the asset stale and can alert when the stream stops. The sidecar reports materializations of it through
 Dagster's API, throttled to one per market per ``interval_s``, with metadata: exchange, symbol,
 timeframes, last event time, rows written, lag from candle close to the online write.
 
@@ -45,13 +45,6 @@ def online_features_spec(fail_after: timedelta = timedelta(minutes=10), warn_aft
         metadata={"writer": "rtml stream", "key_schema": "{prefix}:latest:{exchange:symbol}:{timeframe}"},
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=fail_after, warn_window=warn_after),
     )
-
-
-def online_features_checks(lower_bound: timedelta = timedelta(minutes=5)):
-    """A freshness check: fails when no materialization was reported within ``lower_bound``."""
-    import dagster as dg
-
-    return dg.build_last_update_freshness_checks(assets=[ONLINE_FEATURES_ASSET], lower_bound_delta=lower_bound)
 
 
 @dataclass
