@@ -25,8 +25,8 @@ def window_summary(frame: pd.DataFrame, window: MarketWindow) -> dict[str, objec
     """Rows, first/last time, gaps and a markdown preview of one window of a frame."""
     summary: dict[str, object] = {"rows": len(frame)}
     if len(frame):
-        summary["first"] = str(frame["time"].iloc[0])
-        summary["last"] = str(frame["time"].iloc[-1])
+        summary["first"] = str(frame["time"].min())
+        summary["last"] = str(frame["time"].max())
     else:
         summary["first"] = summary["last"] = "-"
     if {"open", "close"} <= set(frame.columns):
@@ -83,12 +83,10 @@ def build_market_history_assets(
         summaries = []
         for window in market_windows(context.partition_keys, market_list):
             market = window.market
-            if market.has_trades:
-                trades = sources.trades_in_window(market, window.start_ns, window.end_ns)
-                written = store.write_trades(trades)
-                context.log.info(f"{window.label}: {written} trades upserted from {market.source}")
-            frame = store.read_trades(market.exchange, market.symbol, window.start_ns, window.end_ns)
-            summaries.append((window, window_summary(frame, window)))
+            trades = sources.trades_in_window(market, window.start_ns, window.end_ns) if market.has_trades else []
+            written = store.write_trades(trades)
+            context.log.info(f"{window.label}: {written} trades upserted from {market.source}")
+            summaries.append((window, window_summary(sources.trades_frame(trades), window)))
         return dg.MaterializeResult(metadata=materialization_metadata(summaries))
 
     @dg.asset(

@@ -34,13 +34,13 @@ def _as_market(items: Iterable, market: MarketSource) -> Iterator:
         yield item
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=1)
 def _all_trades(market: MarketSource, mtime_ns: int) -> tuple[Trade, ...]:
-    """A source file parsed once per process (a range run or the demo reads it once)."""
+    """A source file parsed once per process while it is unchanged (only the latest is kept)."""
     return tuple(_as_market(_read_trades(market), market))
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=1)
 def _all_candles(market: MarketSource, mtime_ns: int) -> tuple[Candle, ...]:
     candles = tuple(_as_market(_read_candles(market), market))
     wrong = next((c for c in candles if c.timeframe != market.timeframe), None)
@@ -81,3 +81,14 @@ def frame_to_trades(frame: pd.DataFrame, market: MarketSource) -> Iterator[Trade
         frame["side"].tolist(), strict=True,
     ):
         yield Trade(market.exchange, market.symbol, int(trade_id), time_ns, _exact(price), _exact(size), side)
+
+
+def trades_frame(trades: list[Trade]) -> pd.DataFrame:
+    """Trades as the store's frame shape (time, trade_id, price, size, side), for summaries."""
+    return pd.DataFrame({
+        "time": pd.to_datetime([t.time_ns for t in trades], unit="ns", utc=True).as_unit("ns"),
+        "trade_id": pd.array([t.trade_id for t in trades], dtype="int64"),
+        "price": [t.price for t in trades],
+        "size": [t.size for t in trades],
+        "side": [t.side for t in trades],
+    })
