@@ -134,3 +134,31 @@ def test_duplicate_market_state_is_per_market(ticks) -> None:
     _, together = run(mixed, ("1m",))
     _, alone = run(other, ("1m",))
     assert [r for r in together.rows if r.symbol == "NQ-USD"] == alone.rows
+
+
+def test_folded_runs_give_the_candles_of_trade_by_trade_adds(ticks) -> None:
+    """The batch fast path equals CandleBuilder.add trade by trade, with disorder and late trades."""
+    import random
+
+    from rtml_core.candles import MultiTimeframeBuilder
+
+    rng = random.Random(7)
+    trades = list(ticks[:20_000])
+    for k in range(0, len(trades) - 40, 37):  # local disorder inside windows, and some late stragglers
+        block = trades[k:k + 12]
+        rng.shuffle(block)
+        trades[k:k + 12] = block
+    for k in range(500, len(trades), 2_500):
+        old = trades[k - 400]
+        trades.insert(k, Trade(old.exchange, old.symbol, 1_000_000 + k, old.time_ns, old.price, old.size, "sell"))
+    lateness = 1_500_000_000
+    reference = MultiTimeframeBuilder("replay", "ES-USD", TIMEFRAMES, allowed_lateness_ns=lateness, fill_gaps=True)
+    expected = [c for t in trades for c in reference.add(t)]
+    pipeline = Pipeline(TIMEFRAMES, allowed_lateness_ns=lateness)
+    for i in range(0, len(trades), 999):
+        pipeline.on_trades(trades[i:i + 999])
+    out = pipeline.drain()
+    key = lambda c: (c.timeframe, c.start_ns)  # noqa: E731
+    assert sorted(out.candles, key=key) == sorted(expected, key=key)
+    assert pipeline.late == reference.late > 0
+    assert len(out.corrections) == reference.late
