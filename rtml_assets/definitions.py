@@ -18,6 +18,7 @@ from rtml_assets.market_history.checks import build_market_history_checks
 from rtml_assets.market_history.markets import MarketSource, demo_markets, load_markets
 from rtml_assets.market_history.partitions import market_day_partitions
 from rtml_assets.resources import OfflineStoreResource
+from rtml_core.features import DEFAULT_FEATURE_SET, FeatureSet
 from rtml_core.settings import Settings
 
 
@@ -34,9 +35,8 @@ def market_catalog(settings: Settings) -> list[MarketSource]:
 
 
 def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None = None,
-                      feature_set=None) -> dg.Definitions:
-    from rtml_core.features import DEFAULT_FEATURE_SET
-
+                      feature_set: FeatureSet | None = None) -> dg.Definitions:
+    """Every asset, check and resource of rtml for ``markets`` (default: the configured catalog)."""
     markets = list(markets) if markets is not None else market_catalog(settings)
     feature_set = feature_set or DEFAULT_FEATURE_SET
     partitions = market_day_partitions(markets)
@@ -47,6 +47,14 @@ def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None
         asset_checks=[
             *build_market_history_checks(markets, validated_candles),
             *build_feature_checks(markets, indicator_table, feature_set),
+        ],
+        jobs=[
+            dg.define_asset_job("market_history_job", selection=dg.AssetSelection.groups("market_history"),
+                                partitions_def=partitions,
+                                description="Import trades and build validated candles for chosen days and markets."),
+            dg.define_asset_job("features_job", selection=dg.AssetSelection.groups("features"),
+                                partitions_def=partitions,
+                                description="Recompute the indicator table for chosen days and markets."),
         ],
         resources={"offline_store": offline_store_resource(settings)},
     )

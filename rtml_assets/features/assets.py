@@ -14,6 +14,7 @@ import pandas as pd
 from rtml_assets.market_history.markets import MarketSource
 from rtml_assets.market_history.partitions import MarketWindow, market_windows
 from rtml_assets.resources import OfflineStoreResource
+from rtml_core.features import FeatureSet, compute_features
 
 GROUP = "features"
 OWNERS = ["team:features"]
@@ -26,22 +27,20 @@ def history_for(store, window: MarketWindow) -> pd.DataFrame:
     return store.read_candles(market.exchange, market.symbol, market.timeframe, None, window.end_ns)
 
 
-def window_features(candles: pd.DataFrame, window: MarketWindow, feature_set) -> pd.DataFrame:
+def window_features(candles: pd.DataFrame, window: MarketWindow, feature_set: FeatureSet) -> pd.DataFrame:
     """The feature rows of the window's candles, computed over all candles given."""
-    from rtml_core.features import compute_features
-
     features = compute_features(candles, feature_set)
     start = pd.Timestamp(window.start_ns, unit="ns", tz="UTC")
     return features[features["time"] >= start].reset_index(drop=True)
 
 
-def feature_spec(feature_set) -> dict:
+def feature_spec(feature_set: FeatureSet) -> dict:
     """What the feature set is, as JSON stored beside its version in the offline store."""
     return {"features": feature_set.to_json(), "warmup": int(feature_set.warmup)}
 
 
 def build_feature_assets(
-    markets: Sequence[MarketSource], partitions_def: dg.PartitionsDefinition, feature_set,
+    markets: Sequence[MarketSource], partitions_def: dg.PartitionsDefinition, feature_set: FeatureSet,
     validated_candles: dg.AssetsDefinition,
 ) -> list[dg.AssetsDefinition]:
     """``indicator_table`` for ``feature_set``, partitioned like ``validated_candles``."""

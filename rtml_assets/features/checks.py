@@ -11,6 +11,7 @@ from rtml_assets.market_history.checks import ERROR, Measurement, combine, to_ch
 from rtml_assets.market_history.markets import MarketSource
 from rtml_assets.market_history.partitions import MarketWindow, market_windows
 from rtml_assets.resources import OfflineStoreResource
+from rtml_core.features import FeatureSet
 
 BOUNDED = {
     "rsi_14": (0.0, 100.0),
@@ -66,7 +67,7 @@ def measure_row_count(features: pd.DataFrame, candles: pd.DataFrame) -> Measurem
 
 
 def build_feature_checks(
-    markets: Sequence[MarketSource], indicator_table: dg.AssetsDefinition, feature_set
+    markets: Sequence[MarketSource], indicator_table: dg.AssetsDefinition, feature_set: FeatureSet
 ) -> list[dg.AssetChecksDefinition]:
     """ERROR, blocking checks on ``indicator_table`` for ``feature_set``'s rows."""
     def read(store, window: MarketWindow) -> pd.DataFrame:

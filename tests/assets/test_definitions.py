@@ -48,6 +48,8 @@ def test_definitions_load_with_groups_checks_and_partitions(monkeypatch: pytest.
         "cme_ES-USD_1m", "kraken_BTC-USDT_1m", "unknown_BTC-USD_30m"]
     assert defs.get_assets_def("indicator_table").partitions_def == partitions
     assert graph.get(dg.AssetKey("indicator_table")).parent_keys == {dg.AssetKey("validated_candles")}
+    assert defs.resolve_job_def("market_history_job").partitions_def == partitions
+    assert defs.resolve_job_def("features_job") is not None
     store = defs.resources["offline_store"]
     assert store.url == f"sqlite:///{(tmp_path / 'offline.sqlite').resolve()}"
 

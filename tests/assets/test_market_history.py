@@ -6,7 +6,6 @@ import datetime as dt
 import gzip
 from pathlib import Path
 
-import pytest
 
 from rtml_assets.market_history.markets import BUNDLED_DATA, MarketSource, demo_markets
 from rtml_assets.market_history.partitions import day_start_ns
