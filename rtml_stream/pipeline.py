@@ -31,6 +31,7 @@ log = structlog.get_logger("rtml_stream.pipeline")
 
 NO_RESUME = -(2**63)
 _MIN_SEGMENT = 4  # shorter runs are cheaper trade by trade
+_MAX_PENDING_FLOW = 65_536  # trades held for the trade-flow window between live reads
 _ZERO = decimal.Decimal(0)
 _ORDER = operator.attrgetter("time_ns", "trade_id")
 
@@ -60,7 +61,7 @@ class MarketState:
 
     __slots__ = ("exchange", "symbol", "timeframes", "builders", "engines", "flow", "book", "live_dirty",
                  "last_trade_id", "last_trade_time_ns", "resume_after_id", "resume_until", "resume_max",
-                 "book_seen")
+                 "book_seen", "pending_flow")
 
     def __init__(self, exchange: str, symbol: str, timeframes: Sequence[str], builders: list[CandleBuilder],
                  engines: list[FeatureEngine], flow: TradeFlow) -> None:
@@ -70,6 +71,7 @@ class MarketState:
         self.builders = builders
         self.engines = engines
         self.flow = flow
+        self.pending_flow: list[Trade] = []  # trades not yet in ``flow`` (folded when live values are read)
         self.book = OrderBook()
         self.book_seen = False
         self.live_dirty = False
@@ -189,14 +191,34 @@ class Pipeline:
                 self._fold_segment(state, segment)
             else:
                 self._add_each(state, segment)
+            if len(state.pending_flow) > _MAX_PENDING_FLOW:
+                self._fold_flow(state)
             i = j
         self.trades_in += n
+
+    def _fold_flow(self, state: MarketState) -> None:
+        """Feed the pending trades to the market's ``TradeFlow``, skipping those the window has
+        already left (time ordered input: the same window contents as feeding every trade)."""
+        pending = state.pending_flow
+        if not pending:
+            return
+        state.pending_flow = []
+        flow = state.flow
+        latest = max(trade.time_ns for trade in pending)
+        if flow._latest_ns is not None and flow._latest_ns > latest:
+            latest = flow._latest_ns
+        cutoff = latest - flow.window_ns
+        add = flow.add_values
+        for trade in pending:
+            t = trade.time_ns
+            if t > cutoff:
+                add(t, float(trade.price), float(trade.size), trade.side)
 
     def _add_each(self, state: MarketState, trades: Sequence[Trade]) -> None:
         """The per-trade path: every trade through every builder (late trades, resume marks)."""
         closed_any = self._closed
         builders = state.builders
-        flow_add = state.flow.add_values
+        pending = state.pending_flow
         for trade in trades:
             tid = trade.trade_id
             if tid <= state.resume_after_id:
@@ -212,7 +234,7 @@ class Pipeline:
                     closed = builder.add(trade)
                     if closed:
                         closed_any(state, k, closed)
-            flow_add(t, float(trade.price), float(trade.size), trade.side)
+            pending.append(trade)
             last = state.last_trade_id
             if last is None or tid > last:
                 state.last_trade_id = tid
@@ -263,9 +285,7 @@ class Pipeline:
                 closed = builder.advance(max_t)
                 if closed:
                     closed_any(state, k, closed)
-        flow_add = state.flow.add_values
-        for trade in segment:
-            flow_add(trade.time_ns, float(trade.price), float(trade.size), trade.side)
+        state.pending_flow.extend(segment)
         newest = latest if (latest.time_ns, latest.trade_id) > (t0, first.trade_id) else first
         top_id = max(trade.trade_id for trade in segment)
         if state.last_trade_id is None or top_id > state.last_trade_id:
@@ -300,6 +320,7 @@ class Pipeline:
                 closed = builder.advance(now_ns)
                 if closed:
                     self._closed(state, i, closed)
+            self._fold_flow(state)
             if state.flow.trade_count:
                 state.flow.advance(now_ns)
                 state.live_dirty = True
@@ -355,6 +376,7 @@ class Pipeline:
             if not state.live_dirty:
                 continue
             state.live_dirty = False
+            self._fold_flow(state)
             values = state.flow.features()
             time_ns = state.last_trade_time_ns or 0
             if state.book_seen and state.book.best_bid() is not None and state.book.best_ask() is not None:
