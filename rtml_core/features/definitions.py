@@ -32,6 +32,9 @@ class FeatureSpec:
     warmup: int = 0
     description: str = ""
 
+    def __hash__(self) -> int:
+        return hash((self.name, self.node_key, self.output))
+
     @property
     def kind(self) -> str:
         return self.indicator
