@@ -85,12 +85,11 @@ def create_app(settings: Settings, *, online_store=None, registry=None) -> Lites
                 except Exception:  # noqa: BLE001 - closing is best effort at shutdown
                     log.exception("closing %r", client)
 
-    middleware: list = []
+    middleware: list = [MetricsMiddleware]  # outermost: counts 401s and 429s too
     if keys and not settings.api_auth_disabled:
         middleware.append(DefineMiddleware(ApiKeyMiddleware, keys=keys))
     if settings.api_rate_limit > 0:
         middleware.append(rate_limit_config(settings.api_rate_limit, list(PUBLIC_PATHS)).middleware)
-    middleware.append(MetricsMiddleware)
 
     return Litestar(
         route_handlers=[PredictController, FeaturesController, ModelsController, prediction_stream,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from api.inference import Predictor
@@ -142,16 +142,28 @@ def served_from_loaded(loaded, marker: Hashable, real_rows=None) -> ServedModel:
 class RegistryChampionSource:
     """``ChampionSource`` over ``rtml_core.registry.ModelRegistry`` (promotion epoch as marker)."""
 
+    CACHED_VERSIONS = 4
+
     def __init__(self, registry) -> None:
         self.registry = registry
+        self._compiled: dict[str, ServedModel] = {}  # version -> verified bundle, for fast rollbacks
 
     def champion_marker(self) -> Hashable | None:
         return self.registry.champion_epoch() or None
 
     def load_champion(self) -> ServedModel | None:
         marker = self.registry.champion_epoch()  # read first: a promotion racing us is seen next poll
-        loaded = self.registry.load_champion()
-        return None if loaded is None else served_from_loaded(loaded, marker)
+        champion = self.registry.champion()
+        if champion is None:
+            return None
+        cached = self._compiled.get(str(champion.version))
+        if cached is not None:  # verified when first loaded; artifacts are immutable (sha256-named)
+            return replace(cached, marker=marker, loaded_at_ns=time.time_ns())
+        served = served_from_loaded(self.registry.load_model(champion.version), marker)
+        self._compiled[served.version] = served
+        while len(self._compiled) > self.CACHED_VERSIONS:
+            self._compiled.pop(next(iter(self._compiled)))
+        return served
 
     def list_models(self) -> list[dict[str, Any]]:
         champion = self.registry.champion()

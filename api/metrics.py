@@ -78,4 +78,10 @@ class MetricsMiddleware:
                 metrics.requests.labels(route, scope["method"], str(status[0])).inc()
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as error:  # answered by the app's exception handlers, outside this middleware
+            route = scope.get("path_template", "unrouted")
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+            metrics.requests.labels(route, scope["method"], str(getattr(error, "status_code", 500))).inc()
+            raise

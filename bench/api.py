@@ -5,8 +5,8 @@
 Both apps run under uvicorn (uvloop + httptools, one worker, no access log) on loopback,
 serve the same XGBoost model trained on the real BTC-USD 30m candles, and read the same
 feature row from real Redis on every request. Load: an open-loop generator at fixed rates
-(latency from the moment each request is written; requests are scheduled on a clock, never
-waiting for earlier answers) and `wrk` at saturation (closed loop, 32 connections).
+(requests are due on a clock, never waiting for earlier answers; latency runs from the
+moment a request is due; unanswered ones count as failed) and `wrk` at saturation (closed loop, 32 connections).
 Also: single-row inference latency of each path (XGBoost, ONNX Runtime, Treelite GTIL).
 """
 
@@ -146,7 +146,12 @@ async def one_request(port: int) -> tuple[int, bytes]:
 
 
 async def fixed_rate(port: int, rate: float, duration: float, connections: int = 64) -> dict:
-    """Open loop: request i is sent at start + i / rate on an idle keep-alive connection."""
+    """Open loop: request i is due at start + i / rate and goes out on the next idle connection.
+
+    Latency runs from the moment a request is due (after the dispatcher hands it over), so time
+    spent waiting for a free connection behind slow answers counts. Requests still unanswered
+    at ``duration + grace`` are counted as dropped, with their wait so far as their latency.
+    """
     payload = request_bytes(port)
     queue: asyncio.Queue = asyncio.Queue()
     latencies: list[float] = []
@@ -155,11 +160,10 @@ async def fixed_rate(port: int, rate: float, duration: float, connections: int =
     async def worker() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            while (item := await queue.get()) is not None:
-                sent = time.perf_counter()
+            while (due := await queue.get()) is not None:
                 writer.write(payload)
                 status, _ = await read_response(reader)
-                latencies.append(time.perf_counter() - sent)
+                latencies.append(time.perf_counter() - due)
                 if status != 200:
                     errors[0] += 1
         finally:
@@ -173,14 +177,25 @@ async def fixed_rate(port: int, rate: float, duration: float, connections: int =
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        queue.put_nowait(i)
+        queue.put_nowait(time.perf_counter())
     for _ in workers:
         queue.put_nowait(None)
-    await asyncio.gather(*workers)
-    elapsed = time.perf_counter() - start
-    values = np.array(latencies) * 1e3
-    return {"rps": len(values) / elapsed, "p50": float(np.percentile(values, 50)),
-            "p99": float(np.percentile(values, 99)), "errors": errors[0], "n": len(values)}
+    _, pending = await asyncio.wait(workers, timeout=2.0 + duration / 2)
+    end = time.perf_counter()
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    answered = len(latencies)
+    waiting = []
+    while not queue.empty():
+        due = queue.get_nowait()
+        if due is not None:
+            waiting.append(end - due)
+    dropped = total - answered
+    waiting += [end - start - duration] * max(0, dropped - len(waiting))  # in flight when stopped
+    values = np.array(latencies + waiting) * 1e3
+    return {"rps": answered / (end - start), "p50": float(np.percentile(values, 50)),
+            "p99": float(np.percentile(values, 99)), "errors": errors[0] + dropped, "n": answered}
 
 
 def saturate_wrk(port: int, duration: float, connections: int = 32) -> dict:
@@ -338,7 +353,7 @@ def main() -> None:
 
         print("\nPOST /v1/predict over loopback, uvicorn (uvloop, httptools), 1 worker each")
         loads = list(next(iter(results.values())))
-        print(f"{'app':32} {'load':18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        print(f"{'app':32} {'load':18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}")
         for load in loads:
             for name in results:
                 r = results[name][load]

@@ -63,6 +63,8 @@ async def test_api_key_required_and_compared(client):
     assert_error(await client.post("/v1/predict", json={"symbol": "BTC-USD"}, headers=wrong), 401,
                  "unauthorized")
     assert (await client.get("/health")).status_code == 200
+    metrics = (await client.get("/metrics")).text
+    assert 'rtml_api_requests_total{method="POST",route="/v1/predict",status="401"} 2.0' in metrics
 
 
 def test_no_keys_and_auth_not_disabled_refuses_to_start():

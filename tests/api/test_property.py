@@ -54,13 +54,13 @@ def check(response) -> None:
         assert set(body) == {"status_code", "error", "detail"} and body["status_code"] == response.status_code
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=predict_bodies)
 def test_predict_never_answers_5xx(client, body):
     check(client.post("/v1/predict", content=json.dumps(body), headers={**HEADERS, "Content-Type": "application/json"}))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=batch_bodies)
 def test_batch_never_answers_5xx(client, body):
     check(client.post("/v1/predict/batch", content=json.dumps(body),
