@@ -40,4 +40,11 @@ def candle_frames(draw, min_size: int = 1, max_size: int = 160) -> pd.DataFrame:
                 "volume": draw(volume),
             }
         )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if draw(st.booleans()):  # candles that carry their own vwap (NaN for an empty candle)
+        inside = st.floats(0.0, 1.0, allow_nan=False)
+        frame["vwap"] = [
+            float("nan") if row["volume"] == 0 else round(row["low"] + draw(inside) * (row["high"] - row["low"]), 10)
+            for row in rows
+        ]
+    return frame
