@@ -5,6 +5,7 @@ range, in one run) changes nothing the second time.
 """
 
 from collections.abc import Sequence
+from itertools import groupby
 
 import dagster as dg
 import pandas as pd
@@ -12,9 +13,10 @@ import pandas as pd
 from rtml_assets.market_history import sources
 from rtml_assets.market_history.checks import measure_gaps
 from rtml_assets.market_history.markets import MarketSource
-from rtml_assets.market_history.partitions import MarketWindow, market_windows
+from rtml_assets.market_history.partitions import NS_PER_DAY, MarketWindow, market_windows
 from rtml_assets.resources import OfflineStoreResource
 from rtml_core.candles import build_candles
+from rtml_core.schemas import Candle, Trade
 
 GROUP = "market_history"
 OWNERS = ["team:market-data"]
@@ -56,6 +58,18 @@ def materialization_metadata(summaries: Sequence[tuple[MarketWindow, dict[str, o
     previews = [f"**{window.label}**\n\n{s['preview']}" for window, s in summaries]
     metadata["preview"] = dg.MetadataValue.md("\n\n".join(previews))
     return metadata
+
+
+def candles_by_day(trades: list[Trade], market: MarketSource) -> list[Candle]:
+    """Candles of each UTC day built on their own, so gap filling never crosses midnight and a
+    range run writes exactly what day-by-day runs write."""
+    if not market.fill_gaps:  # windows align to the epoch and divide a day: no day split needed
+        return build_candles(trades, market.timeframe, exchange=market.exchange, symbol=market.symbol)
+    candles: list[Candle] = []
+    for _, day in groupby(sorted(trades, key=lambda t: (t.time_ns, t.trade_id)), key=lambda t: t.time_ns // NS_PER_DAY):
+        candles.extend(build_candles(list(day), market.timeframe, fill_gaps=True,
+                                     exchange=market.exchange, symbol=market.symbol))
+    return candles
 
 
 def build_market_history_assets(
@@ -112,8 +126,7 @@ def build_market_history_assets(
             market = window.market
             if market.has_trades:
                 trades = store.read_trades(market.exchange, market.symbol, window.start_ns, window.end_ns, exact=True)
-                candles = build_candles(sources.frame_to_trades(trades, market), market.timeframe,
-                                        fill_gaps=market.fill_gaps, exchange=market.exchange, symbol=market.symbol)
+                candles = candles_by_day(list(sources.frame_to_trades(trades, market)), market)
             else:
                 candles = sources.candles_in_window(market, window.start_ns, window.end_ns)
             written = store.replace_candles(candles, exchange=market.exchange, symbol=market.symbol,

@@ -6,6 +6,8 @@ import datetime as dt
 import gzip
 from pathlib import Path
 
+import pandas as pd
+
 
 from rtml_assets.market_history.markets import BUNDLED_DATA, MarketSource, demo_markets
 from rtml_assets.market_history.partitions import day_start_ns
@@ -149,3 +151,23 @@ def test_definitions_cover_every_demo_market_day():
     markets = demo_markets()
     assert {m.key for m in markets} == {"cme_ES-USD_1m", "kraken_BTC-USDT_1m", "unknown_BTC-USD_30m"}
     assert all(m.source.exists() for m in markets), "the bundled data/ files are missing"
+
+
+def test_filled_candles_are_the_same_from_a_range_run_and_from_daily_runs(tmp_path: Path):
+    # 10 s candles: the real trades at 23:59:48 and 00:00:00 leave the 23:59:50 interval empty,
+    # a gap across midnight that a range run must not fill when daily runs cannot
+    kraken = market("kraken_BTC-USDT_1m").model_copy(update={"timeframe": "10s"})
+    frames = []
+    for name, days in (("range", [(kraken.first_day, kraken.last_day)]),
+                       ("daily", [(kraken.first_day, None), (kraken.last_day, None)])):
+        url = f"sqlite:///{tmp_path / f'{name}.sqlite'}"
+        defs = definitions(tmp_path, url, [kraken])
+        for first, last in days:
+            assert run(defs, ["raw_trades", "validated_candles"], day=first, last_day=last, market=kraken).success
+        store = open_offline_store(url)
+        frames.append(store.read_candles("kraken", "BTC-USDT", "10s"))
+        store.close()
+    assert len(frames[0]) > 2000
+    assert frames[0].equals(frames[1])
+    midnight = pd.Timestamp("2025-11-11", tz="UTC")
+    assert frames[0]["time"].isin([midnight - pd.Timedelta(seconds=10)]).sum() == 0  # not filled
