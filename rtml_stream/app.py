@@ -81,6 +81,7 @@ class SidecarOptions:
     health_port: int | None = None  # None: no health server
     keep_lag_samples: int = 200_000
     timer_closes_candles: bool = True  # False: only trades move event time (replaying history through a live source)
+    inline_online_writes: bool = True  # write closed-candle rows from the loop at once while the store is healthy
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Sidecar:
         self._replay_anchor: tuple[int, float] | None = None  # (event ns, monotonic s) of the last replayed trade
         self._source_done = False
         self._stop: asyncio.Event | None = None
+        self._online_busy = False  # a background (threaded) online write is in flight
         self._dropped_seen = {"online": 0, "offline": 0}
         self._errors_seen = {"online": 0, "offline": 0}
         online_sink.on_rows_written = self._rows_written
@@ -165,6 +167,8 @@ class Sidecar:
                 self._closed_at.clear()
             self._closed_at.update(out.closed_at)
             self.online_sink.add_rows(out.rows)
+            if self.options.inline_online_writes and self.online_sink.healthy and not self._online_busy:
+                self.online_sink.flush_sync()  # one pipelined round trip for the rows of this batch
         for candle in out.candles:
             self.metrics.candles_out.labels(candle.exchange, candle.symbol, candle.timeframe).inc()
         for correction in out.corrections:
@@ -300,6 +304,8 @@ class Sidecar:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
             try:
                 self.tick()
+                if self.options.inline_online_writes:
+                    await self._write_online()
                 if self.checkpointer is not None and time.monotonic() >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = time.monotonic() + self.options.checkpoint_interval_s
@@ -307,6 +313,19 @@ class Sidecar:
                     await asyncio.to_thread(self.reporter.report_due)
             except Exception as error:  # noqa: BLE001 - a failing timer step must not end the process
                 log.error("timer_step_failed", error=repr(error))
+
+    async def _write_online(self) -> None:
+        """Inline mode's timer write: live values (and rows) at once while healthy; while the store
+        is failing, retries go to a worker thread so the loop keeps consuming."""
+        sink = self.online_sink
+        if sink.healthy:
+            sink.flush_sync()
+            return
+        self._online_busy = True
+        try:
+            await sink.flush()
+        finally:
+            self._online_busy = False
 
     def checkpoint(self) -> list[Path]:
         files = self.checkpointer.save(self.pipeline) if self.checkpointer is not None else []
@@ -332,7 +351,10 @@ class Sidecar:
             await self.health_server.start()
             log.info("health_server", url=f"http://{self.options.health_host}:{self.health_server.port}/health")
         sinks_stop = asyncio.Event()
-        sink_tasks = [asyncio.create_task(self.online_sink.run(sinks_stop, drain_timeout_s=self.options.drain_timeout_s))]
+        sink_tasks = []
+        if not self.options.inline_online_writes:
+            sink_tasks.append(asyncio.create_task(
+                self.online_sink.run(sinks_stop, drain_timeout_s=self.options.drain_timeout_s)))
         if self.offline_sink is not None:
             sink_tasks.append(asyncio.create_task(
                 self.offline_sink.run(sinks_stop, drain_timeout_s=self.options.drain_timeout_s)))
@@ -357,6 +379,9 @@ class Sidecar:
                 self.pipeline.flush_open()
             self.tick()  # what is closed (and the last live values) goes to the sinks
             sinks_stop.set()
+            if self.options.inline_online_writes:
+                with contextlib.suppress(Exception):
+                    await self.online_sink.drain(self.options.drain_timeout_s)
             await asyncio.gather(*sink_tasks, return_exceptions=True)
             self.summary.checkpoint_files = [str(p) for p in self.checkpoint()]
             if self.reporter is not None:
