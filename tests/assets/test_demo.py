@@ -38,3 +38,30 @@ def test_demo_imports_validates_and_computes_features(tmp_path: Path, monkeypatc
     assert rows[("features", "kraken", "BTC-USDT")] == 411
     assert ("trades", "unknown", "BTC-USD") not in rows  # a candle-only market
     assert (tmp_path / "home" / "dagster_home" / "dagster.yaml").exists()
+
+
+def test_demo_steps_record_runs_in_the_embedded_dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``--record-runs`` keeps the runs, materializations and checks where ``dagster dev`` finds them."""
+    import dagster as dg
+
+    from rtml_assets.market_history.markets import BUNDLED_DATA
+    from rtml_cli.demo import run_demo
+    from rtml_core.settings import Settings
+
+    (tmp_path / "markets.yaml").write_text(
+        "markets:\n  - {exchange: kraken, symbol: XBT/USDT, timeframe: 1m, format: kraken-rest,\n"
+        f"     source: {BUNDLED_DATA / 'kraken_xbtusdt_trades_rest.json'},\n"
+        "     first_day: 2025-11-10, last_day: 2025-11-10, fill_gaps: true}\n"
+    )
+    monkeypatch.delenv("RTML_OFFLINE_URL", raising=False)
+    settings = Settings(home=tmp_path / "home", markets_file=tmp_path / "markets.yaml")
+    lines: list[str] = []
+    demo = run_demo(settings, echo=lines.append, record_runs=True)
+    assert not demo.failures, lines
+    assert [len(outcomes) for outcomes in demo.outcomes.values()] == [1, 1]
+    with dg.DagsterInstance.from_config(str(tmp_path / "home" / "dagster_home")) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 2 and all(run.is_success for run in runs)
+        event = instance.get_latest_materialization_event(dg.AssetKey("indicator_table"))
+        assert event.asset_materialization.metadata["rows"].value == 397  # 17:23..23:59, gaps filled
+        assert not instance.telemetry_enabled
