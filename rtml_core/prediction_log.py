@@ -263,3 +263,13 @@ def read_predictions(store_or_engine, *, exchange: str | None = None, symbol: st
     frame.insert(0, "feature_time", pd.to_datetime(frame["feature_time_ns"].astype(np.int64), utc=True))
     frame.insert(0, "served_time", pd.to_datetime(frame["served_ns"].astype(np.int64), utc=True))
     return frame
+
+
+def newest_prediction_ns(store_or_engine) -> int | None:
+    """The newest logged feature time (ns), or None when nothing was logged."""
+    engine = store_or_engine if isinstance(store_or_engine, sa.Engine) else store_or_engine.engine
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("predictions"):
+            return None
+        value = conn.execute(sa.select(sa.func.max(predictions.c.feature_time_ns))).scalar()
+    return None if value is None else int(value)

@@ -18,7 +18,8 @@ from pydantic import Field
 
 from rtml_assets.resources import OfflineStoreResource
 from rtml_assets.training.resources import ModelRegistryResource
-from rtml_core.monitoring import PSI_MAJOR, feature_drift, join_realized, live_metrics
+from rtml_core.monitoring import PSI_MAJOR, join_realized, live_metrics
+from rtml_core.monitoring import feature_drift as psi_by_feature
 from rtml_core.monitoring.drift import psi
 from rtml_core.monitoring.plots import drift_png, live_performance_png
 from rtml_core.prediction_log import newest_prediction_ns, read_predictions
@@ -188,7 +189,7 @@ def feature_drift(context: dg.AssetExecutionContext, config: DriftConfig, offlin
     recent = store.read_features(*market, last_ns - config.days * DAY_NS + 1, last_ns + 1)
     recent_times = recent["time"].astype("datetime64[ns, UTC]").to_numpy("datetime64[ns]").astype(np.int64)
     last_day = recent[recent_times > last_ns - DAY_NS]
-    table = feature_drift(expected, last_day, names, config.bins)
+    table = psi_by_feature(expected, last_day, names, config.bins)
     over_time = drift_over_days(expected, recent, names, last_ns, config.days, config.bins)
     major = table[table["psi"] >= PSI_MAJOR]["feature"].tolist()
     overlap = last_ns - DAY_NS < champion.train_end_ns
