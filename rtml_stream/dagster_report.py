@@ -42,7 +42,7 @@ def online_features_spec(fail_after: timedelta = timedelta(minutes=10), warn_aft
         description="Latest feature rows per (exchange, symbol, timeframe) in the online store, written by "
         "the streaming sidecar (`rtml stream`); reported as materializations with lag and row counts.",
         kinds={"redis"},
-        metadata={"writer": "rtml stream", "key_schema": "{prefix}:latest:{exchange:symbol}:{timeframe}"},
+        metadata={"writer": "rtml stream", "key_schema": "{prefix}:features:{exchange:symbol}:{timeframe}"},
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=fail_after, warn_window=warn_after),
     )
 
