@@ -45,7 +45,8 @@ def list_models(as_json: bool) -> None:
     if not versions:
         click.echo("no models registered yet (materialize the training assets: rtml demo or dagster dev)")
         return
-    header = f"{'':1} {'version':>7}  {'kind':8} {'market':28} {'H':>6}  {'skill/mean10':>12} {'skill/zero':>10} {'dir.acc':>7}  created"
+    header = (f"{'':1} {'version':>7}  {'kind':8} {'market':28} {'H':>6}  {'skill/mean10':>12} "
+              f"{'skill/zero':>10} {'dir.acc':>7}  created")
     click.echo(header)
     for v in versions:
         market = f"{v.exchange} {v.symbol} {v.timeframe}"

@@ -13,7 +13,7 @@ from rtml_core.registry import ArtifactChecksumError, ModelRegistry, UnknownVers
 from rtml_core.training.datasets import build_training_set
 from rtml_core.training.evaluation import split_holdout
 from rtml_core.training.models import fit_lasso, fit_xgboost
-from rtml_core.training.pipeline import EvaluationPlan, evaluate_baseline, train_model
+from rtml_core.training.pipeline import evaluate_baseline, train_model
 from rtml_core.training.tuning import SearchSpace, purged_time_folds
 from tests.training.data import btc_candles, trailing_features
 
