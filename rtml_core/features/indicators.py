@@ -286,6 +286,12 @@ class CciNode(_StreamNode):
     def _inputs(self, o, h, l, c, v):  # noqa: E741
         return (h, l, c)
 
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        stream = self.handle.stream
+        if stream is not None:
+            return (stream.update(h, l, c),)
+        return self._out(self.handle.warm((h, l, c)))
+
 
 class MfiNode(_StreamNode):
     """TA-Lib MFI (its running sums decide tiny flows against zero in TA-Lib's own way)."""
@@ -297,6 +303,12 @@ class MfiNode(_StreamNode):
 
     def _inputs(self, o, h, l, c, v):  # noqa: E741
         return (h, l, c, v)
+
+    def update(self, o, h, l, c, v, vw):  # noqa: E741
+        stream = self.handle.stream
+        if stream is not None:
+            return (stream.update(h, l, c, v),)
+        return self._out(self.handle.warm((h, l, c, v)))
 
 
 class RealizedVolNode(Node):
