@@ -1,19 +1,20 @@
-"""Every command of ``rtml``, one import per command module (each module owns its commands)."""
+"""Every command of ``rtml``: name -> "module:attribute", imported only when the command runs.
+
+Each module owns its commands; loading lazily keeps ``rtml --help`` and light commands from
+paying for dagster, pandas or xgboost imports they do not use.
+"""
 
 from __future__ import annotations
 
-ALL: list = []
-from rtml_cli.candles import backfill, candles, import_history  # noqa: E402
-ALL.extend([candles, import_history, backfill])
-from rtml_cli.online import online  # noqa: E402
-ALL.append(online)
-from rtml_cli.models import models  # noqa: E402
-ALL.append(models)
-from rtml_cli.serve import serve  # noqa: E402
-ALL.append(serve)
-from rtml_cli.features import features  # noqa: E402
-ALL.append(features)
-from rtml_cli.demo import demo  # noqa: E402
-ALL.append(demo)
-from rtml_cli.stream import stream  # noqa: E402
-ALL.append(stream)
+COMMANDS: dict[str, str] = {
+    "candles": "rtml_cli.candles:candles",
+    "import": "rtml_cli.candles:import_history",
+    "backfill": "rtml_cli.candles:backfill",
+    "features": "rtml_cli.features:features",
+    "online": "rtml_cli.online:online",
+    "stream": "rtml_cli.stream:stream",
+    "models": "rtml_cli.models:models",
+    "serve": "rtml_cli.serve:serve",
+    "demo": "rtml_cli.demo:demo",
+    "up": "rtml_cli.up:up",
+}
