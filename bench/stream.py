@@ -301,7 +301,7 @@ def main() -> None:
 
 
 def _passes(trades, passes: int):
-    """The trades ``passes`` times, each pass shifted past the previous one (times and ids)."""
+    """The trades ``passes`` times as new objects, each pass shifted past the previous one (times, ids)."""
     from rtml_core.schemas import Trade
 
     span = trades[-1].time_ns - trades[0].time_ns + 3_600_000_000_000
@@ -309,10 +309,7 @@ def _passes(trades, passes: int):
     top = max(t.trade_id for t in trades)
 
     def generate():
-        for p in range(passes):
-            if p == 0:
-                yield from trades
-                continue
+        for p in range(passes):  # new objects every pass, like a source decoding messages
             shift, ids = p * span, p * top
             for t in trades:
                 yield Trade(t.exchange, t.symbol, t.trade_id + ids, t.time_ns + shift, t.price, t.size, t.side)

@@ -31,7 +31,7 @@ log = structlog.get_logger("rtml_stream.pipeline")
 
 NO_RESUME = -(2**63)
 _MIN_SEGMENT = 4  # shorter runs are cheaper trade by trade
-_MAX_PENDING_FLOW = 65_536  # trades held for the trade-flow window between live reads
+_MAX_PENDING_FLOW = 16_384  # trades held for the trade-flow window between live reads
 _ZERO = decimal.Decimal(0)
 _ORDER = operator.attrgetter("time_ns", "trade_id")
 
