@@ -83,7 +83,7 @@ def _treelite_predictor(booster, n_features: int) -> Callable[[np.ndarray], floa
     gtil_predict = treelite.gtil.predict
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return gtil_predict(model, x).reshape(-1)
+        return gtil_predict(model, x, nthread=1).reshape(-1)
 
     return predict
 

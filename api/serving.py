@@ -108,7 +108,7 @@ class PredictionService:
                            f"model {model.version} was trained on {model.timeframe} candles, "
                            f"not {timeframe}")
         market = await self.read_market(exchange, symbol, timeframe)
-        return self.predict_row(self.champion(), market.row, market.live, source)
+        return self.predict_row(model, market.row, market.live, source)  # the bundle read at the start
 
     def predict_row(self, model: ServedModel, row: FeatureRow, live: Mapping[str, float] | None = None,
                     source: str = "http") -> Prediction:
