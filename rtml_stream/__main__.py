@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import sys
 
-from rtml_cli.main import _Group
-from rtml_cli.stream import stream
+import click
+
+from rtml_core.errors import RtmlError
 
 
 def main(argv: list[str] | None = None) -> None:
-    group = _Group(commands={"stream": stream})  # rtml's error handling: `error: ...`, exit status 2
-    group.main(["stream", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m rtml_stream")
+    from rtml_cli.stream import stream
+
+    try:
+        stream.main(sys.argv[1:] if argv is None else argv, prog_name="python -m rtml_stream",
+                    standalone_mode=False)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except click.Abort:
+        sys.exit(1)
+    except RtmlError as error:  # rtml's own errors: one clear line, exit status 2 (like `rtml`)
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

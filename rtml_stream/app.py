@@ -4,9 +4,8 @@
 
 - the consumer feeds trades (in batches for a replay) and book updates to the pipeline and hands
   what it produced to the sinks; an exception from one event is counted and logged, never fatal;
-- a timer every ``coalesce_ms`` moves event time (the wall clock for live sources, the replay's
-  clock for a paced replay) so quiet markets still close candles, and writes the coalesced live
-  values; it also copies sink health into the metrics and sends due Dagster reports;
+- a timer every ``coalesce_ms`` moves event time to the wall clock (live sources) so quiet
+  markets still close candles, and writes the coalesced live values; it also copies sink health into the metrics and sends due Dagster reports;
 - a checkpoint every ``checkpoint_interval_s``;
 - the sinks' own tasks write, buffer (bounded) and retry while Redis or PostgreSQL is down;
 - ``/metrics`` and ``/health`` on the health port.
@@ -132,7 +131,6 @@ class Sidecar:
         self.summary = Summary()
         self._closed_at: dict[tuple, int] = {}
         self._started = time.monotonic()
-        self._replay_anchor: tuple[int, float] | None = None  # (event ns, monotonic s) of the last replayed trade
         self._source_done = False
         self._stop: asyncio.Event | None = None
         self._online_busy = False  # a background (threaded) online write is in flight
@@ -210,9 +208,6 @@ class Sidecar:
                                 pipeline.on_trade(trade)
                             except Exception as inner:  # noqa: BLE001
                                 self._failed(trade, inner)
-                    if batch:
-                        last = batch[-1]
-                        self._replay_anchor = (last.time_ns, time.monotonic())
                     if pipeline.has_output:
                         self._emit()
                     if stop.is_set() or (limit is not None and pipeline.trades_in >= limit):
@@ -236,16 +231,12 @@ class Sidecar:
             stop.set()
 
     def _event_clock_ns(self) -> int | None:
-        """Event time now: the wall clock live; the replay's own clock when paced; None at max speed."""
-        if not self.options.timer_closes_candles:
+        """Event time now for the timer: the wall clock for live sources; None for replays, whose
+        candles close on their own trades (a wall-clock guess of a replay's time could run ahead of
+        trades not yet handed over and make them late)."""
+        if not self.options.timer_closes_candles or not self.live_source:
             return None
-        if self.live_source:
-            return time.time_ns()
-        source = self.source
-        if isinstance(source, ReplaySource) and source.speed is not None and self._replay_anchor is not None:
-            event_ns, at = self._replay_anchor
-            return event_ns + int((time.monotonic() - at) * source.speed * 1e9)
-        return None
+        return time.time_ns()
 
     def tick(self) -> None:
         """One timer step: advance event time, write live values, refresh metrics and health."""

@@ -162,3 +162,27 @@ def test_folded_runs_give_the_candles_of_trade_by_trade_adds(ticks) -> None:
     assert sorted(out.candles, key=key) == sorted(expected, key=key)
     assert pipeline.late == reference.late > 0
     assert len(out.corrections) == reference.late
+
+
+def test_timer_closes_the_candles_of_a_quiet_market(ticks) -> None:
+    """No trade after the window: the timer's event time closes it, then flat gap candles follow."""
+    minute = 60_000_000_000
+    first = ticks[0].time_ns - ticks[0].time_ns % minute
+    inside = [t for t in ticks[:3_000] if t.time_ns < first + minute]
+    pipeline = Pipeline(("1m",), allowed_lateness_ns=2_000_000_000)
+    pipeline.on_trades(inside)
+    assert not pipeline.drain().candles
+    pipeline.advance(first + minute + 1_999_999_999)  # watermark still before the end
+    assert not pipeline.drain().candles
+    pipeline.advance(first + minute + 2_000_000_000)
+    closed = pipeline.drain()
+    assert [c.start_ns for c in closed.candles] == [first] and closed.candles[0].trade_count == len(inside)
+    assert [r.event_time_ns for r in closed.rows] == [first + minute]
+    pipeline.advance(first + 4 * minute + 2_000_000_000)
+    quiet = pipeline.drain()
+    assert [c.start_ns for c in quiet.candles] == [first + k * minute for k in (1, 2, 3)]
+    assert all(c.trade_count == 0 and c.close == closed.candles[0].close for c in quiet.candles)
+    assert [r.event_time_ns for r in quiet.rows] == [first + k * minute for k in (2, 3, 4)]
+    late = Trade("replay", "ES-USD", 10**9, first + 2 * minute + 5, inside[0].price, inside[0].size, "buy")
+    pipeline.on_trade(late)
+    assert pipeline.late == 1 and pipeline.drain().corrections[0].window_start_ns == first + 2 * minute
