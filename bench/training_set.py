@@ -123,7 +123,7 @@ def build_benchmark(rows: int, naive_rows: int) -> list[tuple[str, str, str]]:
     features, feature_s = _timed(compute_features, candles)
     print(f"setup: {len(candles):,} candles in {prep:.1f}s, {features.shape[1] - 1} features in {feature_s:.1f}s")
     fast_s = asof_s = hash_s = float("inf")
-    for _ in range(3):  # interleaved, so both see the same load on a shared machine
+    for _ in range(5):  # interleaved, so both see the same load on a shared machine
         built, seconds = _timed(build_training_set, features, candles, timeframe="1m", horizon_s=60)
         fast_s = min(fast_s, seconds)
         _, seconds = _timed(content_hash, built.frame)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = args.rows or (50_000 if args.quick else 1_000_000)
     print(f"## Part 1: point-in-time training set from {rows:,} feature rows (1m candles, H = 60 s)\n")
-    print("times: best of 3 (build, merge_asof) on a shared 2-core machine\n")
+    print("times: best of 5 (build, merge_asof, interleaved) on a shared 2-core machine\n")
     _print_table(("what", "time", "notes"), build_benchmark(rows, naive_rows=min(rows, 20_000)))
     if not args.skip_models:
         print("\n## Part 2: walk-forward holdout (last 20% of rows) on the bundled real history\n")
