@@ -183,6 +183,12 @@ class Sidecar:
             if out.corrections:
                 self.offline_sink.add_corrections(out.corrections)
 
+    def _emit_safely(self) -> None:
+        try:
+            self._emit()
+        except Exception as error:  # noqa: BLE001 - a row a store refuses must not stop the stream
+            self._failed(None, error)
+
     def _failed(self, event, error: Exception) -> None:
         self.processing_errors += 1
         exchange = getattr(event, "exchange", "unknown")
@@ -202,14 +208,10 @@ class Sidecar:
                         batch = batch[: max(0, limit - pipeline.trades_in)]
                     try:
                         pipeline.on_trades(batch)
-                    except Exception as error:  # noqa: BLE001 - retry one by one, skip the bad ones
-                        for trade in batch:
-                            try:
-                                pipeline.on_trade(trade)
-                            except Exception as inner:  # noqa: BLE001
-                                self._failed(trade, inner)
+                    except Exception as error:  # noqa: BLE001 - logged and counted; never retried (no double count)
+                        self._failed(batch[0] if batch else None, error)
                     if pipeline.has_output:
-                        self._emit()
+                        self._emit_safely()
                     if stop.is_set() or (limit is not None and pipeline.trades_in >= limit):
                         break
                     await asyncio.sleep(0)  # let the sinks and the health server run
@@ -223,10 +225,11 @@ class Sidecar:
                     except Exception as error:  # noqa: BLE001 - never die of input
                         self._failed(event, error)
                     if pipeline.has_output:
-                        self._emit()
+                        self._emit_safely()
                     if stop.is_set() or (limit is not None and pipeline.trades_in >= limit):
                         break
-            self._source_done = True
+            # the file ended by itself (not our close() on a stop, not --max-trades): open windows may close
+            self._source_done = not stop.is_set() and (limit is None or pipeline.trades_in < limit)
         finally:
             stop.set()
 
