@@ -204,11 +204,14 @@ class ModelRegistry:
     """Model versions and the champion, on any SQLAlchemy engine the offline store uses."""
 
     def __init__(self, store_or_engine, artifacts_dir: str | os.PathLike):
-        self._owns_engine = isinstance(store_or_engine, str)
+        """``store_or_engine``: an offline store, a SQLAlchemy Engine, or an offline-store URL."""
+        self._owned_store = None
+        if isinstance(store_or_engine, str):
+            from rtml_core.stores.offline import open_offline_store
+
+            store_or_engine = self._owned_store = open_offline_store(store_or_engine)
         if isinstance(store_or_engine, sa.Engine):
             self.engine = store_or_engine
-        elif isinstance(store_or_engine, str):
-            self.engine = sa.create_engine(store_or_engine)
         elif hasattr(store_or_engine, "engine"):
             self.engine = store_or_engine.engine
         else:
@@ -397,9 +400,10 @@ class ModelRegistry:
         return None if champion is None else self.load_model(champion.version)
 
     def close(self) -> None:
-        """Dispose the engine only when the registry created it from a URL."""
-        if self._owns_engine:
-            self.engine.dispose()
+        """Close the store only when the registry opened it from a URL."""
+        if self._owned_store is not None:
+            self._owned_store.close()
+            self._owned_store = None
 
 
 def _version(row: Mapping) -> ModelVersion:
