@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -83,7 +84,7 @@ def _time_ns(value) -> int:
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        value = datetime.fromisoformat(value)  # Python 3.11 reads a trailing Z
     return int(pd.Timestamp(value).as_unit("ns").value)
 
 
@@ -176,7 +177,7 @@ class PredictionLog:
     async def aclose(self, timeout: float | None = 30.0) -> None:
         await asyncio.to_thread(self.close, timeout)
 
-    def __enter__(self) -> PredictionLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:

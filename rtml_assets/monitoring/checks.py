@@ -12,6 +12,7 @@
 
 
 import time
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field

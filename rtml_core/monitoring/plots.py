@@ -53,7 +53,7 @@ def drift_png(table: pd.DataFrame, over_time: pd.DataFrame | None = None) -> byt
     axes[0].barh(shown["feature"], shown["psi"], color=colours)
     for x in (PSI_MODERATE, PSI_MAJOR):
         axes[0].axvline(x, color="grey", linestyle="--", linewidth=0.8)
-    axes[0].set_xlabel("PSI against the champion's training set")
+    axes[0].set_title("PSI of each feature, last day against the champion's training set")
     axes[0].tick_params(axis="y", labelsize=7)
     if has_time:
         axes[1].plot(over_time["day"], over_time["max_psi"], marker="o", label="max over features")
@@ -61,6 +61,7 @@ def drift_png(table: pd.DataFrame, over_time: pd.DataFrame | None = None) -> byt
         for y in (PSI_MODERATE, PSI_MAJOR):
             axes[1].axhline(y, color="grey", linestyle="--", linewidth=0.8)
         axes[1].set_ylabel("PSI per day")
+        axes[1].set_title("drift over time (dashed: 0.1 moderate, 0.25 major)")
         axes[1].legend(fontsize=7)
         figure.autofmt_xdate()
     return _png(figure)

@@ -58,13 +58,22 @@ def test_services_and_environment_match_settings_and_dagster_yaml():
     env = services["api"]["environment"]
     offline = sa.make_url(_defaults(env["RTML_OFFLINE_URL"]))
     dagster_pg = sa.make_url(_defaults(env["RTML_DAGSTER_PG_URL"]))
-    assert (offline.drivername, offline.host) == ("postgresql+psycopg", "postgres")  # rtml's offline store driver
-    assert (dagster_pg.drivername, dagster_pg.host) == ("postgresql+psycopg2", "postgres")  # dagster-postgres
+    assert (offline.drivername, offline.host) == (
+        "postgresql+psycopg",
+        "postgres",
+    )  # rtml's offline store driver
+    assert (dagster_pg.drivername, dagster_pg.host) == (
+        "postgresql+psycopg2",
+        "postgres",
+    )  # dagster-postgres
     assert offline.database == services["postgres"]["environment"]["POSTGRES_DB"]
     init = next(v for v in services["postgres"]["volumes"] if "initdb" in v).split(":")[0]
     assert f"CREATE DATABASE {dagster_pg.database};" in (REPO / init).read_text()
     assert env["RTML_ONLINE_URL"].startswith("redis://redis:")
-    assert services["sidecar"]["environment"]["RTML_STREAM_DAGSTER_URL"] == "http://dagster-webserver:3000"
+    assert (
+        services["sidecar"]["environment"]["RTML_STREAM_DAGSTER_URL"]
+        == "http://dagster-webserver:3000"
+    )
 
 
 def test_dockerfile_installs_what_the_commands_use():
@@ -89,7 +98,11 @@ def test_service_commands_parse_with_rtml_cli():
     api = [_defaults(part) for part in services["api"]["command"]]
     assert api[:2] == ["rtml", "serve"]
     context = serve.make_context("serve", api[2:])
-    assert (context.params["host"], context.params["port"], context.params["workers"]) == ("0.0.0.0", 8000, 2)
+    assert (context.params["host"], context.params["port"], context.params["workers"]) == (
+        "0.0.0.0",
+        8000,
+        2,
+    )
     for name, port in (("dagster-webserver", 3000), ("sidecar", 9108), ("api", 8000)):
         mapping = _defaults(services[name]["ports"][0])
         assert mapping == f"{port}:{port}"
@@ -102,23 +115,45 @@ def test_compose_variables_are_documented():
 
 
 def _compose_cli() -> list[str] | None:
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(
+            check=False, args=["docker", "compose", "version"], capture_output=True
+        ).returncode
+        == 0
+    ):
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     return None
 
 
-@pytest.mark.skipif(_compose_cli() is None, reason="neither `docker compose` nor `docker-compose` is installed")
+@pytest.mark.skipif(
+    _compose_cli() is None, reason="neither `docker compose` nor `docker-compose` is installed"
+)
 def test_docker_compose_config_accepts_the_file(tmp_path):
     cli = _compose_cli()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTML_")}
-    ok = subprocess.run([*cli, "-f", str(COMPOSE), "config"], capture_output=True, text=True, cwd=REPO,
-                        env={**env, "RTML_API_KEYS": "k1"}, timeout=60)
+    ok = subprocess.run(
+        check=False,
+        args=[*cli, "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**env, "RTML_API_KEYS": "k1"},
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     resolved = yaml.safe_load(ok.stdout)
     assert set(resolved["services"]) == SERVICES
     assert resolved["services"]["api"]["environment"]["RTML_API_KEYS"] == "k1"
-    missing = subprocess.run([*cli, "-f", str(COMPOSE), "config"], capture_output=True, text=True, cwd=REPO,
-                             env=env, timeout=60)
+    missing = subprocess.run(
+        check=False,
+        args=[*cli, "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
     assert missing.returncode != 0 and "RTML_API_KEYS" in missing.stderr

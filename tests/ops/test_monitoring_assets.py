@@ -3,7 +3,9 @@ registered, its predictions served through the PredictionLog, then joined with r
 
 from __future__ import annotations
 
+import base64
 import math
+import re
 from decimal import Decimal
 
 import dagster as dg
@@ -32,7 +34,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def _candles(frame: pd.DataFrame) -> list[Candle]:
-    d = lambda x: Decimal(repr(float(x)))  # noqa: E731 - the CSV's own decimal text
+    d = lambda x: Decimal(repr(float(x)))
     return [Candle(start_ns=int(t.value), open=d(o), high=d(h), low=d(lo), close=d(c), volume=d(v), vwap=None,
                    trade_count=0, **MARKET)
             for t, o, h, lo, c, v in frame[["time", "open", "high", "low", "close", "volume"]].itertuples(index=False)]
@@ -143,6 +145,19 @@ def test_live_model_performance_and_feature_drift(served):
     assert drift_check.passed == (not major)
     assert drift["major_shift_features"] == (", ".join(major) or "none")
     assert "data:image/png;base64," in drift["drift"]
+    _keep_png(live["predicted_vs_realized"], "live_model_performance.png")
+    _keep_png(drift["drift"], "feature_drift.png")
+
+
+def _keep_png(markdown: str, name: str) -> None:
+    """Decode the plot of a metadata entry into tests/ops/artifacts/ (git-ignored) for a person to look at."""
+    from tests.ops.test_dagster_ui import ARTIFACTS
+
+    png = base64.b64decode(re.search(r"base64,([A-Za-z0-9+/=]+)\)", markdown).group(1))
+    assert png.startswith(b"\x89PNG")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / ".gitignore").write_text("*\n")
+    (ARTIFACTS / name).write_bytes(png)
 
 
 def test_freshness_checks(served):

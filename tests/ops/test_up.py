@@ -34,7 +34,11 @@ def test_plan_embedded_replay(tmp_path):
     assert env["DAGSTER_HOME"] == str(tmp_path.resolve() / "dagster_home")
     assert (tmp_path / "dagster_home" / "dagster.yaml").exists()
     sidecar = services[2]
-    assert sidecar.may_finish and str(DEFAULT_REPLAY) in sidecar.argv and "--no-checkpoint" in sidecar.argv
+    assert (
+        sidecar.may_finish
+        and str(DEFAULT_REPLAY) in sidecar.argv
+        and "--no-checkpoint" in sidecar.argv
+    )
     api = services[3]
     assert api.env == {"RTML_API_AUTH_DISABLED": "true", "RTML_API_SERVE_STALE": "true"}
     assert api.url == "http://127.0.0.1:8100" and "-m" in services[0].argv
@@ -43,13 +47,21 @@ def test_plan_embedded_replay(tmp_path):
 def test_plan_postgres_dagster_and_live_exchange(tmp_path):
     settings = Settings(home=tmp_path, api_keys="k1")
     environ = {"RTML_DAGSTER_PG_URL": "postgresql+psycopg2://postgres@127.0.0.1:5432/dagster"}
-    services, env = plan_stack(settings, UpOptions(exchange="kraken", symbols="BTC-USD,ETH-USD"), environ)
+    services, env = plan_stack(
+        settings, UpOptions(exchange="kraken", symbols="BTC-USD,ETH-USD"), environ
+    )
     home = Path(env["DAGSTER_HOME"])
     assert home == tmp_path.resolve() / "dagster_pg"
     assert (home / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
     sidecar = next(s for s in services if s.name == "sidecar")
-    assert not sidecar.may_finish and "--replay" not in sidecar.argv and "BTC-USD,ETH-USD" in sidecar.argv
-    assert next(s for s in services if s.name == "api").env == {}  # keys set, live data: nothing overridden
+    assert (
+        not sidecar.may_finish
+        and "--replay" not in sidecar.argv
+        and "BTC-USD,ETH-USD" in sidecar.argv
+    )
+    assert (
+        next(s for s in services if s.name == "api").env == {}
+    )  # keys set, live data: nothing overridden
 
 
 def test_plan_refuses_an_open_api_without_keys(tmp_path):
@@ -74,16 +86,21 @@ SUPERVISE = textwrap.dedent("""
 
 
 def _started_pids(log: str) -> dict[str, int]:
-    return {name: int(pid) for name, pid in re.findall(r"system\s+\| (\S+) started \(pid=(\d+)\)", log)}
+    return {
+        name: int(pid) for name, pid in re.findall(r"system\s+\| (\S+) started \(pid=(\d+)\)", log)
+    }
 
 
 def test_a_finished_replay_stops_nothing_and_ctrl_c_stops_all(tmp_path):
     out = tmp_path / "out.log"
     with out.open("w") as sink:
-        proc = subprocess.Popen([sys.executable, "-c", SUPERVISE, "ok"], stdout=sink, stderr=subprocess.STDOUT,
-                                cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SUPERVISE, "ok"], stdout=sink, stderr=subprocess.STDOUT, cwd=REPO
+        )
     deadline = time.monotonic() + 60
-    while "quick stopped (rc=0)" not in out.read_text() or "long   | serving" not in out.read_text():
+    while (
+        "quick stopped (rc=0)" not in out.read_text() or "long   | serving" not in out.read_text()
+    ):
         assert time.monotonic() < deadline and proc.poll() is None, out.read_text()
         time.sleep(0.2)
     time.sleep(1.0)
@@ -98,8 +115,14 @@ def test_a_finished_replay_stops_nothing_and_ctrl_c_stops_all(tmp_path):
 
 
 def test_a_failing_service_stops_the_stack_with_its_status(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", SUPERVISE, "fail"], capture_output=True, text=True, cwd=REPO,
-                          timeout=60)
+    proc = subprocess.run(
+        check=False,
+        args=[sys.executable, "-c", SUPERVISE, "fail"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 3, proc.stdout
     assert "broken stopped (rc=3)" in proc.stdout and "sending SIGTERM to long" in proc.stdout
 
@@ -109,13 +132,26 @@ def test_rtml_up_starts_everything_and_ctrl_c_stops_all(tmp_path):
     out = tmp_path / "up.log"
     with out.open("w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rtml_cli", "up", "--dagster-port", str(ports["dagster"]),
-             "--api-port", str(ports["api"]), "--stream-port", str(ports["stream"])],
-            stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path, env=_clean_env(tmp_path / "home"),
+            [
+                sys.executable,
+                "-m",
+                "rtml_cli",
+                "up",
+                "--dagster-port",
+                str(ports["dagster"]),
+                "--api-port",
+                str(ports["api"]),
+                "--stream-port",
+                str(ports["stream"]),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=_clean_env(tmp_path / "home"),
             start_new_session=True,
         )
     try:
-        alive = lambda: proc.poll() is None  # noqa: E731
+        alive = lambda: proc.poll() is None
         health = wait_http(f"http://127.0.0.1:{ports['api']}/health", 180, alive)
         assert health.json()["status"] == "ok"
         wait_http(f"http://127.0.0.1:{ports['dagster']}/server_info", 240, alive)
@@ -129,7 +165,9 @@ def test_rtml_up_starts_everything_and_ctrl_c_stops_all(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
         leftovers = alive_in_groups(set(pids.values()))
-        assert not leftovers, f"still running after rtml up stopped: {leftovers}\n{out.read_text()[-3000:]}"
+        assert not leftovers, (
+            f"still running after rtml up stopped: {leftovers}\n{out.read_text()[-3000:]}"
+        )
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
