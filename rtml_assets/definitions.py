@@ -18,6 +18,13 @@ from rtml_assets.market_history.checks import build_market_history_checks
 from rtml_assets.market_history.markets import MarketSource, demo_markets, load_markets
 from rtml_assets.market_history.partitions import market_day_partitions
 from rtml_assets.resources import OfflineStoreResource
+from rtml_assets.training import (
+    training_assets,
+    training_checks,
+    training_resources,
+    training_schedules,
+    training_sensors,
+)
 from rtml_core.features import DEFAULT_FEATURE_SET, FeatureSet
 from rtml_core.settings import Settings
 
@@ -42,12 +49,16 @@ def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None
     partitions = market_day_partitions(markets)
     raw_trades, validated_candles = build_market_history_assets(markets, partitions)
     (indicator_table,) = build_feature_assets(markets, partitions, feature_set, validated_candles)
+    offline_store = offline_store_resource(settings)
     return dg.Definitions(
-        assets=[raw_trades, validated_candles, indicator_table],
+        assets=[raw_trades, validated_candles, indicator_table, *training_assets],
         asset_checks=[
             *build_market_history_checks(markets, validated_candles),
             *build_feature_checks(markets, indicator_table, feature_set),
+            *training_checks,
         ],
+        schedules=training_schedules,
+        sensors=training_sensors,
         jobs=[
             dg.define_asset_job("market_history_job", selection=dg.AssetSelection.groups("market_history"),
                                 partitions_def=partitions,
@@ -56,7 +67,10 @@ def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None
                                 partitions_def=partitions,
                                 description="Recompute the indicator table for chosen days and markets."),
         ],
-        resources={"offline_store": offline_store_resource(settings)},
+        resources={
+            "offline_store": offline_store,
+            **training_resources(offline_store, str(settings.resolved_artifacts_dir)),
+        },
     )
 
 

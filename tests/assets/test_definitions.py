@@ -26,7 +26,10 @@ def test_definitions_load_with_groups_checks_and_partitions(monkeypatch: pytest.
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {"raw_trades": "market_history", "validated_candles": "market_history",
-                      "indicator_table": "features"}
+                      "indicator_table": "features", "training_set": "training",
+                      "baseline_model": "training", "lasso_model": "training",
+                      "xgboost_model": "training", "candidate_model": "training",
+                      "champion_model": "training"}
     checks = {key.name: key.asset_key.to_user_string() for key in graph.asset_check_keys}
     assert checks == {
         "check_validated_candles_no_duplicate_keys": "validated_candles",
@@ -37,6 +40,7 @@ def test_definitions_load_with_groups_checks_and_partitions(monkeypatch: pytest.
         "check_indicator_table_no_nan_after_warmup": "indicator_table",
         "check_indicator_table_ranges": "indicator_table",
         "check_indicator_table_row_count": "indicator_table",
+        "check_candidate_beats_baseline": "candidate_model",
     }
     for key in graph.asset_check_keys:
         spec = graph.get_check_spec(key)
