@@ -458,7 +458,8 @@ def build_sidecar(
     offline_sink = None
     if settings.stream_offline_log:
         offline_sink = StreamOfflineSink(factory, max_buffer=settings.stream_offline_buffer,
-                                         feature_specs={pipeline.version: {"features": pipeline.feature_set.to_json()}})
+                                         feature_specs={pipeline.version: {"features": pipeline.feature_set.to_json(),
+                                                                         "warmup": int(pipeline.feature_set.warmup)}})
     target = resolve_target(settings.stream_dagster, settings.stream_dagster_url)
     reporter = DagsterReporter(target, interval_s=settings.stream_dagster_interval_s) if target else None
     if health_port is None:
