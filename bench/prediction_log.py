@@ -18,7 +18,7 @@ import uuid
 import numpy as np
 import sqlalchemy as sa
 
-from rtml_core.prediction_log import PredictionLog, predictions, prediction_row
+from rtml_core.prediction_log import PredictionLog, prediction_row, predictions
 from rtml_core.stores.offline import open_offline_store
 
 
