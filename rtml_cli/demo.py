@@ -67,7 +67,8 @@ class Demo:
     outcomes: dict[str, list[RunOutcome]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
-    def materialize(self, step: str, market: MarketSource, asset_names: Sequence[str]) -> RunOutcome:
+    def materialize(self, step: str, market: MarketSource, asset_names: Sequence[str],
+                    run_config: dict | None = None) -> RunOutcome:
         """Materialize ``asset_names`` (and their checks) for every day of ``market``, in one run."""
         started = time.perf_counter()
         selection = dg.AssetSelection.assets(*asset_names)
@@ -77,7 +78,7 @@ class Demo:
             instance=self.instance,
             resources=self.defs.resources,
             tags={**range_tags(market), "rtml/demo_step": step},
-            run_config=QUIET_RUN,
+            run_config={**QUIET_RUN, **(run_config or {})},
             raise_on_error=False,
         )
         outcome = RunOutcome(market, result.success, time.perf_counter() - started)
@@ -154,9 +155,53 @@ def features_step(demo: Demo) -> list[str]:
     return lines
 
 
+TRAINING_ASSETS = ["training_set", "baseline_model", "lasso_model", "xgboost_model",
+                   "candidate_model", "champion_model"]
+DEMO_TRAINING_MARKET = ("cme", "ES-USD", "1m")
+"""The demo trains on the market whose real ticks the sidecar then replays: ES 1m, H = 60 s."""
+
+
+def training_step(demo: Demo) -> list[str]:
+    """Build the point-in-time training set, train and evaluate the models, promote the champion."""
+    exchange, symbol, timeframe = DEMO_TRAINING_MARKET
+    market = next(m for m in demo.markets if (m.exchange, m.symbol, m.timeframe) == DEMO_TRAINING_MARKET)
+    config = {"ops": {"training_set": {"config": {
+        "exchange": exchange, "symbol": symbol, "timeframe": timeframe, "horizon_s": 60}}}}
+    outcome = demo.materialize("training", market, TRAINING_ASSETS, run_config=config)
+    dataset = outcome.metadata.get("training_set", {})
+    lines = [f"training set {exchange} {symbol} {timeframe} H=60s: {dataset.get('rows', '-')} rows, "
+             f"{dataset.get('dropped_for_gaps', '-')} dropped for gaps, hash {str(dataset.get('content_hash', '-'))[:12]}"]
+    lines.append(f"{'model':<10} {'version':>7} {'MAE':>9} {'RMSE':>9} {'dir.acc':>8} "
+                 f"{'skill/mean10':>13} {'skill/zero':>11}")
+    for name in ("baseline_model", "lasso_model", "xgboost_model"):
+        meta = outcome.metadata.get(name, {})
+        lines.append(
+            f"{name.removesuffix('_model'):<10} {str(meta.get('model_version', '-')):>7} "
+            f"{_num(meta.get('mae_price')):>9} {_num(meta.get('rmse_price')):>9} {_num(meta.get('directional_accuracy')):>8} "
+            f"{_num(meta.get('skill_vs_mean10')):>13} {_num(meta.get('skill_vs_zero')):>11}"
+        )
+    champion = outcome.metadata.get("champion_model")
+    if champion:
+        lines.append(f"champion: version {champion.get('champion_version')} ({champion.get('kind')}): "
+                     f"{champion.get('note')}")
+    else:
+        why = [c for c in outcome.checks if c.name == "check_candidate_beats_baseline"]
+        lines.append("champion unchanged: " + (str(why[0].metadata.get("reason", "candidate did not pass"))
+                                               if why else "no candidate"))
+    lines.append(f"{outcome.checks_line()}  [{outcome.seconds:.1f}s]")
+    if outcome.error:
+        lines.append(f"error: {outcome.error}")
+    return lines
+
+
+def _num(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
 DEMO_STEPS: list[DemoStep] = [
     DemoStep("market history", market_history_step),
     DemoStep("features", features_step),
+    DemoStep("training", training_step),
 ]
 
 
