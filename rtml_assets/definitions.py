@@ -27,6 +27,7 @@ from rtml_assets.training import (
 )
 from rtml_core.features import DEFAULT_FEATURE_SET, FeatureSet
 from rtml_core.settings import Settings
+from rtml_stream.dagster_report import online_features_spec
 
 
 def offline_store_resource(settings: Settings) -> OfflineStoreResource:
@@ -51,7 +52,7 @@ def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None
     (indicator_table,) = build_feature_assets(markets, partitions, feature_set, validated_candles)
     offline_store = offline_store_resource(settings)
     return dg.Definitions(
-        assets=[raw_trades, validated_candles, indicator_table, *training_assets],
+        assets=[raw_trades, validated_candles, indicator_table, *training_assets, online_features_spec()],
         asset_checks=[
             *build_market_history_checks(markets, validated_candles),
             *build_feature_checks(markets, indicator_table, feature_set),

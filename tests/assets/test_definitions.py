@@ -29,7 +29,7 @@ def test_definitions_load_with_groups_checks_and_partitions(monkeypatch: pytest.
                       "indicator_table": "features", "training_set": "training",
                       "baseline_model": "training", "lasso_model": "training",
                       "xgboost_model": "training", "candidate_model": "training",
-                      "champion_model": "training"}
+                      "champion_model": "training", "online_features": "online"}
     checks = {key.name: key.asset_key.to_user_string() for key in graph.asset_check_keys}
     assert checks == {
         "check_validated_candles_no_duplicate_keys": "validated_candles",
