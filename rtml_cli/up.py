@@ -21,8 +21,11 @@ import os
 import shlex
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -47,6 +50,7 @@ class Service:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     url: str | None = None
+    health: str | None = None  # answers 200 once the service is ready
     may_finish: bool = False  # exit 0 does not stop the others (a finished replay)
 
     @property
@@ -143,12 +147,14 @@ def plan_stack(settings: Settings, options: UpOptions, environ: Mapping[str, str
             stream += ["--no-book"]
     services = [
         Service("dagster-webserver", (_bin("dagster-webserver"), "-h", options.host, "-p", str(options.dagster_port),
-                                      "-m", CODE_LOCATION), url=dagster_url),
+                                      "-m", CODE_LOCATION), url=dagster_url, health=f"{dagster_url}/server_info"),
         Service("dagster-daemon", (_bin("dagster-daemon"), "run", "-m", CODE_LOCATION)),
         Service("sidecar", tuple(stream), url=f"http://{url_host}:{options.stream_port}/health",
+                health=f"http://{url_host}:{options.stream_port}/health",
                 may_finish=options.exchange == "replay"),
         Service("api", (python, "-m", "rtml_cli", "serve", "--host", options.host, "--port", str(options.api_port)),
-                env=api_env, url=f"http://{url_host}:{options.api_port}"),
+                env=api_env, url=f"http://{url_host}:{options.api_port}",
+                health=f"http://{url_host}:{options.api_port}/health"),
     ]
     unknown = set(options.services) - {s.name for s in services}
     if unknown:
@@ -181,11 +187,32 @@ def describe(settings: Settings, services: list[Service], env: Mapping[str, str]
     return lines
 
 
+def watch_ready(services: list[Service], say, stop: threading.Event, timeout_s: float = 600.0) -> None:
+    """Poll each service's health URL; ``say`` one line as each answers 200, and when all have."""
+    import httpx
+
+    started = time.monotonic()
+    waiting = {s.name: s.health for s in services if s.health}
+    total = len(waiting)
+    while waiting and not stop.is_set() and time.monotonic() - started < timeout_s:
+        for name, url in list(waiting.items()):
+            try:
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    del waiting[name]
+                    say(f"{name} ready ({url}) after {time.monotonic() - started:.0f}s")
+            except httpx.HTTPError:
+                pass
+        if waiting:
+            stop.wait(1.0)
+    if total and not waiting:
+        say(f"all {total} services answer: the system is up")
+
+
 def run_stack(services: list[Service], env: Mapping[str, str], output=None) -> int:
     """Run the services under honcho until one fails or a signal arrives; the exit status."""
     import honcho.manager
     from honcho.manager import SIGNALS, Manager
-    from honcho.printer import Printer
+    from honcho.printer import Message, Printer
 
     honcho.manager.KILL_WAIT = STOP_GRACE_S  # read by Manager.loop at each tick
 
@@ -198,11 +225,23 @@ def run_stack(services: list[Service], env: Mapping[str, str], output=None) -> i
             return any(p.get("returncode") not in (None, 0) or (p.get("returncode") == 0 and name not in finishers)
                        for name, p in self._processes.items())
 
-    manager = StackManager(Printer(output or sys.stdout))
+    printer = Printer(output or sys.stdout)
+    manager = StackManager(printer)
     base = {**os.environ, **env}
     for service in services:
         manager.add_process(service.name, service.command, env={**base, **service.env})
-    manager.loop()
+
+    def say(text: str) -> None:
+        printer.write(Message(type="line", data=text, time=datetime.now(), name="rtml up", colour=None))
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_ready, args=(services, say, stop), name="rtml-up-ready", daemon=True)
+    watcher.start()
+    try:
+        manager.loop()
+    finally:
+        stop.set()
+        watcher.join(5)
     if manager.returncode in {s["rc"] for s in SIGNALS.values()}:
         return manager.returncode
     codes = [p.get("returncode") for p in manager._processes.values()]

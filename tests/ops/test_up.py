@@ -157,7 +157,12 @@ def test_rtml_up_starts_everything_and_ctrl_c_stops_all(tmp_path):
         wait_http(f"http://127.0.0.1:{ports['dagster']}/server_info", 240, alive)
         sidecar = wait_http(f"http://127.0.0.1:{ports['stream']}/health", 60, alive).json()
         assert sidecar["source"] == "replay" and sidecar["markets"] == ["kraken:BTC-USD"]
+        deadline = time.monotonic() + 30
+        while "the system is up" not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
         log = out.read_text()
+        assert "all 3 services answer: the system is up" in log
+        assert re.search(rf"rtml up\s+\| api ready \(http://127.0.0.1:{ports['api']}/health\)", log)
         assert f"Dagster UI      http://127.0.0.1:{ports['dagster']}" in log
         assert re.search(r"\d\d:\d\d:\d\d api\s+\| ", log)  # forwarded with a prefix
         pids = _started_pids(log)
