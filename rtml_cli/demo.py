@@ -18,6 +18,7 @@ import dagster as dg
 
 from rtml_assets.market_history.markets import MarketSource
 from rtml_assets.market_history.partitions import range_tags
+from rtml_cli.demo_live import DEMO_MARKET, history_markets, stream_step
 from rtml_core.settings import Settings
 
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -66,6 +67,10 @@ class Demo:
     echo: Callable[[str], None] = click.echo
     outcomes: dict[str, list[RunOutcome]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    source_markets: list[MarketSource] = field(default_factory=list)
+    """The catalog as configured (``markets`` may stop earlier: the live steps replay the rest)."""
+    latest_row: object | None = None
+    """The newest online feature row the stream step wrote."""
 
     def materialize(self, step: str, market: MarketSource, asset_names: Sequence[str],
                     run_config: dict | None = None) -> RunOutcome:
@@ -157,7 +162,7 @@ def features_step(demo: Demo) -> list[str]:
 
 TRAINING_ASSETS = ["training_set", "baseline_model", "lasso_model", "xgboost_model",
                    "candidate_model", "champion_model"]
-DEMO_TRAINING_MARKET = ("cme", "ES-USD", "1m")
+DEMO_TRAINING_MARKET = DEMO_MARKET
 """The demo trains on the market whose real ticks the sidecar then replays: ES 1m, H = 60 s."""
 
 
@@ -202,6 +207,7 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("market history", market_history_step),
     DemoStep("features", features_step),
     DemoStep("training", training_step),
+    DemoStep("stream", stream_step),
 ]
 
 
@@ -211,14 +217,15 @@ def run_demo(settings: Settings, steps: Sequence[DemoStep] | None = None,
     from rtml_assets.definitions import build_definitions, market_catalog
     from rtml_cli.dagster_home import embedded_dagster_home, embedded_instance
 
-    markets = market_catalog(settings)
+    source_markets = market_catalog(settings)
+    markets = history_markets(source_markets)
     defs = build_definitions(settings, markets)
     echo(f"rtml demo: RTML_HOME={settings.home.resolve()}")
     echo(f"  offline store  {_redacted(settings.resolved_offline_url)}")
     echo(f"  dagster home   {embedded_dagster_home(settings)}")
     started = time.perf_counter()
     with embedded_instance(settings, persistent=record_runs) as instance:
-        demo = Demo(settings, defs, markets, instance, echo)
+        demo = Demo(settings, defs, markets, instance, echo, source_markets=source_markets)
         for number, step in enumerate(steps if steps is not None else DEMO_STEPS, start=1):
             echo(f"\n[{number}] {step.name}")
             step_started = time.perf_counter()
