@@ -6,7 +6,10 @@ Both apps run under uvicorn (uvloop + httptools, one worker, no access log) on l
 serve the same XGBoost model trained on the real BTC-USD 30m candles, and read the same
 feature row from real Redis on every request. Load: an open-loop generator at fixed rates
 (requests are due on a clock, never waiting for earlier answers; latency runs from the
-moment a request is due; unanswered ones count as failed) and `wrk` at saturation (closed loop, 32 connections).
+moment a request is due; unanswered ones count as failed) and `wrk` at saturation (closed
+loop, 32 connections). Servers are pinned to one core and load generators to the other; the
+apps are measured in interleaved rounds, each after an untimed burst at the same load, and
+the table shows medians.
 Also: single-row inference latency of each path (XGBoost, ONNX Runtime, Treelite GTIL).
 """
 
@@ -85,6 +88,15 @@ def train_and_register(home: Path, trees: int, depth: int):
 
 
 # ---- servers -----------------------------------------------------------------------------
+SERVER_CPU, CLIENT_CPU = 1, 0
+"""Servers on one core, load generators on the other: every app gets the same placement."""
+
+
+def _pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {cpu})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -99,7 +111,7 @@ def start_server(target: str, env: dict, factory: bool) -> tuple[subprocess.Pope
     if factory:
         command.append("--factory")
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, preexec_fn=lambda: _pin(SERVER_CPU))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -180,7 +192,7 @@ async def fixed_rate(port: int, rate: float, duration: float, connections: int =
         queue.put_nowait(time.perf_counter())
     for _ in workers:
         queue.put_nowait(None)
-    _, pending = await asyncio.wait(workers, timeout=2.0 + duration / 2)
+    _, pending = await asyncio.wait(workers, timeout=1.0 + duration / 2)
     end = time.perf_counter()
     for task in pending:
         task.cancel()
@@ -206,7 +218,7 @@ def saturate_wrk(port: int, duration: float, connections: int = 32) -> dict:
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["X-API-Key"] = "{API_KEY}"\n'
     )
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(duration))}s", "--latency",
+    out = subprocess.run(["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", f"-c{connections}", f"-d{max(1, int(duration))}s", "--latency",
                           "-s", str(script), f"http://127.0.0.1:{port}/v1/predict"],
                          capture_output=True, text=True, check=True).stdout
     script.unlink()
@@ -244,18 +256,23 @@ async def saturate_python(port: int, duration: float, connections: int = 32) -> 
             "p99": float(np.percentile(values, 99)), "errors": errors[0], "n": len(values)}
 
 
-def run_loads(port: int, rates: list[int], duration: float) -> dict:
+def one_load(port: int, load: str, duration: float) -> dict:
     import uvloop
 
-    results = {}
-    uvloop.run(fixed_rate(port, 200, 1.0))  # warm-up
-    for rate in rates:
-        results[f"{rate} req/s"] = uvloop.run(fixed_rate(port, rate, duration))
-    if shutil.which("wrk"):
-        results["saturation (wrk)"] = saturate_wrk(port, duration * 1.5)
-    else:
-        results["saturation (py)"] = uvloop.run(saturate_python(port, duration * 1.5))
-    return results
+    if load == "saturation":  # each measurement follows an untimed burst at the same load
+        if shutil.which("wrk"):
+            saturate_wrk(port, 1.0)
+            return saturate_wrk(port, duration)
+        uvloop.run(saturate_python(port, 1.0))
+        return uvloop.run(saturate_python(port, duration))
+    rate = int(load.split()[0])
+    uvloop.run(fixed_rate(port, rate, 0.5))
+    return uvloop.run(fixed_rate(port, rate, duration))
+
+
+def median_of(rounds: list[dict]) -> dict:
+    return {key: float(np.median([r[key] for r in rounds])) for key in ("rps", "p50", "p99")} | {
+        "errors": int(sum(r["errors"] for r in rounds)), "p99s": [r["p99"] for r in rounds]}
 
 
 # ---- inference paths ---------------------------------------------------------------------
@@ -301,7 +318,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--redis-url", default=os.environ.get("RTML_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
-    duration = 2.0 if args.quick else 10.0
+    duration = 2.0 if args.quick else 5.0
+    rounds = 1 if args.quick else 3
     rates = [100, 500] if args.quick else [100, 500, 1000]
     trees, depth = (20, 4) if args.quick else (100, 6)
 
@@ -310,6 +328,7 @@ def main() -> None:
     from rtml_core.schemas import FeatureRow
     from rtml_core.stores.online import open_online_store
 
+    _pin(CLIENT_CPU)
     home = Path(tempfile.mkdtemp(prefix="rtml-bench-api-"))
     prefix = f"rtmlbench:{uuid.uuid4().hex[:8]}"
     try:
@@ -342,28 +361,42 @@ def main() -> None:
               "PEER_MODEL_PATH": str(model_path), "PEER_FEATURE_NAMES": ",".join(FEATURES),
               "PEER_RESIDUAL_STD": repr(residual_std), "PEER_HORIZON_S": "1800", "PEER_TIMEFRAME": "30m"}),
         ]
-        results = {}
-        for name, target, factory, env in apps:
-            process, port = start_server(target, env, factory)
-            try:
-                results[name] = run_loads(port, rates, duration)
-            finally:
-                stop_server(process)
-            print(f"measured {name}", flush=True)
+        servers = {}
+        try:
+            for name, target, factory, env in apps:
+                servers[name] = start_server(target, env, factory)
+            import uvloop
 
-        print("\nPOST /v1/predict over loopback, uvicorn (uvloop, httptools), 1 worker each")
-        loads = list(next(iter(results.values())))
-        print(f"{'app':32} {'load':18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}")
+            for _, port in servers.values():
+                uvloop.run(fixed_rate(port, 200, 1.0))  # warm-up
+            loads = [f"{rate} req/s" for rate in rates] + ["saturation"]
+            raw: dict[str, dict[str, list[dict]]] = {name: {load: [] for load in loads} for name in servers}
+            for load in loads:  # rounds interleave the apps, so a noisy neighbour hits all of them
+                for _ in range(rounds):
+                    for name, (_, port) in servers.items():
+                        raw[name][load].append(one_load(port, load, duration))
+                print(f"measured {load}", flush=True)
+        finally:
+            for process, _ in servers.values():
+                stop_server(process)
+        results = {name: {load: median_of(raw[name][load]) for load in loads} for name in raw}
+
+        print(f"\nPOST /v1/predict over loopback, uvicorn (uvloop, httptools), 1 worker each; median of "
+              f"{rounds} interleaved round(s) of {duration:g} s; saturation: "
+              f"{'wrk -c32' if shutil.which('wrk') else 'python closed loop, 32 connections'}")
+        print(f"{'app':32} {'load':12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}  p99 per round")
         for load in loads:
             for name in results:
                 r = results[name][load]
-                print(f"{name:32} {load:18} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:7d}")
-        sat = [k for k in loads if k.startswith("saturation")][0]
-        ours = results["rtml Litestar (no rate limit)"][sat]["rps"]
-        peer = results["FastAPI textbook"][sat]["rps"]
+                rounds_text = " ".join(f"{v:.1f}" for v in r["p99s"])
+                print(f"{name:32} {load:12} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:7d}  "
+                      f"{rounds_text}")
+        ours = results["rtml Litestar (no rate limit)"]["saturation"]["rps"]
+        peer = results["FastAPI textbook"]["saturation"]["rps"]
         print(f"\nsaturated throughput: rtml {ours:.0f} req/s vs textbook {peer:.0f} req/s = {ours / peer:.2f}x "
               f"(target >= 2x); rtml p99 at 500 req/s: "
-              f"{results['rtml Litestar (no rate limit)']['500 req/s']['p99']:.2f} ms (target < 5 ms)")
+              f"{results['rtml Litestar (no rate limit)']['500 req/s']['p99']:.2f} ms (target < 5 ms); "
+              f"load average now {os.getloadavg()[0]:.1f}")
     finally:
         client = redis.Redis.from_url(args.redis_url)
         keys = list(client.scan_iter(match=f"{prefix}*"))
