@@ -30,7 +30,7 @@ from pathlib import Path
 
 import click
 
-from rtml_core.errors import InputError
+from rtml_core.errors import InputError, RtmlError
 from rtml_core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -162,14 +162,19 @@ def plan_stack(settings: Settings, options: UpOptions, environ: Mapping[str, str
     return [s for s in services if s.name in options.services], env
 
 
+def redact_online(url: str) -> str:
+    """The online-store URL without its credentials."""
+    if "@" not in url:
+        return url
+    return url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[1]
+
+
 def describe(settings: Settings, services: list[Service], env: Mapping[str, str]) -> list[str]:
     """What ``rtml up`` prints before starting: the stores and where each service listens."""
     from sqlalchemy.engine import make_url
 
     offline = make_url(settings.resolved_offline_url).render_as_string(hide_password=True)
-    online = settings.resolved_online_url
-    if "@" in online:
-        online = online.split("://", 1)[0] + "://***@" + online.rsplit("@", 1)[1]
+    online = redact_online(settings.resolved_online_url)
     pg = "PostgreSQL (RTML_DAGSTER_PG_URL)" if "dagster_pg" in env["DAGSTER_HOME"] else "embedded SQLite"
     lines = [
         f"rtml up: RTML_HOME={env['RTML_HOME']}",
@@ -206,6 +211,37 @@ def watch_ready(services: list[Service], say, stop: threading.Event, timeout_s: 
             stop.wait(1.0)
     if total and not waiting:
         say(f"all {total} services answer: the system is up")
+
+
+def preflight(settings: Settings) -> None:
+    """Open both stores once before starting anything: a wrong URL or a server that is down fails
+    here in one clear line, and the offline schema (prediction log included) is created once."""
+    import sqlalchemy as sa
+
+    from rtml_core.prediction_log import migrate_predictions
+    from rtml_core.stores.offline import open_offline_store
+    from rtml_core.stores.online import open_online_store
+
+    offline_url = sa.make_url(settings.resolved_offline_url).render_as_string(hide_password=True)
+    try:
+        store = open_offline_store(settings.resolved_offline_url)
+        try:
+            migrate_predictions(store)
+        finally:
+            store.close()
+    except sa.exc.SQLAlchemyError as error:
+        raise RtmlError(f"offline store {offline_url} is not usable: {getattr(error, 'orig', None) or error}") from None
+    online_url = redact_online(settings.resolved_online_url)
+    try:
+        online = open_online_store(settings.resolved_online_url, settings.online_prefix, settings.online_history)
+        try:
+            reachable = online.ping()
+        finally:
+            online.close()
+    except (OSError, RtmlError) as error:
+        raise RtmlError(f"online store {online_url} is not usable: {error}") from None
+    if not reachable:
+        raise RtmlError(f"online store {online_url} does not answer")
 
 
 def run_stack(services: list[Service], env: Mapping[str, str], output=None) -> int:
@@ -273,6 +309,7 @@ def up(host, dagster_port, api_port, stream_port, exchange, symbols, replay_file
                         exchange=exchange, symbols=symbols, replay_file=replay_file, replay_speed=replay_speed,
                         **({"services": tuple(s.strip() for s in only.split(",") if s.strip())} if only else {}))
     services, env = plan_stack(settings, options, os.environ)
+    preflight(settings)
     for line in describe(settings, services, env):
         click.echo(line)
     sys.exit(run_stack(services, env))

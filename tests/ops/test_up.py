@@ -71,6 +71,20 @@ def test_plan_refuses_an_open_api_without_keys(tmp_path):
         plan_stack(Settings(home=tmp_path), UpOptions(replay_file=tmp_path / "nope.json"), {})
 
 
+def test_up_refuses_unreachable_stores_before_starting_anything(tmp_path):
+    env = _clean_env(tmp_path / "home")
+    down = {**env, "RTML_OFFLINE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/rtml"}
+    proc = subprocess.run(check=False, args=[sys.executable, "-m", "rtml_cli", "up"], capture_output=True, text=True,
+                          cwd=tmp_path, env=down, timeout=120)
+    assert proc.returncode == 2 and "error: offline store postgresql+psycopg://postgres@127.0.0.1" in proc.stderr
+    assert "started (pid=" not in proc.stdout
+    down = {**env, "RTML_ONLINE_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    proc = subprocess.run(check=False, args=[sys.executable, "-m", "rtml_cli", "up"], capture_output=True, text=True,
+                          cwd=tmp_path, env=down, timeout=120)
+    assert proc.returncode == 2 and "error: online store redis://127.0.0.1:" in proc.stderr, proc.stderr
+    assert (tmp_path / "home" / "offline.sqlite").exists()  # the embedded offline store was created first
+
+
 SUPERVISE = textwrap.dedent("""
     import sys
     from rtml_cli.up import Service, run_stack
