@@ -1,8 +1,10 @@
 """The monitoring assets and checks end to end on real BTC-USD candles: a champion trained and
-registered, its predictions served through the PredictionLog, then joined with reality."""
+registered, 1,000 predictions served by the real API (create_app) and logged by its PredictionLog,
+then joined with reality."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import re
@@ -19,7 +21,7 @@ from rtml_assets.training.resources import ModelRegistryResource
 from rtml_core.monitoring import psi
 from rtml_core.prediction_log import PredictionLog
 from rtml_core.registry import ModelRegistry
-from rtml_core.schemas import Candle
+from rtml_core.schemas import Candle, FeatureRow
 from rtml_core.stores.offline import open_offline_store
 from rtml_core.training.datasets import build_training_set
 from rtml_core.training.pipeline import train_model
@@ -69,16 +71,44 @@ def served(tmp_path_factory):
     predicted = champion.predict(live)
     closes = candles["close"].iloc[TRAIN_ROWS:].to_numpy()
     log = PredictionLog(store, flush_interval_s=0.05)
-    for i in range(len(live)):
-        log.record({"feature_event_time": live["time"].iloc[i] + pd.Timedelta(minutes=30), "price": closes[i],
-                    "predicted_price": closes[i] * math.exp(predicted[i]), "predicted_return": predicted[i],
-                    "model_version": str(version.version), "feature_set_version": "test-v1", "horizon_s": H,
-                    "prob_up": 0.5, **MARKET})
+    served = asyncio.run(_serve_through_the_api(home, registry, log, live, closes))
     log.close()
-    assert log.written == len(live)
+    assert log.written == len(live) and log.dropped == 0
+    np.testing.assert_allclose(served, predicted, rtol=1e-9, atol=1e-15)  # what the API answered
     yield {"url": url, "home": home, "candles": candles, "features": features, "predicted": predicted,
            "version": version, "training": training}
     store.close()
+
+
+async def _serve_through_the_api(home, registry, log, live: pd.DataFrame, closes: np.ndarray) -> np.ndarray:
+    """The real API on the champion: each feature row written to the online store, then one
+    POST /v1/predict; the API logs every answer through ``log``. Returns the predicted returns."""
+    from litestar.testing import AsyncTestClient
+
+    from api.app import create_app
+    from rtml_core.settings import Settings
+    from rtml_core.stores.online import open_online_store
+
+    online = open_online_store(f"sqlite:///{home / 'online.sqlite'}")
+    settings = Settings(home=home, api_auth_disabled=True, api_serve_stale=True, api_rate_limit=0,
+                        api_default_exchange="gym", api_default_timeframe="30m")
+    names = [c for c in live.columns if c != "time"]
+    answers = []
+    async with AsyncTestClient(create_app(settings, online_store=online, registry=registry,
+                                          prediction_log=log)) as client:
+        for i in range(len(live)):
+            values = {name: float(live[name].iloc[i]) for name in names} | {"close": float(closes[i])}
+            event_ns = int((live["time"].iloc[i] + pd.Timedelta(minutes=30)).value)
+            online.write_rows([FeatureRow(event_time_ns=event_ns, feature_set_version="test-v1", values=values,
+                                          **MARKET)])
+            reply = await client.post("/v1/predict", json={"symbol": "BTC-USD"})
+            assert reply.status_code == 200, reply.text
+            body = reply.json()
+            assert body["stale"] and body["price"] == closes[i]
+            answers.append(body["predicted_return"])
+    online.close()
+    return np.asarray(answers)
+
 
 
 def _definitions(served) -> dg.Definitions:
