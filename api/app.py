@@ -38,8 +38,12 @@ def _champion_source(registry) -> ChampionSource:
     return RegistryChampionSource(registry)
 
 
-def create_app(settings: Settings, *, online_store=None, registry=None) -> Litestar:
-    """Build the API. ``registry``: a ``ModelRegistry`` or any ``ChampionSource``; None opens them."""
+def create_app(settings: Settings, *, online_store=None, registry=None, prediction_log=None) -> Litestar:
+    """Build the API. ``registry``: a ``ModelRegistry`` or any ``ChampionSource``; None opens them.
+
+    ``prediction_log``: a ``rtml_core.prediction_log.PredictionLog``; None opens one on the offline
+    store when ``settings.api_log_predictions`` (a failure to open it is logged, never fatal).
+    """
     keys = parse_keys(settings.api_keys)
     check_auth_config(keys, settings.api_auth_disabled)
     metrics_ = ApiMetrics()
@@ -52,6 +56,7 @@ def create_app(settings: Settings, *, online_store=None, registry=None) -> Lites
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         owned: list = []
+        owned_log = None
         store = online_store
         if store is None:
             from rtml_core.stores.online import open_online_store
@@ -66,7 +71,16 @@ def create_app(settings: Settings, *, online_store=None, registry=None) -> Lites
             owned.append(source)
         source = _champion_source(source)
         app.state.champion_source = source
-        app.state.service = PredictionService(settings, store, holder, metrics_)
+        predictions = prediction_log
+        if predictions is None and settings.api_log_predictions:
+            try:
+                from rtml_core.prediction_log import PredictionLog
+
+                predictions = await asyncio.to_thread(PredictionLog, settings.resolved_offline_url)
+                owned_log = predictions
+            except Exception as error:  # noqa: BLE001 - serving matters more than logging
+                log.warning("predictions are not logged: %s: %s", type(error).__name__, error)
+        app.state.service = PredictionService(settings, store, holder, metrics_, predictions)
         try:
             await refresh_champion(holder, source, on_swap)
         except Exception as error:  # noqa: BLE001 - serve 503s and keep polling; /ready says why
@@ -79,6 +93,8 @@ def create_app(settings: Settings, *, online_store=None, registry=None) -> Lites
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
             await app.state.service.reader.aclose()
+            if owned_log is not None:
+                await owned_log.aclose()
             for client in owned:
                 try:
                     client.close()

@@ -43,8 +43,10 @@ def canonical_symbol(raw: str) -> str:
 class PredictionService:
     """Reads the online store, checks version and freshness, predicts, builds the order intent."""
 
-    def __init__(self, settings: Settings, store, holder: ChampionHolder, metrics: ApiMetrics) -> None:
+    def __init__(self, settings: Settings, store, holder: ChampionHolder, metrics: ApiMetrics,
+                 prediction_log=None) -> None:
         self.settings = settings
+        self.prediction_log = prediction_log  # PredictionLog: record() is O(1) and never blocks
         self.store = store
         self.holder = holder
         self.metrics = metrics
@@ -154,7 +156,7 @@ class PredictionService:
             live_spread_bps=spread,
         )
         self.metrics.predictions.labels(source).inc()
-        return Prediction(
+        prediction = Prediction(
             symbol=row.symbol, exchange=row.exchange, timeframe=row.timeframe,
             model_version=model.version, feature_set_version=model.feature_set_version,
             feature_event_time=iso_time(row.event_time_ns), feature_age_ms=round(age_ms, 3),
@@ -171,3 +173,6 @@ class PredictionService:
             ),
             inference_path=model.predictor.path,
         )
+        if self.prediction_log is not None:
+            self.prediction_log.record(prediction)
+        return prediction

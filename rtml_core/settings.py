@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=16_384, description="Largest request body accepted.")
     api_max_batch: int = Field(default=50, description="Most symbols in one batch prediction.")
     api_model_poll_s: float = Field(default=2.0, description="Seconds between registry polls for a new champion.")
+    api_log_predictions: bool = Field(default=True, description="Log served predictions to the offline store.")
     exec_max_position: float = Field(default=1.0, description="Largest position, as a fraction of capital.")
     exec_fee_bps: float = Field(default=10.0, description="Taker fee per side, basis points.")
     exec_spread_bps: float = Field(default=2.0, description="Spread assumed when no live book spread is known.")

@@ -126,7 +126,8 @@ def online_store(online_url):
 
 
 def api_settings(**overrides) -> Settings:
-    base = dict(api_keys=API_KEY, api_model_poll_s=0.05, api_rate_limit=0, home=Path("/nonexistent"))
+    base = dict(api_keys=API_KEY, api_model_poll_s=0.05, api_rate_limit=0, home=Path("/nonexistent"),
+                api_log_predictions=False)
     base.update(overrides)
     return Settings(**base)
 

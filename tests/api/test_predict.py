@@ -111,3 +111,24 @@ async def test_lasso_champion_is_served_by_its_own_predict(online_store, registr
     expected = float(loaded.predict(np.array([[row.values[n] for n in FEATURES]]))[0])
     assert body["inference_path"] == "python"
     assert body["predicted_return"] == expected
+
+
+async def test_served_predictions_are_logged_to_the_offline_store(tmp_path, online_store, registry,
+                                                                  champion_version, real_data):
+    import sqlalchemy as sa
+
+    from rtml_core.prediction_log import read_predictions
+
+    online_store.write_rows([feature_row(real_data, -1)])
+    offline_url = f"sqlite:///{tmp_path / 'offline.sqlite'}"
+    settings = api_settings(api_log_predictions=True, offline_url=offline_url)
+    async with AsyncTestClient(create_app(settings, online_store=online_store, registry=registry)) as client:
+        answers = [(await client.post("/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS)).json()
+                   for _ in range(3)]
+    engine = sa.create_engine(offline_url)  # the log was flushed and closed with the app
+    logged = read_predictions(engine, symbol="BTC-USD")
+    engine.dispose()
+    assert len(logged) == 3
+    assert list(logged["predicted_return"]) == [a["predicted_return"] for a in answers]
+    assert set(logged["model_version"]) == {str(champion_version)}
+    assert set(logged["inference_path"]) == {"onnxruntime"}
