@@ -17,6 +17,7 @@ from rtml_assets.market_history.assets import build_market_history_assets
 from rtml_assets.market_history.checks import build_market_history_checks
 from rtml_assets.market_history.markets import MarketSource, demo_markets, load_markets
 from rtml_assets.market_history.partitions import market_day_partitions
+from rtml_assets.monitoring import monitoring_assets, monitoring_checks, monitoring_schedules
 from rtml_assets.resources import OfflineStoreResource
 from rtml_assets.training import (
     training_assets,
@@ -52,13 +53,15 @@ def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None
     (indicator_table,) = build_feature_assets(markets, partitions, feature_set, validated_candles)
     offline_store = offline_store_resource(settings)
     return dg.Definitions(
-        assets=[raw_trades, validated_candles, indicator_table, *training_assets, online_features_spec()],
+        assets=[raw_trades, validated_candles, indicator_table, *training_assets, online_features_spec(),
+                *monitoring_assets],
         asset_checks=[
             *build_market_history_checks(markets, validated_candles),
             *build_feature_checks(markets, indicator_table, feature_set),
             *training_checks,
+            *monitoring_checks,
         ],
-        schedules=training_schedules,
+        schedules=[*training_schedules, *monitoring_schedules],
         sensors=training_sensors,
         jobs=[
             dg.define_asset_job("market_history_job", selection=dg.AssetSelection.groups("market_history"),

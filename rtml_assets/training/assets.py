@@ -26,6 +26,8 @@ from rtml_core.training.plots import feature_importance_png, markdown_image, pre
 from rtml_core.training.tuning import params_summary
 
 GROUP = "training"
+MODELS_GROUP = "models"
+"""Models, the candidate and the champion: their own group in the UI, after the training set."""
 OWNERS = ["team:ml"]
 INDICATOR_TABLE = dg.AssetKey("indicator_table")
 VALIDATED_CANDLES = dg.AssetKey("validated_candles")
@@ -282,7 +284,7 @@ def _model_output(context, registry_resource, training_set: TrainingSet, model: 
 
 
 @dg.asset(
-    group_name=GROUP,
+    group_name=MODELS_GROUP,
     kinds={"python", "numpy"},
     owners=OWNERS,
     automation_condition=dg.AutomationCondition.eager(),
@@ -314,7 +316,7 @@ def baseline_model(training_set: TrainingSet) -> dg.Output[dict]:
 
 
 @dg.asset(
-    group_name=GROUP,
+    group_name=MODELS_GROUP,
     kinds={"python", "scikitlearn"},
     owners=OWNERS,
     automation_condition=dg.AutomationCondition.eager(),
@@ -329,7 +331,7 @@ def lasso_model(
 
 
 @dg.asset(
-    group_name=GROUP,
+    group_name=MODELS_GROUP,
     kinds={"python", "xgboost"},
     owners=OWNERS,
     automation_condition=dg.AutomationCondition.eager(),
@@ -344,7 +346,7 @@ def xgboost_model(
 
 
 @dg.asset(
-    group_name=GROUP,
+    group_name=MODELS_GROUP,
     kinds={"python"},
     owners=OWNERS,
     automation_condition=dg.AutomationCondition.eager(),
@@ -374,7 +376,7 @@ def candidate_model(lasso_model: RegisteredModel, xgboost_model: RegisteredModel
 
 
 @dg.asset(
-    group_name=GROUP,
+    group_name=MODELS_GROUP,
     kinds={"python"},
     owners=OWNERS,
     automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),

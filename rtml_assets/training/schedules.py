@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from rtml_assets.training.assets import GROUP
+from rtml_assets.training.assets import GROUP, MODELS_GROUP
 
-TRAINING_SELECTION = dg.AssetSelection.groups(GROUP)
+TRAINING_SELECTION = dg.AssetSelection.groups(GROUP, MODELS_GROUP)
 
 retrain_hourly = dg.ScheduleDefinition(
     name="retrain_hourly",

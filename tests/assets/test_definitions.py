@@ -27,9 +27,10 @@ def test_definitions_load_with_groups_checks_and_partitions(monkeypatch: pytest.
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {"raw_trades": "market_history", "validated_candles": "market_history",
                       "indicator_table": "features", "training_set": "training",
-                      "baseline_model": "training", "lasso_model": "training",
-                      "xgboost_model": "training", "candidate_model": "training",
-                      "champion_model": "training", "online_features": "online"}
+                      "baseline_model": "models", "lasso_model": "models",
+                      "xgboost_model": "models", "candidate_model": "models",
+                      "champion_model": "models", "online_features": "online",
+                      "live_model_performance": "monitoring", "feature_drift": "monitoring"}
     checks = {key.name: key.asset_key.to_user_string() for key in graph.asset_check_keys}
     assert checks == {
         "check_validated_candles_no_duplicate_keys": "validated_candles",
@@ -41,10 +42,18 @@ def test_definitions_load_with_groups_checks_and_partitions(monkeypatch: pytest.
         "check_indicator_table_ranges": "indicator_table",
         "check_indicator_table_row_count": "indicator_table",
         "check_candidate_beats_baseline": "candidate_model",
+        "check_validated_candles_fresh": "validated_candles",
+        "check_online_features_fresh": "online_features",
+        "check_live_model_performance_skill": "live_model_performance",
+        "check_feature_drift_psi": "feature_drift",
     }
     for key in graph.asset_check_keys:
         spec = graph.get_check_spec(key)
         assert spec.blocking == (key.name not in {"check_validated_candles_gaps",
+                                                  "check_validated_candles_fresh",
+                                                  "check_online_features_fresh",
+                                                  "check_live_model_performance_skill",
+                                                  "check_feature_drift_psi",
                                                   "check_validated_candles_outlier_returns"}), key.name
     partitions = defs.get_assets_def("validated_candles").partitions_def
     assert isinstance(partitions, dg.MultiPartitionsDefinition)

@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LOCATION = "rtml_assets.definitions"
 UI_TIMEOUT_S = 90
-EXPECTED_GROUPS = {"market_history", "features", "training"}
+EXPECTED_GROUPS = {"market_history", "features", "training", "models", "online", "monitoring"}
 """Groups the UI must show (add "online" and "monitoring" once definitions.py wires them)."""
 
 
