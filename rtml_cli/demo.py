@@ -18,7 +18,7 @@ import dagster as dg
 
 from rtml_assets.market_history.markets import MarketSource
 from rtml_assets.market_history.partitions import range_tags
-from rtml_cli.demo_live import DEMO_MARKET, history_markets, stream_step
+from rtml_cli.demo_live import DEMO_MARKET, history_markets, prediction_step, stream_step
 from rtml_core.settings import Settings
 
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -215,6 +215,7 @@ DEMO_STEPS: list[DemoStep] = [
     DemoStep("features", features_step),
     DemoStep("training", training_step),
     DemoStep("stream", stream_step),
+    DemoStep("prediction", prediction_step),
 ]
 
 

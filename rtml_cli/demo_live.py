@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from rtml_assets.market_history.markets import MarketSource
 from rtml_assets.market_history.partitions import day_start_ns
-from rtml_core.schemas import Trade
+from rtml_core.schemas import ROW_CONTEXT_FIELDS, Trade
 
 REPLAY_DAY = dt.date(2013, 9, 3)
 DEMO_MARKET = ("cme", "ES-USD", "1m")
@@ -76,7 +76,72 @@ def stream_step(demo) -> list[str]:
     demo.latest_row = row
     lines.append(f"latest row {exchange}:{symbol}:{timeframe} at {event}: rsi_14 "
                  f"{row.values.get('rsi_14', float('nan')):.2f}, macd_12_26_9 {row.values.get('macd_12_26_9', float('nan')):.4f}, "
-                 f"{len(row.values)} features, version {row.feature_set_version}")
+                 f"{len(set(row.values) - set(ROW_CONTEXT_FIELDS))} features, version {row.feature_set_version}")
     if summary.online.get("pending"):
         demo.failures.append(f"stream: {summary.online.get('pending')} rows not written to the online store")
     return lines
+
+
+def prediction_step(demo) -> list[str]:
+    """Start the API on loopback (a fresh API key), ask it for a prediction over real HTTP, stop it."""
+    import json
+    import secrets
+    import socket
+    import threading
+    import time
+
+    import logging
+
+    import httpx
+    import uvicorn
+
+    from api.app import create_app
+
+    exchange, symbol, timeframe = DEMO_MARKET
+    for quiet in ("httpx", "api"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
+    key = secrets.token_urlsafe(16)
+    # Replayed 2013 features are years old: serve them flagged stale rather than refuse them.
+    settings = demo.settings.model_copy(update={"api_keys": key, "api_serve_stale": True,
+                                                "api_default_exchange": exchange})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="rtml-demo-api", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=10.0) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if client.get("/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or not thread.is_alive():
+                    demo.failures.append("prediction: the API did not become ready within 60 s")
+                    return [f"API on {base} not ready"]
+                time.sleep(0.2)
+            started = time.perf_counter()
+            answer = client.post("/v1/predict", headers={"X-API-Key": key},
+                                 json={"symbol": symbol, "exchange": exchange, "timeframe": timeframe})
+            elapsed_ms = (time.perf_counter() - started) * 1000
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    if answer.status_code != 200:
+        demo.failures.append(f"prediction: POST /v1/predict answered {answer.status_code}: {answer.text[:300]}")
+        return [f"POST {base}/v1/predict -> {answer.status_code}"]
+    body = answer.json()
+    execution = body.get("execution", {})
+    return [
+        f"POST {base}/v1/predict {json.dumps({'symbol': symbol, 'exchange': exchange})} -> 200 "
+        f"in {elapsed_ms:.1f} ms (model v{body['model_version']}, {body.get('inference_path', '-')})",
+        f"price {body['price']:.2f} -> predicted {body['predicted_price']:.4f} in {body['horizon_s']} s "
+        f"(return {body['predicted_return']:+.6f}, prob_up {body['prob_up']:.3f}); features of "
+        f"{body['feature_event_time']}{' (stale: replayed history)' if body.get('stale') else ''}",
+        f"execution: {execution.get('side')} size {execution.get('size')}: {execution.get('reason')}",
+    ]

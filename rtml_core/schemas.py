@@ -59,11 +59,18 @@ class Candle(msgspec.Struct, frozen=True, gc=False):
     trade_count: int
 
 
+ROW_CONTEXT_FIELDS = ("close",)
+"""Values a stream row carries beside its features (the candle's close, the price the API
+predicts from); written to the online store, never to the offline feature tables."""
+
+
 class FeatureRow(msgspec.Struct, frozen=True):
     """One row of the feature set for (exchange, symbol, timeframe) at ``event_time_ns``.
 
     ``event_time_ns`` is the end (close time) of the candle the row was computed from, so a
-    reader can refuse stale data. ``values`` maps feature name -> value (NaN during warm-up).
+    reader can refuse stale data. ``values`` maps feature name -> value (NaN during warm-up),
+    plus the ``ROW_CONTEXT_FIELDS`` when the stream wrote it. Offline feature tables key the
+    same row by the candle's start time (``event_time_ns - timeframe``).
     """
 
     exchange: str

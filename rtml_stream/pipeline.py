@@ -349,6 +349,7 @@ class Pipeline:
                           timeframe=tf, start_ns=candle.start_ns, error=str(error))
                 continue
             end = candle.start_ns + tf_ns
+            values = {**values, "close": float(candle.close)}  # ROW_CONTEXT_FIELDS: the price served with it
             self._rows.append(FeatureRow(state.exchange, state.symbol, tf, end, self.version, values))
             self._closed_at[(state.exchange, state.symbol, tf, end)] = now
             self.rows_out += 1

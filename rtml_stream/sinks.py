@@ -31,7 +31,8 @@ import pandas as pd
 import structlog
 
 from rtml_core.errors import InputError
-from rtml_core.schemas import Candle, FeatureRow
+from rtml_core.schemas import ROW_CONTEXT_FIELDS, Candle, FeatureRow
+from rtml_core.timeframes import timeframe_ns
 from rtml_core.stores.online_base import RESERVED_FIELDS, LiveValues, OnlineStore, check_key_part, check_row
 
 log = structlog.get_logger("rtml_stream.sinks")
@@ -531,18 +532,21 @@ class OfflineLogSink(_RetryingSink):
 def _first_group(rows: list[FeatureRow]):
     """The rows sharing the first row's (exchange, symbol, timeframe, version, names), and the rest."""
     first = rows[0]
-    names = tuple(first.values)
+    names = tuple(name for name in first.values if name not in ROW_CONTEXT_FIELDS)
     key = (first.exchange, first.symbol, first.timeframe, first.feature_set_version, names)
     group, rest = [], []
     for row in rows:
         same = (row.exchange, row.symbol, row.timeframe, row.feature_set_version) == key[:4]
-        (group if same and tuple(row.values) == names else rest).append(row)
+        (group if same and tuple(n for n in row.values if n not in ROW_CONTEXT_FIELDS) == names
+         else rest).append(row)
     return key, group, rest
 
 
 def feature_frame(rows: Sequence[FeatureRow], names: Sequence[str]) -> pd.DataFrame:
-    """``time`` (datetime64[ns, UTC], the rows' event times) plus one float64 column per name."""
-    times = pd.DatetimeIndex(np.array([row.event_time_ns for row in rows], dtype="datetime64[ns]"), tz="UTC")
+    """``time`` plus one float64 column per name, keyed like the batch indicator table: ``time`` is
+    the candle's start (the row's event time, its close, minus the timeframe), datetime64[ns, UTC]."""
+    starts = [row.event_time_ns - timeframe_ns(row.timeframe) for row in rows]
+    times = pd.DatetimeIndex(np.array(starts, dtype="datetime64[ns]"), tz="UTC")
     columns = {"time": times}
     for name in names:
         columns[name] = np.array([row.values[name] for row in rows], dtype="float64")

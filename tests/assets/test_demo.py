@@ -20,7 +20,11 @@ def test_demo_imports_validates_and_computes_features(tmp_path: Path, monkeypatc
     assert result.exit_code == 0, result.output
     out = result.output
     assert "[1] market history" in out and "[2] features" in out
-    assert "500,000 trades -> 2,264 candles" in out  # the real ES ticks, 1m candles
+    # history of the real ES ticks up to 2013-09-02; the stream replays 2013-09-03's ticks
+    assert "66,321 trades -> 1,433 candles" in out
+    assert "[3] training" in out and "champion: version 1" in out
+    assert "replayed 433,679 real ticks of 2013-09-03 -> 832 candles, 832 feature rows (0 late)" in out
+    assert "[5] prediction" in out and "/v1/predict" in out and "-> 200" in out
     assert "1,000 trades -> 411 candles" in out  # the real Kraken trades, gaps filled
     assert "candle file -> 35,019 candles" in out
     assert "FAILED" not in out
@@ -32,8 +36,8 @@ def test_demo_imports_validates_and_computes_features(tmp_path: Path, monkeypatc
     finally:
         store.close()
     rows = {(r.kind, r.exchange, r.symbol): r.rows for r in markets.itertuples()}
-    assert rows[("trades", "cme", "ES-USD")] == 500_000
-    assert rows[("candles", "cme", "ES-USD")] == 2_264
+    assert rows[("trades", "cme", "ES-USD")] == 66_321
+    assert rows[("candles", "cme", "ES-USD")] == 1_433 + 832  # history + the stream's offline log
     assert rows[("candles", "unknown", "BTC-USD")] == 35_019
     assert rows[("features", "kraken", "BTC-USDT")] == 411
     assert ("trades", "unknown", "BTC-USD") not in rows  # a candle-only market

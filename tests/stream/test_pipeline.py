@@ -7,13 +7,14 @@ from decimal import Decimal
 from itertools import islice
 
 import numpy as np
+
 import pytest
 
 from rtml_core.book import OrderBook
 from rtml_core.candles import candles_to_frame
 from rtml_core.features import compute_features
 from rtml_core.ingest import read_trades
-from rtml_core.schemas import BookLevel, BookUpdate, Trade
+from rtml_core.schemas import ROW_CONTEXT_FIELDS, BookLevel, BookUpdate, Trade
 from rtml_core.stores.offline import open_offline_store
 from rtml_stream.corrections import StreamOfflineSink, read_corrections
 from rtml_stream.pipeline import Pipeline
@@ -47,7 +48,8 @@ def assert_rows_equal_batch(candles, rows, timeframe) -> int:
     assert len(mine) == len(my_rows) > 30
     batch = compute_features(candles_to_frame(mine))
     names = [c for c in batch.columns if c != "time"]
-    assert set(names) == set(my_rows[0].values)
+    assert set(names) | set(ROW_CONTEXT_FIELDS) == set(my_rows[0].values)
+    assert [r.values["close"] for r in my_rows] == [float(c.close) for c in mine]  # the price served with it
     stream = np.array([[r.values[n] for n in names] for r in my_rows])
     expected = batch[names].to_numpy()
     assert np.array_equal(np.isnan(stream), np.isnan(expected))

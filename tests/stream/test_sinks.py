@@ -24,7 +24,7 @@ from tests.contract.test_online_store import free_port, throwaway_redis_server
 
 T0 = 1_763_700_000_000_000_000
 MINUTE = 60_000_000_000
-NAMES = ("close", "rsi_14", "macd")
+NAMES = ("sma_10", "rsi_14", "macd")
 
 
 class TestClock:
@@ -251,7 +251,7 @@ def test_offline_log_batches_by_size_or_interval_and_is_idempotent(offline_url):
     features = store.read_features("kraken", "BTC-USD", "1m", "v1")
     assert list(features.columns) == ["time", *NAMES] and len(features) == 8
     assert str(features["time"].dtype) == "datetime64[ns, UTC]"
-    assert features["time"].iloc[-1].value == T0 + 7 * MINUTE
+    assert features["time"].iloc[-1].value == T0 + 6 * MINUTE  # keyed by candle start: event time - 1m
     assert np.array_equal(features["rsi_14"].to_numpy(), np.arange(8, dtype=float))
     store.close()
 
@@ -362,7 +362,7 @@ def test_postgres_down_keeps_the_offline_log_buffered_and_catches_up(postgres_ur
     candles = store.read_candles("kraken", symbol, "1m")
     assert len(candles) == 21
     features = store.read_features("kraken", symbol, "1m", "v1")
-    assert [t.value for t in features["time"]] == [T0 + k * MINUTE for k in [0, *range(11, 21)]]
+    assert [t.value for t in features["time"]] == [T0 + (k - 1) * MINUTE for k in [0, *range(11, 21)]]  # candle starts
     store.close()
     proxy.cut()
 
