@@ -72,6 +72,12 @@ class Demo:
     latest_row: object | None = None
     """The newest online feature row the stream step wrote."""
 
+    def progress(self, items: Sequence, label: str):
+        """A progress bar over ``items`` on a terminal (plain output elsewhere), naming the current
+        one; use it in a ``with`` block and iterate what it gives."""
+        return click.progressbar(items, label=f"    {label}", show_pos=True, file=click.get_text_stream("stderr"),
+                                 item_show_func=lambda item: getattr(item, "key", None))
+
     def quality_checks(self, asset_names: Sequence[str]) -> list[dg.AssetCheckKey]:
         """The checks of ``asset_names`` except freshness (history replayed from 2013 is never fresh)."""
         keys = {dg.AssetKey(name) for name in asset_names}
@@ -136,34 +142,36 @@ def _span(metadata: dict[str, object]) -> str:
 def market_history_step(demo: Demo) -> list[str]:
     """Import the bundled real history and materialize the validated candles with their checks."""
     lines = []
-    for market in demo.markets:
-        assets = ["raw_trades", "validated_candles"] if market.has_trades else ["validated_candles"]
-        outcome = demo.materialize("market history", market, assets)
-        candles = outcome.metadata.get("validated_candles", {})
-        trades = outcome.metadata.get("raw_trades", {})
-        source = f"{trades.get('rows', 0):,} trades -> " if market.has_trades else "candle file -> "
-        lines.append(
-            f"{market.key:<22} {source}{candles.get('rows', 0):,} candles  {_span(candles)}  "
-            f"gaps {candles.get('gaps', '-')} (longest {candles.get('longest_gap_seconds', 0) / 60:,.0f} min)  "
-            f"{outcome.checks_line()}  [{outcome.seconds:.1f}s]"
-        )
-        if outcome.error:
-            lines.append(f"{'':<22} error: {outcome.error}")
+    with demo.progress(demo.markets, "importing and validating") as markets:
+        for market in markets:
+            assets = ["raw_trades", "validated_candles"] if market.has_trades else ["validated_candles"]
+            outcome = demo.materialize("market history", market, assets)
+            candles = outcome.metadata.get("validated_candles", {})
+            trades = outcome.metadata.get("raw_trades", {})
+            source = f"{trades.get('rows', 0):,} trades -> " if market.has_trades else "candle file -> "
+            lines.append(
+                f"{market.key:<22} {source}{candles.get('rows', 0):,} candles  {_span(candles)}  "
+                f"gaps {candles.get('gaps', '-')} (longest {candles.get('longest_gap_seconds', 0) / 60:,.0f} min)  "
+                f"{outcome.checks_line()}  [{outcome.seconds:.1f}s]"
+            )
+            if outcome.error:
+                lines.append(f"{'':<22} error: {outcome.error}")
     return lines
 
 
 def features_step(demo: Demo) -> list[str]:
     """Materialize the indicator table (full-history warm-up) for every market."""
     lines = []
-    for market in demo.markets:
-        outcome = demo.materialize("features", market, ["indicator_table"])
-        table = outcome.metadata.get("indicator_table", {})
-        lines.append(
-            f"{market.key:<22} {table.get('rows', 0):,} feature rows x {table.get('features', '-')} features  "
-            f"version {table.get('feature_set_version', '-')}  {outcome.checks_line()}  [{outcome.seconds:.1f}s]"
-        )
-        if outcome.error:
-            lines.append(f"{'':<22} error: {outcome.error}")
+    with demo.progress(demo.markets, "computing indicator tables") as markets:
+        for market in markets:
+            outcome = demo.materialize("features", market, ["indicator_table"])
+            table = outcome.metadata.get("indicator_table", {})
+            lines.append(
+                f"{market.key:<22} {table.get('rows', 0):,} feature rows x {table.get('features', '-')} features  "
+                f"version {table.get('feature_set_version', '-')}  {outcome.checks_line()}  [{outcome.seconds:.1f}s]"
+            )
+            if outcome.error:
+                lines.append(f"{'':<22} error: {outcome.error}")
     return lines
 
 

@@ -12,6 +12,8 @@ import asyncio
 import datetime as dt
 from collections.abc import Iterator
 
+import click
+
 from rtml_assets.market_history.markets import MarketSource
 from rtml_assets.market_history.partitions import day_start_ns
 from rtml_core.schemas import ROW_CONTEXT_FIELDS, Trade
@@ -31,14 +33,31 @@ def history_markets(markets: list[MarketSource]) -> list[MarketSource]:
             for m in markets]
 
 
-def replay_trades(market: MarketSource, start_ns: int) -> Iterator[Trade]:
-    """The market's real trades from ``start_ns`` on, in file order."""
+def data_lines(path) -> int:
+    """Data lines of a (gzipped) CSV file, header excluded: the progress bar's length."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        return max(sum(1 for _ in handle) - 1, 0)
+
+
+def replay_trades(market: MarketSource, start_ns: int, on_read=None, every: int = 10_000) -> Iterator[Trade]:
+    """The market's real trades from ``start_ns`` on, in file order; ``on_read(n)`` is told of
+    every ``every`` trades read (skipped ones included) for a progress bar."""
     from rtml_core.ingest import read_trades
 
+    n = 0
     for trade in read_trades(market.source, market.format, exchange=market.exchange, symbol=market.symbol,
                              mapping=market.mapping, preset=market.preset):
+        n += 1
+        if on_read is not None and n == every:
+            on_read(n)
+            n = 0
         if trade.time_ns >= start_ns:
             yield trade
+    if on_read is not None:
+        on_read(n)
 
 
 def stream_step(demo) -> list[str]:
@@ -47,16 +66,23 @@ def stream_step(demo) -> list[str]:
     from rtml_stream.app import build_sidecar
     from rtml_stream.sources.replay import ReplaySource
 
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # the bar speaks
     exchange, symbol, timeframe = DEMO_MARKET
     market = next(m for m in demo.source_markets if is_demo_market(m))
     settings = demo.settings.model_copy(update={"stream_dagster": "off"})
-    source = ReplaySource(lambda: replay_trades(market, day_start_ns(REPLAY_DAY)), speed="max")
-    sidecar = build_sidecar(settings, source, [(exchange, symbol)], timeframes=[timeframe],
-                            health_port=-1, checkpoints=False)
-    try:
-        summary = asyncio.run(sidecar.run())
-    finally:
-        sidecar.close()
+    with click.progressbar(length=data_lines(market.source), label="    replaying ticks", show_pos=True,
+                           file=click.get_text_stream("stderr")) as bar:
+        source = ReplaySource(lambda: replay_trades(market, day_start_ns(REPLAY_DAY), bar.update), speed="max")
+        sidecar = build_sidecar(settings, source, [(exchange, symbol)], timeframes=[timeframe],
+                                health_port=-1, checkpoints=False)
+        try:
+            summary = asyncio.run(sidecar.run())
+        finally:
+            sidecar.close()
     store = open_online_store(settings.resolved_online_url, prefix=settings.online_prefix)
     try:
         row = store.read_latest(exchange, symbol, timeframe)
