@@ -18,7 +18,15 @@ import dagster as dg
 
 from rtml_assets.market_history.markets import MarketSource
 from rtml_assets.market_history.partitions import range_tags
-from rtml_cli.demo_live import DEMO_MARKET, history_markets, prediction_step, stream_step
+from rtml_assets.selections import without_freshness
+from rtml_cli.demo_live import (
+    DEMO_MARKET,
+    SKIPPED,
+    history_markets,
+    is_demo_market,
+    prediction_step,
+    stream_step,
+)
 from rtml_core.settings import Settings
 
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -78,18 +86,11 @@ class Demo:
         return click.progressbar(items, label=f"    {label}", show_pos=True, file=click.get_text_stream("stderr"),
                                  item_show_func=lambda item: getattr(item, "key", None))
 
-    def quality_checks(self, asset_names: Sequence[str]) -> list[dg.AssetCheckKey]:
-        """The checks of ``asset_names`` except freshness (history replayed from 2013 is never fresh)."""
-        keys = {dg.AssetKey(name) for name in asset_names}
-        return [key for key in self.defs.resolve_asset_graph().asset_check_keys
-                if key.asset_key in keys and not key.name.endswith("_fresh")]
-
     def materialize(self, step: str, market: MarketSource, asset_names: Sequence[str],
                     run_config: dict | None = None) -> RunOutcome:
         """Materialize ``asset_names`` (and their checks) for every day of ``market``, in one run."""
         started = time.perf_counter()
-        selection = dg.AssetSelection.assets(*asset_names).without_checks() | dg.AssetSelection.checks(
-            *self.quality_checks(asset_names))
+        selection = without_freshness(self.defs, asset_names)
         result = dg.materialize(
             [*self.defs.assets, *self.defs.asset_checks],
             selection=selection,
@@ -184,7 +185,9 @@ DEMO_TRAINING_MARKET = DEMO_MARKET
 def training_step(demo: Demo) -> list[str]:
     """Build the point-in-time training set, train and evaluate the models, promote the champion."""
     exchange, symbol, timeframe = DEMO_TRAINING_MARKET
-    market = next(m for m in demo.markets if (m.exchange, m.symbol, m.timeframe) == DEMO_TRAINING_MARKET)
+    market = next((m for m in demo.markets if is_demo_market(m)), None)
+    if market is None:
+        return [SKIPPED]
     config = {"ops": {"training_set": {"config": {
         "exchange": exchange, "symbol": symbol, "timeframe": timeframe, "horizon_s": 60}}}}
     outcome = demo.materialize("training", market, TRAINING_ASSETS, run_config=config)

@@ -23,6 +23,9 @@ DEMO_MARKET = ("cme", "ES-USD", "1m")
 """ES futures, 1m candles, H = 60 s: the market the demo trains on and replays."""
 
 
+SKIPPED = "skipped: the catalog (RTML_MARKETS_FILE) has no cme ES-USD 1m market to train on and replay"
+
+
 def is_demo_market(market: MarketSource) -> bool:
     return (market.exchange, market.symbol, market.timeframe) == DEMO_MARKET
 
@@ -72,7 +75,9 @@ def stream_step(demo) -> list[str]:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # the bar speaks
     exchange, symbol, timeframe = DEMO_MARKET
-    market = next(m for m in demo.source_markets if is_demo_market(m))
+    market = next((m for m in demo.source_markets if is_demo_market(m)), None)
+    if market is None:
+        return [SKIPPED]
     settings = demo.settings.model_copy(update={"stream_dagster": "off"})
     with click.progressbar(length=data_lines(market.source), label="    replaying ticks", show_pos=True,
                            file=click.get_text_stream("stderr")) as bar:
@@ -124,6 +129,8 @@ def prediction_step(demo) -> list[str]:
     from api.app import create_app
 
     exchange, symbol, timeframe = DEMO_MARKET
+    if demo.latest_row is None:
+        return [SKIPPED if not any(is_demo_market(m) for m in demo.source_markets) else "skipped: no online row"]
     for quiet in ("httpx", "api"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
     key = secrets.token_urlsafe(16)

@@ -10,6 +10,7 @@ import dagster as dg
 from rtml_assets.definitions import build_definitions
 from rtml_assets.market_history.markets import MarketSource, demo_markets
 from rtml_assets.market_history.partitions import partition_key, range_tags
+from rtml_assets.selections import without_freshness
 from rtml_core.settings import Settings
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -25,7 +26,7 @@ def definitions(home: Path, offline_url: str, markets: list[MarketSource] | None
 
 def run(defs: dg.Definitions, assets: list[str], *, day: dt.date | None = None, market: MarketSource,
         last_day: dt.date | None = None, instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
-    """Materialize ``assets`` (with their checks) for one day of ``market``, or a range of days."""
+    """Materialize ``assets`` (with their quality checks) for one day of ``market``, or a range of days."""
     kwargs: dict = {}
     if last_day is None:
         kwargs["partition_key"] = str(partition_key(day or market.first_day, market))
@@ -33,7 +34,7 @@ def run(defs: dg.Definitions, assets: list[str], *, day: dt.date | None = None, 
         kwargs["tags"] = range_tags(market, day, last_day)
     return dg.materialize(
         [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.assets(*assets),
+        selection=without_freshness(defs, assets),
         resources=defs.resources,
         instance=instance or dg.DagsterInstance.ephemeral(),
         run_config=QUIET,
