@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from time import perf_counter
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -41,6 +41,25 @@ class ApiMetrics:
             ["source"], registry=self.registry,
         )
         self._served: tuple[str, str, str] | None = None
+        self._children: dict[tuple, object] = {}  # labelled children, looked up once per label set
+
+    def _child(self, metric, labels: tuple):
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def feature_age_child(self, exchange: str, symbol: str, timeframe: str):
+        return self._child(self.feature_age, (exchange, symbol, timeframe))
+
+    def prediction_counter(self, source: str):
+        return self._child(self.predictions, (source,))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request: its latency by route and its count by route, method and status."""
+        self._child(self.latency, (route,)).observe(seconds)
+        self._child(self.requests, (route, method, status)).inc()
 
     def serving(self, version: str | None, kind: str | None, path: str | None, swapped: bool = True) -> None:
         if self._served is not None:
@@ -67,21 +86,19 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         metrics: ApiMetrics = scope["litestar_app"].state.metrics
-        started = time.perf_counter()
+        started = perf_counter()
         status = [500]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                route = scope.get("path_template", "unrouted")
-                metrics.latency.labels(route).observe(time.perf_counter() - started)
-                metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+                metrics.observe_request(scope.get("path_template", "unrouted"), scope["method"], status[0],
+                                        perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as error:  # answered by the app's exception handlers, outside this middleware
-            route = scope.get("path_template", "unrouted")
-            metrics.latency.labels(route).observe(time.perf_counter() - started)
-            metrics.requests.labels(route, scope["method"], str(getattr(error, "status_code", 500))).inc()
+            metrics.observe_request(scope.get("path_template", "unrouted"), scope["method"],
+                                    getattr(error, "status_code", 500), perf_counter() - started)
             raise

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+import msgspec
 import numpy as np
 
 from api.champion import ChampionHolder, ServedModel
@@ -28,9 +29,41 @@ STORE_RETRY_AFTER_S = 1.0
 """After a failed online-store call, answer 503 at once for this long before trying again."""
 
 
+CACHE_LIMIT = 4096
+"""Most entries in each per-process lookup cache (targets, event times); cleared when full."""
+
+
 def iso_time(time_ns: int) -> str:
     return datetime.fromtimestamp(time_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+def _remember(cache: dict, key, value):
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+class LoggedPrediction(msgspec.Struct, frozen=True, gc=False):
+    """What ``PredictionLog.record`` stores of a ``Prediction``: its fields, with the feature time
+    as the integer ``feature_time_ns`` (the ISO text truncated to the millisecond, as served),
+    so the log's writer thread never parses a date."""
+
+    exchange: str
+    symbol: str
+    timeframe: str
+    model_version: str
+    feature_set_version: str
+    feature_time_ns: int
+    horizon_s: int
+    price: float
+    predicted_price: float
+    predicted_return: float
+    prob_up: float
+    stale: bool
+    execution: ExecutionPayload
+    inference_path: str
 
 
 def canonical_symbol(raw: str) -> str:
@@ -57,6 +90,9 @@ class PredictionService:
         )
         self.reader = reader_for(store)
         self._store_down_until = 0.0
+        self._targets: dict[tuple, tuple[str, str, str]] = {}  # request -> (exchange, symbol, timeframe)
+        self._timeframe_s: dict[str, int] = {}
+        self._iso_times: dict[int, tuple[str, int]] = {}  # event_time_ns -> (ISO text, its ns to the ms)
 
     # -- resolution ---------------------------------------------------------------------
     def champion(self) -> ServedModel:
@@ -68,20 +104,38 @@ class PredictionService:
 
     def target(self, model: ServedModel | None, symbol: str, exchange: str | None,
                timeframe: str | None) -> tuple[str, str, str]:
+        key = (symbol, exchange, timeframe, model.timeframe if model else None)
+        resolved = self._targets.get(key)
+        if resolved is not None:
+            return resolved
         exchange = exchange or self.settings.api_default_exchange
         timeframe = timeframe or (model.timeframe if model and model.timeframe
                                   else self.settings.api_default_timeframe)
-        try:
-            timeframe_seconds(timeframe)
-        except InputError as error:
-            raise ApiError(400, "invalid_timeframe", str(error)) from None
-        return exchange, canonical_symbol(symbol), timeframe
+        self.timeframe_s(timeframe)
+        return _remember(self._targets, key, (exchange, canonical_symbol(symbol), timeframe))
+
+    def timeframe_s(self, timeframe: str) -> int:
+        seconds = self._timeframe_s.get(timeframe)
+        if seconds is None:
+            try:
+                seconds = _remember(self._timeframe_s, timeframe, timeframe_seconds(timeframe))
+            except InputError as error:
+                raise ApiError(400, "invalid_timeframe", str(error)) from None
+        return seconds
 
     def max_age_ms(self, timeframe: str) -> float:
         configured = self.settings.api_max_feature_age_ms
         if configured is not None:
             return float(configured)
-        return 2_000.0 * timeframe_seconds(timeframe) + 10_000.0
+        return 2_000.0 * self.timeframe_s(timeframe) + 10_000.0
+
+    def event_time(self, event_time_ns: int) -> tuple[str, int]:
+        """The ISO text of an event time (as served) and that time truncated to the millisecond."""
+        cached = self._iso_times.get(event_time_ns)
+        if cached is None:
+            cached = _remember(self._iso_times, event_time_ns,
+                               (iso_time(event_time_ns), event_time_ns // 1_000_000 * 1_000_000))
+        return cached
 
     # -- the store, guarded -------------------------------------------------------------
     async def read_market(self, exchange: str, symbol: str, timeframe: str) -> MarketRead:
@@ -120,7 +174,7 @@ class PredictionService:
                            f"model {model.version} needs feature set {model.feature_set_version}; "
                            f"the online row for {row.symbol} is {row.feature_set_version}")
         age_ms = (time.time_ns() - row.event_time_ns) / 1e6
-        self.metrics.feature_age.labels(row.exchange, row.symbol, row.timeframe).set(age_ms / 1e3)
+        self.metrics.feature_age_child(row.exchange, row.symbol, row.timeframe).set(age_ms / 1e3)
         limit = self.max_age_ms(row.timeframe)
         stale = age_ms > limit
         if stale and not self.settings.api_serve_stale:
@@ -128,8 +182,9 @@ class PredictionService:
                            f"newest {row.exchange} {row.symbol} {row.timeframe} features are "
                            f"{age_ms:.0f} ms old (limit {limit:.0f} ms): is the stream sidecar running?")
         values = row.values
+        predictor = model.predictor
         try:
-            x = np.array([[values[name] for name in model.feature_names]], dtype=model.predictor.dtype)
+            x = np.array([[values[name] for name in model.feature_names]], dtype=predictor.dtype)
         except KeyError:
             missing = [name for name in model.feature_names if name not in values]
             raise ApiError(409, "feature_set_mismatch",
@@ -148,31 +203,34 @@ class PredictionService:
             raise ApiError(409, "no_price", f"neither the online row nor the live values of {row.symbol} "
                            "carry a price (close or book_microprice)")
         spread = next((float(live[key]) for key in SPREAD_KEYS if key in live), None)
-        predicted_return = model.predictor.predict(x)
+        predicted_return = predictor.predict(x)
         execution = execution_payload(
             price=price, predicted_return=predicted_return,
             realized_vol=values.get("realized_vol_20"), atr=values.get("atr_14"),
-            timeframe_s=timeframe_seconds(row.timeframe), params=self.params,
+            timeframe_s=self.timeframe_s(row.timeframe), params=self.params,
             live_spread_bps=spread,
         )
-        self.metrics.predictions.labels(source).inc()
+        self.metrics.prediction_counter(source).inc()
+        event_time, event_time_ms_ns = self.event_time(row.event_time_ns)
+        payload = ExecutionPayload(
+            execution.side, execution.size, execution.stop_loss, execution.take_profit,
+            execution.expected_edge_bps, execution.cost_bps, execution.spread_bps,
+            execution.volatility_annualized, execution.atr, execution.reason,
+        )
+        up = prob_up(predicted_return, model.residual_std)
+        predicted_price = price * math.exp(predicted_return)
         prediction = Prediction(
             symbol=row.symbol, exchange=row.exchange, timeframe=row.timeframe,
             model_version=model.version, feature_set_version=model.feature_set_version,
-            feature_event_time=iso_time(row.event_time_ns), feature_age_ms=round(age_ms, 3),
-            price=price, predicted_price=price * math.exp(predicted_return),
-            predicted_return=predicted_return,
-            prob_up=prob_up(predicted_return, model.residual_std), horizon_s=model.horizon_s,
-            stale=stale,
-            execution=ExecutionPayload(
-                side=execution.side, size=execution.size, stop_loss=execution.stop_loss,
-                take_profit=execution.take_profit, expected_edge_bps=execution.expected_edge_bps,
-                cost_bps=execution.cost_bps, spread_bps=execution.spread_bps,
-                volatility_annualized=execution.volatility_annualized, atr=execution.atr,
-                reason=execution.reason,
-            ),
-            inference_path=model.predictor.path,
+            feature_event_time=event_time, feature_age_ms=round(age_ms, 3),
+            price=price, predicted_price=predicted_price, predicted_return=predicted_return,
+            prob_up=up, horizon_s=model.horizon_s, stale=stale, execution=payload,
+            inference_path=predictor.path,
         )
         if self.prediction_log is not None:
-            self.prediction_log.record(prediction)
+            self.prediction_log.record(LoggedPrediction(
+                row.exchange, row.symbol, row.timeframe, model.version, model.feature_set_version,
+                event_time_ms_ns, model.horizon_s, price, predicted_price, predicted_return, up, stale,
+                payload, predictor.path,
+            ))
         return prediction
