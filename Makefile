@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rtml demo
+	$(BIN)/rtml demo --fresh
 
 test: $(STAMP)
 	bash scripts/services.sh

@@ -8,10 +8,12 @@ API) from their own module, imported at the bottom of this file.
 
 from __future__ import annotations
 
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 import dagster as dg
@@ -27,6 +29,7 @@ from rtml_cli.demo_live import (
     prediction_step,
     stream_step,
 )
+from rtml_core.errors import InputError
 from rtml_core.settings import Settings
 
 QUIET_RUN = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -269,15 +272,36 @@ def _redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def reset_embedded_home(settings: Settings) -> list[Path]:
+    """Remove what earlier demos left in RTML_HOME (embedded stores, artifacts, checkpoints,
+    Dagster home), so the demo shows the whole loop again; refuses to touch configured servers."""
+    if settings.offline_url or settings.online_url:
+        raise InputError("--fresh resets only the embedded stores; unset RTML_OFFLINE_URL and RTML_ONLINE_URL")
+    home = settings.home
+    names = ["offline.sqlite", "offline.sqlite-wal", "offline.sqlite-shm", "online.sqlite", "online.sqlite-wal",
+             "online.sqlite-shm", "artifacts", "checkpoints", "dagster_home"]
+    removed = [home / name for name in names if (home / name).exists()]
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return removed
+
+
 @click.command("demo")
 @click.option("--record-runs", is_flag=True,
               help="Keep the Dagster runs and check results in RTML_HOME/dagster_home (slower).")
-def demo(record_runs: bool) -> None:
+@click.option("--fresh", is_flag=True,
+              help="Start from empty embedded stores under RTML_HOME (a rerun otherwise continues from them: "
+                   "the replay day is then already processed and part of the training data).")
+def demo(record_runs: bool, fresh: bool) -> None:
     """Run the main job end to end on the embedded default: import the bundled real history,
     validate it, compute the indicator table, and print a summary."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=dg.BetaWarning)
         warnings.simplefilter("ignore", category=dg.PreviewWarning)
-        result = run_demo(Settings(), record_runs=record_runs)
+        settings = Settings()
+        if fresh:
+            for path in reset_embedded_home(settings):
+                click.echo(f"removed {path}")
+        result = run_demo(settings, record_runs=record_runs)
     if result.failures:
         raise SystemExit(1)

@@ -69,3 +69,20 @@ def test_demo_steps_record_runs_in_the_embedded_dagster_home(tmp_path: Path, mon
         event = instance.get_latest_materialization_event(dg.AssetKey("indicator_table"))
         assert event.asset_materialization.metadata["rows"].value == 397  # 17:23..23:59, gaps filled
         assert not instance.telemetry_enabled
+
+
+def test_fresh_resets_only_the_embedded_stores(tmp_path: Path):
+    from rtml_cli.demo import reset_embedded_home
+    from rtml_core.errors import InputError
+    from rtml_core.settings import Settings
+
+    home = tmp_path / "home"
+    (home / "artifacts").mkdir(parents=True)
+    (home / "offline.sqlite").write_bytes(b"x")
+    (home / "online.sqlite").write_bytes(b"x")
+    (home / "notes.txt").write_text("a user's file")
+    removed = reset_embedded_home(Settings(home=home))
+    assert sorted(p.name for p in removed) == ["artifacts", "offline.sqlite", "online.sqlite"]
+    assert [p.name for p in home.iterdir()] == ["notes.txt"]  # nothing else is touched
+    with pytest.raises(InputError, match="--fresh resets only the embedded stores"):
+        reset_embedded_home(Settings(home=home, offline_url="postgresql+psycopg://postgres@127.0.0.1/x"))
