@@ -2,7 +2,7 @@
 package, driven by Playwright), the asset graph, each group, the catalog and asset pages with their
 checks. Screenshots are kept in tests/ops/artifacts/ (git-ignored).
 
-Needs /usr/bin/chromium (``scripts/install-browser.sh``): skipped locally without it, failed in CI.
+Needs /usr/bin/chromium (``scripts/install-test-tools.sh``): skipped locally without it, failed in CI.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ EXPECTED_GROUPS = {"market_history", "features", "training", "models", "online",
 @pytest.fixture(scope="module")
 def browser_path() -> str:
     if CHROMIUM is None:
-        message = "chromium is not installed (scripts/install-browser.sh installs Debian's package)"
+        message = "chromium is not installed (scripts/install-test-tools.sh installs Debian's package)"
         if IN_CI:
             pytest.fail(message + " (CI=true: a missing browser is a failure)")
         pytest.skip(message)
