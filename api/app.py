@@ -92,6 +92,7 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
         finally:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
+            app.state.service.flush_log()
             await app.state.service.reader.aclose()
             if owned_log is not None:
                 await owned_log.aclose()

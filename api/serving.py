@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Mapping
@@ -90,6 +91,7 @@ class PredictionService:
         )
         self.reader = reader_for(store)
         self._store_down_until = 0.0
+        self._unlogged: list[LoggedPrediction] = []
         self._targets: dict[tuple, tuple[str, str, str]] = {}  # request -> (exchange, symbol, timeframe)
         self._timeframe_s: dict[str, int] = {}
         self._iso_times: dict[int, tuple[str, int]] = {}  # event_time_ns -> (ISO text, its ns to the ms)
@@ -153,6 +155,28 @@ class PredictionService:
                            f"no online features for {exchange} {symbol} {timeframe}: the stream "
                            "sidecar does not serve this symbol (or timeframe)")
         return market
+
+    # -- the prediction log ---------------------------------------------------------------
+    def _log(self, prediction: LoggedPrediction) -> None:
+        """Hand predictions to the log at the end of the event-loop iteration, all together.
+
+        One wake-up of the log's writer thread per iteration instead of one per prediction.
+        """
+        if not self._unlogged:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush_log)
+            except RuntimeError:  # called outside the event loop: record at once
+                self.prediction_log.record(prediction)
+                return
+        self._unlogged.append(prediction)
+
+    def flush_log(self) -> None:
+        unlogged, self._unlogged = self._unlogged, []
+        if not unlogged:
+            return
+        record = self.prediction_log.record
+        for prediction in unlogged:
+            record(prediction)
 
     # -- the prediction -----------------------------------------------------------------
     async def predict(self, symbol: str, exchange: str | None = None, timeframe: str | None = None,
@@ -228,7 +252,7 @@ class PredictionService:
             inference_path=predictor.path,
         )
         if self.prediction_log is not None:
-            self.prediction_log.record(LoggedPrediction(
+            self._log(LoggedPrediction(
                 row.exchange, row.symbol, row.timeframe, model.version, model.feature_set_version,
                 event_time_ms_ns, model.horizon_s, price, predicted_price, predicted_return, up, stale,
                 payload, predictor.path,
