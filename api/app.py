@@ -7,6 +7,7 @@ Passed-in clients stay the caller's to close.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -87,6 +88,7 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
             holder.last_error = f"{type(error).__name__}: {error}"[:300]
             log.warning("no champion at start: %s", holder.last_error)
         poller = asyncio.create_task(poll_champion(holder, source, settings.api_model_poll_s, on_swap))
+        gc.freeze()  # what start-up loaded lives as long as the process: keep it out of every GC pass
         try:
             yield
         finally:
