@@ -18,21 +18,29 @@ Rules:
   can record a correction.
 - Gap filling follows Kraken's OHLC: an empty interval inside the range gets the previous
   close as open/high/low/close, zero volume and trade count, and ``vwap=None``.
+- ``add_aggregate(TradeAggregate(trades))`` folds a run of trades that fall in one window as
+  one exact summary (the stream's fast path): the same candles, lateness and counters as
+  adding them one by one.
+- ``snapshot()`` is the builder's state as plain data (Decimals as exact strings);
+  ``load_state(data)`` / ``CandleBuilder.restore(data)`` continue from it exactly.
 """
 
 from __future__ import annotations
 
 import csv
 import decimal
+import operator
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from rtml_core.errors import RtmlError
+import msgspec
+
+from rtml_core.errors import InputError, RtmlError
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
 
@@ -41,8 +49,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CSV_COLUMNS",
+    "SNAPSHOT_FORMAT",
     "CandleBuilder",
     "MultiTimeframeBuilder",
+    "TradeAggregate",
     "build_candles",
     "candles_to_frame",
     "fill_gaps",
@@ -62,6 +72,39 @@ _mul = _EXACT.multiply
 _ZERO = Decimal(0)
 
 CSV_COLUMNS = ("time", "open", "high", "low", "close", "volume", "vwap", "trade_count")
+
+SNAPSHOT_FORMAT = 1
+"""Layout of ``CandleBuilder.snapshot()`` (data without a ``format`` key is this layout too)."""
+_ORDER = operator.attrgetter("time_ns", "trade_id")
+
+
+class TradeAggregate:
+    """A run of trades summarized exactly, to fold into builders at once (``add_aggregate``).
+
+    ``first``/``last`` are the earliest and latest trades by ``(time_ns, trade_id)`` (the first
+    met among equals, as ``add`` keeps them); ``high``/``low`` the extreme prices (the first
+    met among equal values); ``volume`` and ``notional`` (the sum of price * size) exact.
+    The trades are kept: a builder whose window has already closed records each one as late.
+    """
+
+    __slots__ = ("count", "first", "high", "last", "low", "notional", "trades", "volume")
+
+    def __init__(self, trades: Sequence[Trade]):
+        if not trades:
+            raise ValueError("a trade aggregate needs at least one trade")
+        prices = [trade.price for trade in trades]
+        sizes = [trade.size for trade in trades]
+        self.trades = trades
+        self.first = min(trades, key=_ORDER)
+        self.last = max(trades, key=_ORDER)
+        self.high = max(prices)
+        self.low = min(prices)
+        self.count = len(trades)
+        # summed from the first term (not from 0) so the exponent is the one adding one by one gives
+        with decimal.localcontext(_EXACT):
+            self.volume = sum(sizes[1:], sizes[0])
+            products = map(operator.mul, prices, sizes)
+            self.notional = sum(products, next(products))
 
 
 class _Window:
@@ -91,13 +134,87 @@ class _Window:
         self.notional = _mul(price, size)
         self.count = 1
 
+    @classmethod
+    def of_aggregate(cls, start: int, run: TradeAggregate) -> _Window:
+        window = cls.__new__(cls)
+        first, last = run.first, run.last
+        window.start = start
+        window.open, window.open_t, window.open_id = first.price, first.time_ns, first.trade_id
+        window.close, window.close_t, window.close_id = last.price, last.time_ns, last.trade_id
+        window.high, window.low = run.high, run.low
+        window.volume, window.notional, window.count = run.volume, run.notional, run.count
+        return window
+
+    @classmethod
+    def of_snapshot(cls, s: _WindowSnapshot) -> _Window:
+        window = cls.__new__(cls)
+        for name in _WindowSnapshot.__struct_fields__:
+            setattr(window, name, getattr(s, name))
+        return window
+
+    def to_snapshot(self) -> _WindowSnapshot:
+        return _WindowSnapshot(*(getattr(self, name) for name in _WindowSnapshot.__struct_fields__))
+
+
+class _WindowSnapshot(msgspec.Struct, array_like=True, frozen=True):
+    """One open window in a snapshot: a list of these fields in this order."""
+
+    start: int
+    open: Decimal
+    open_t: int
+    open_id: int
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    close_t: int
+    close_id: int
+    volume: Decimal
+    notional: Decimal
+    count: int
+
+
+class _Snapshot(msgspec.Struct, frozen=True):
+    """``CandleBuilder.snapshot()``'s layout. The required fields are those the sidecar's
+    checkpoint files held before this API existed, so those files still load."""
+
+    timeframe: str
+    watermark_ns: int | None
+    closed_until_ns: int | None
+    last_close: Decimal | None
+    late: int
+    windows: list[_WindowSnapshot]
+    format: int = SNAPSHOT_FORMAT
+    exchange: str | msgspec.UnsetType = msgspec.UNSET
+    symbol: str | msgspec.UnsetType = msgspec.UNSET
+    allowed_lateness_ns: int | None | msgspec.UnsetType = msgspec.UNSET
+    fill_gaps: bool | msgspec.UnsetType = msgspec.UNSET
+    late_trades: list[Trade] = []
+
+
+_SNAPSHOT_SOURCE = "candle builder snapshot"
+
+
+def _parse_snapshot(data: Any) -> _Snapshot:
+    try:
+        snapshot = msgspec.convert(data, _Snapshot)
+    except msgspec.ValidationError as error:
+        raise InputError(f"not a candle builder snapshot: {error}", source=_SNAPSHOT_SOURCE) from None
+    if snapshot.format != SNAPSHOT_FORMAT:
+        raise InputError(
+            f"snapshot format {snapshot.format} is not {SNAPSHOT_FORMAT} (written by another rtml version)",
+            source=_SNAPSHOT_SOURCE,
+        )
+    return snapshot
+
 
 class CandleBuilder:
     """Event-time tumbling-window candles for one (exchange, symbol, timeframe).
 
     ``add(trade)`` and ``advance(now_ns)`` return the candles they closed, oldest first;
     ``flush()`` closes every open window; ``peek()`` previews the newest open window.
-    State is the open windows only (one, when trades arrive in time order).
+    ``add_aggregate`` folds a run of trades of one window at once; ``snapshot``/``load_state``
+    save and restore the state. State is the open windows only (one, when trades arrive in
+    time order).
     ``allowed_lateness_ns=None`` keeps every window open until ``advance``/``flush``
     (the batch mode: order-independent, nothing is ever late).
     The builder does not deduplicate: a trade fed twice counts twice (sources and stores
@@ -193,6 +310,59 @@ class CandleBuilder:
                 extend(out)
         return closed
 
+    def add_aggregate(self, run: TradeAggregate) -> list[Candle]:
+        """Fold in a run of trades that all fall in one window of this timeframe, as one summary.
+
+        The same candles, watermark and late trades as ``add`` of each trade in turn: if the
+        window has already closed, every trade of the run is late (counted, kept, passed to
+        ``on_late``, in run order); otherwise the summary is folded in and the watermark moves
+        to the run's latest trade.
+        """
+        first = run.first
+        last = run.last
+        t0 = first.time_ns
+        tf = self.tf_ns
+        start = t0 - t0 % tf
+        if last.time_ns >= start + tf:
+            raise ValueError(f"the trades span more than one {self.timeframe} window")
+        current = self._current
+        if current is not None and current.start == start:
+            window = current
+        else:
+            closed_until = self._closed_until
+            if closed_until is not None and start < closed_until:
+                for trade in run.trades:
+                    self._record_late(trade)
+                return []
+            window = self._windows.get(start)
+            if window is None:
+                window = _Window.of_aggregate(start, run)
+                self._windows[start] = window
+                self._current = window
+                return self._after_event(last.time_ns) if self.allowed_lateness_ns is not None else []
+            self._current = window
+        window.high = max(window.high, run.high)  # the first of equal values stays, as in add
+        window.low = min(window.low, run.low)
+        t = last.time_ns
+        if t > window.close_t or (t == window.close_t and last.trade_id > window.close_id):
+            window.close = last.price
+            window.close_t = t
+            window.close_id = last.trade_id
+        if t0 < window.open_t or (t0 == window.open_t and first.trade_id < window.open_id):
+            window.open = first.price
+            window.open_t = t0
+            window.open_id = first.trade_id
+        window.volume = _add(window.volume, run.volume)
+        window.notional = _add(window.notional, run.notional)
+        window.count += run.count
+        lateness = self.allowed_lateness_ns
+        if lateness is None:
+            return []
+        watermark = self.watermark_ns
+        if watermark is not None and t - lateness <= watermark:
+            return []
+        return self._after_event(t)
+
     def advance(self, now_ns: int) -> list[Candle]:
         """Move event time to ``now_ns`` (a timer or heartbeat) and close what it passes."""
         return self._after_event(now_ns)
@@ -222,7 +392,90 @@ class CandleBuilder:
     def open_windows(self) -> int:
         return len(self._windows)
 
+    # -- state ---------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The builder's state as plain data (JSON and msgpack ready; Decimals as exact strings).
+
+        Holds the configuration, watermark, end of the last closed window, last close, the
+        ``late`` count, the kept late trades and every open window; ``load_state`` or
+        ``CandleBuilder.restore`` continue from it exactly. The ``on_late`` callback is not state.
+        """
+        snapshot = _Snapshot(
+            timeframe=self.timeframe,
+            watermark_ns=self.watermark_ns,
+            closed_until_ns=self._closed_until,
+            last_close=self._last_close,
+            late=self.late,
+            windows=[self._windows[start].to_snapshot() for start in sorted(self._windows)],
+            exchange=self.exchange,
+            symbol=self.symbol,
+            allowed_lateness_ns=self.allowed_lateness_ns,
+            fill_gaps=self.fill_gaps,
+            late_trades=list(self.late_trades),
+        )
+        return msgspec.to_builtins(snapshot)
+
+    @classmethod
+    def restore(cls, data: Any, **options: Any) -> CandleBuilder:
+        """A builder continuing from ``snapshot()`` data, configured as the snapshot says
+        (``options``, e.g. ``on_late``, override or complete that configuration)."""
+        snapshot = _parse_snapshot(data)
+        if snapshot.exchange is msgspec.UNSET or snapshot.symbol is msgspec.UNSET:
+            raise InputError("the snapshot names no exchange and symbol: use load_state on a builder",
+                             source=_SNAPSHOT_SOURCE)
+        config = {name: getattr(snapshot, name) for name in ("allowed_lateness_ns", "fill_gaps")
+                  if getattr(snapshot, name) is not msgspec.UNSET}
+        builder = cls(snapshot.exchange, snapshot.symbol, snapshot.timeframe, **{**config, **options})
+        builder._load(snapshot)
+        return builder
+
+    def load_state(self, data: Any) -> None:
+        """Replace this builder's state with ``snapshot()`` data of the same market and timeframe.
+
+        The builder keeps its own configuration (lateness, gap filling, ``on_late``). Data that
+        is not a valid snapshot raises ``InputError`` and leaves the builder as it was.
+        """
+        self._load(_parse_snapshot(data))
+
+    def resume_at(self, end_ns: int, last_close: Decimal) -> None:
+        """Continue after candles closed elsewhere (e.g. rebuilt from storage): every window
+        ending at or before ``end_ns`` counts as closed, the watermark starts at ``end_ns`` and
+        gap filling repeats ``last_close``. Only on a builder with no open window."""
+        if end_ns % self.tf_ns:
+            raise ValueError(f"{end_ns} is not a {self.timeframe} window boundary")
+        if self._windows:
+            raise ValueError("resume_at needs a builder with no open window")
+        self._closed_until = end_ns
+        self.watermark_ns = end_ns
+        self._last_close = last_close
+
     # -- internals -----------------------------------------------------------------------
+    def _load(self, snapshot: _Snapshot) -> None:
+        def refuse(problem: str) -> InputError:
+            return InputError(problem, source=_SNAPSHOT_SOURCE)
+
+        if snapshot.timeframe != self.timeframe:
+            raise refuse(f"snapshot of timeframe {snapshot.timeframe}, not {self.timeframe}")
+        for name in ("exchange", "symbol"):
+            value = getattr(snapshot, name)
+            if value is not msgspec.UNSET and value != getattr(self, name):
+                raise refuse(f"snapshot of {name} {value}, not {getattr(self, name)}")
+        windows: dict[int, _Window] = {}
+        closed_until = snapshot.closed_until_ns
+        for s in snapshot.windows:
+            if s.start % self.tf_ns or s.start in windows or s.count < 1:
+                raise refuse(f"window at {s.start} is not an open {self.timeframe} window")
+            if closed_until is not None and s.start < closed_until:
+                raise refuse(f"window at {s.start} is before the closed-until mark {closed_until}")
+            windows[s.start] = _Window.of_snapshot(s)
+        self.watermark_ns = snapshot.watermark_ns
+        self._closed_until = closed_until
+        self._last_close = snapshot.last_close
+        self.late = snapshot.late
+        self.late_trades = snapshot.late_trades[: self.keep_late_trades]
+        self._windows = windows
+        self._current = None
+
     def _record_late(self, trade: Trade) -> None:
         self.late += 1
         if len(self.late_trades) < self.keep_late_trades:

@@ -1,9 +1,12 @@
 """Checkpoints of the sidecar's state, and the two ways to start warm.
 
-A checkpoint holds, per market, every timeframe's open candle windows and watermark plus the
-feature engine's indicator state, and the last trade id folded in. It is written atomically
-(temporary file, fsync, rename) to ``<dir>/<exchange>/<symbol>.ckpt`` on a cadence and at
-shutdown, one file per market, so processes that split symbols never share a file.
+A checkpoint holds, per market, every timeframe's candle builder state
+(``CandleBuilder.snapshot()``: open windows, watermark, last close) plus the feature engine's
+indicator state, and the last trade id folded in. It is written atomically (temporary file,
+fsync, rename) to ``<dir>/<exchange>/<symbol>.ckpt`` on a cadence and at shutdown, one file
+per market, so processes that split symbols never share a file. Files written before the
+builder had a snapshot API hold the same fields and still load; ``CHECKPOINT_FORMAT`` changes
+only when old files can no longer be read (they are then refused and the market is rebuilt).
 
 On start (``restore_markets``), each market is restored from its checkpoint; if there is none
 (or it is of another feature-set version or timeframe list), it is rebuilt from the candles
@@ -19,14 +22,14 @@ import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pandas as pd
 import structlog
 
-from rtml_core.candles import CandleBuilder, _Window
-from rtml_core.features import FeatureEngine
 from rtml_core.errors import InputError
+from rtml_core.features import FeatureEngine
 from rtml_stream.pipeline import MarketState, Pipeline
 
 log = structlog.get_logger("rtml_stream.checkpoint")
@@ -34,32 +37,8 @@ log = structlog.get_logger("rtml_stream.checkpoint")
 CHECKPOINT_FORMAT = 1
 
 
-class WindowState(msgspec.Struct, array_like=True, frozen=True):
-    start: int
-    open: Decimal
-    open_t: int
-    open_id: int
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    close_t: int
-    close_id: int
-    volume: Decimal
-    notional: Decimal
-    count: int
-
-
-class BuilderState(msgspec.Struct, frozen=True):
-    timeframe: str
-    watermark_ns: int | None
-    closed_until_ns: int | None
-    last_close: Decimal | None
-    late: int
-    windows: list[WindowState]
-
-
 class TimeframeState(msgspec.Struct, frozen=True):
-    builder: BuilderState
+    builder: dict[str, Any]  # CandleBuilder.snapshot()
     engine: bytes
 
 
@@ -78,40 +57,13 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(MarketCheckpoint)
 
 
-# -- candle builder state (CandleBuilder has no snapshot API of its own yet) -------------------
-
-def builder_state(builder: CandleBuilder) -> BuilderState:
-    windows = [
-        WindowState(w.start, w.open, w.open_t, w.open_id, w.high, w.low, w.close, w.close_t, w.close_id,
-                    w.volume, w.notional, w.count)
-        for w in sorted(builder._windows.values(), key=lambda w: w.start)
-    ]
-    return BuilderState(builder.timeframe, builder.watermark_ns, builder._closed_until, builder._last_close,
-                        builder.late, windows)
-
-
-def load_builder_state(builder: CandleBuilder, state: BuilderState) -> None:
-    builder.watermark_ns = state.watermark_ns
-    builder._closed_until = state.closed_until_ns
-    builder._last_close = state.last_close
-    builder.late = state.late
-    builder._current = None
-    builder._windows = {}
-    for s in state.windows:
-        window = _Window(s.start, s.open_t, s.open_id, s.open, s.volume)
-        window.high, window.low, window.close = s.high, s.low, s.close
-        window.close_t, window.close_id = s.close_t, s.close_id
-        window.notional, window.count = s.notional, s.count
-        builder._windows[s.start] = window
-
-
 def market_checkpoint(pipeline: Pipeline, state: MarketState, now_ns: int | None = None) -> MarketCheckpoint:
     return MarketCheckpoint(
         format=CHECKPOINT_FORMAT,
         feature_set_version=pipeline.version,
         exchange=state.exchange,
         symbol=state.symbol,
-        timeframes={tf: TimeframeState(builder_state(b), e.snapshot())
+        timeframes={tf: TimeframeState(b.snapshot(), e.snapshot())
                     for tf, b, e in zip(state.timeframes, state.builders, state.engines)},
         last_trade_id=state.last_trade_id,
         last_trade_time_ns=state.last_trade_time_ns,
@@ -131,7 +83,7 @@ def state_from_checkpoint(pipeline: Pipeline, cp: MarketCheckpoint) -> MarketSta
         raise InputError(f"checkpoint has no state for timeframe(s) {', '.join(missing)}", source="checkpoint")
     state = pipeline.market(cp.exchange, cp.symbol)
     for i, tf in enumerate(pipeline.timeframes):
-        load_builder_state(state.builders[i], cp.timeframes[tf].builder)
+        state.builders[i].load_state(cp.timeframes[tf].builder)
         state.engines[i] = FeatureEngine.restore(cp.timeframes[tf].engine, pipeline.feature_set)
     state.last_trade_id = cp.last_trade_id
     state.last_trade_time_ns = cp.last_trade_time_ns
@@ -216,10 +168,7 @@ def rebuild_from_offline(pipeline: Pipeline, store, exchange: str, symbol: str) 
         state.engines[i] = engine
         last_start = int(frame["time"].iloc[-1].value)
         end = last_start + pipeline.tf_ns[i]
-        builder = state.builders[i]
-        builder._closed_until = end
-        builder.watermark_ns = end
-        builder._last_close = Decimal(frame["close"].iloc[-1])
+        state.builders[i].resume_at(end, Decimal(frame["close"].iloc[-1]))
         resume.append(end)
     state.set_resume_times(resume)
     return state

@@ -11,9 +11,7 @@ The clock (monotonic ns) is injected; it only stamps when a candle closed, for l
 
 from __future__ import annotations
 
-import decimal
 import math
-import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from dataclasses import dataclass
 import structlog
 
 from rtml_core.book import OrderBook, TradeFlow, book_features
-from rtml_core.candles import _EXACT, CandleBuilder
+from rtml_core.candles import CandleBuilder, TradeAggregate
 from rtml_core.errors import InputError
 from rtml_core.features import DEFAULT_FEATURE_SET, FeatureEngine, FeatureSet
 from rtml_core.schemas import BookUpdate, Candle, FeatureRow, Trade
@@ -32,8 +30,6 @@ log = structlog.get_logger("rtml_stream.pipeline")
 NO_RESUME = -(2**63)
 _MIN_SEGMENT = 4  # shorter runs are cheaper trade by trade
 _MAX_PENDING_FLOW = 16_384  # trades held for the trade-flow window between live reads
-_ZERO = decimal.Decimal(0)
-_ORDER = operator.attrgetter("time_ns", "trade_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +156,10 @@ class Pipeline:
     def on_trades(self, trades: Iterable[Trade]) -> None:
         """Fold trades in (any mix of markets); closed candles become feature rows at once.
 
-        Runs of trades of one market inside one window of the finest timeframe are folded into
-        every builder as one exact aggregate (max, min, exact Decimal sums), the same candles as
-        trade-by-trade ``CandleBuilder.add`` at a fraction of the cost; anything unusual (late
-        trades, a resume after restart, timeframes that do not nest) takes the per-trade path.
+        Runs of trades of one market inside one window of the finest timeframe are summarized once
+        (``TradeAggregate``: max, min, exact Decimal sums) and folded into every builder with
+        ``CandleBuilder.add_aggregate``, the same candles as trade-by-trade ``add`` at a fraction of
+        the cost; a resume after restart and timeframes that do not nest take the per-trade path.
         """
         if not isinstance(trades, (list, tuple)):
             trades = list(trades)
@@ -243,54 +239,17 @@ class Pipeline:
 
     def _fold_segment(self, state: MarketState, segment: Sequence[Trade]) -> None:
         """Trades of one market inside one window of every timeframe: fold them as one aggregate."""
-        first = segment[0]
-        rest = segment[1:]
-        prices = [trade.price for trade in rest]
-        sizes = [trade.size for trade in rest]
-        high = max(prices)
-        low = min(prices)
-        earliest = min(rest, key=_ORDER)
-        latest = max(rest, key=_ORDER)
-        max_t = max(trade.time_ns for trade in rest)
-        with decimal.localcontext(_EXACT):  # unbounded precision: exact sums in any order
-            volume = sum(sizes, _ZERO)
-            notional = sum(map(operator.mul, prices, sizes), _ZERO)
-        count = len(rest)
-        t0 = first.time_ns
+        run = TradeAggregate(segment)
         closed_any = self._closed
         for k, builder in enumerate(state.builders):
-            closed = builder.add(first)
+            closed = builder.add_aggregate(run)
             if closed:
                 closed_any(state, k, closed)
-            window = builder._current
-            tf = self.tf_ns[k]
-            if window is None or window.start != t0 - t0 % tf:  # the first trade was late: so are the rest
-                for trade in rest:
-                    closed = builder.add(trade)
-                    if closed:
-                        closed_any(state, k, closed)
-                continue
-            if high > window.high:
-                window.high = high
-            if low < window.low:
-                window.low = low
-            if (latest.time_ns, latest.trade_id) > (window.close_t, window.close_id):
-                window.close, window.close_t, window.close_id = latest.price, latest.time_ns, latest.trade_id
-            if (earliest.time_ns, earliest.trade_id) < (window.open_t, window.open_id):
-                window.open, window.open_t, window.open_id = earliest.price, earliest.time_ns, earliest.trade_id
-            window.volume = _EXACT.add(window.volume, volume)
-            window.notional = _EXACT.add(window.notional, notional)
-            window.count += count
-            if builder.allowed_lateness_ns is not None:
-                closed = builder.advance(max_t)
-                if closed:
-                    closed_any(state, k, closed)
         state.pending_flow.extend(segment)
-        newest = latest if (latest.time_ns, latest.trade_id) > (t0, first.trade_id) else first
         top_id = max(trade.trade_id for trade in segment)
         if state.last_trade_id is None or top_id > state.last_trade_id:
             state.last_trade_id = top_id
-            state.last_trade_time_ns = newest.time_ns
+            state.last_trade_time_ns = run.last.time_ns
         state.live_dirty = True
 
     def on_trade(self, trade: Trade) -> None:
