@@ -270,6 +270,11 @@ class TradeFlow:
         return len(self._entries)
 
     @property
+    def latest_ns(self) -> int | None:
+        """The newest event time the window has seen (a trade's or ``advance``'s), or None."""
+        return self._latest_ns
+
+    @property
     def buy_volume(self) -> float:
         return max(self._buy, 0.0)
 

@@ -201,8 +201,8 @@ class Pipeline:
         state.pending_flow = []
         flow = state.flow
         latest = max(trade.time_ns for trade in pending)
-        if flow._latest_ns is not None and flow._latest_ns > latest:
-            latest = flow._latest_ns
+        if flow.latest_ns is not None and flow.latest_ns > latest:
+            latest = flow.latest_ns
         cutoff = latest - flow.window_ns
         add = flow.add_values
         for trade in pending:
