@@ -67,5 +67,9 @@ def rate_limit_identity(request) -> str:
     """Rate limits apply per API key (hashed; the key itself is never stored), else per client IP."""
     presented = request.headers.get("x-api-key")
     if presented:
-        return "key:" + hashlib.blake2b(presented.encode(), digest_size=8).hexdigest()
+        return key_identity(presented)
     return "ip:" + get_remote_address(request)
+
+
+def key_identity(presented: str) -> str:
+    return "key:" + hashlib.blake2b(presented.encode(), digest_size=8).hexdigest()

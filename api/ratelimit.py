@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from time import time
 
+from litestar.exceptions import TooManyRequestsException
 from litestar.middleware.rate_limit import (
     DURATION_VALUES, CacheObject, RateLimitConfig, RateLimitMiddleware,
 )
 from litestar.stores.base import Store
+from litestar.types import Receive, Scope, Send
 
-from api.auth import rate_limit_identity
+from api.auth import HEADER as API_KEY_HEADER
+from api.auth import key_identity, rate_limit_identity
 
 MAX_TRACKED_CLIENTS = 10_000
 
@@ -25,8 +28,48 @@ class WindowCounterRateLimitMiddleware(RateLimitMiddleware):
         super().__init__(app, config)
         self._windows: dict[str, CacheObject] = {}
         self._duration = DURATION_VALUES[self.unit]
+        self._key_identities: dict[bytes, str] = {}  # X-API-Key value -> its hashed identity
 
-    async def retrieve_cached_history(self, key: str, store: Store) -> CacheObject:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The stock middleware's check without its per-request ``Request``, store and lock.
+
+        The window is read and written with no ``await`` in between, so no lock is needed on
+        the event loop; the identity is the same as ``rate_limit_identity`` (hashed key, cached).
+        """
+        if self.check_throttle_handler is not None or self.get_identifier_for_request is not rate_limit_identity:
+            await super().__call__(scope, receive, send)
+            return
+        identity = self._identity(scope)
+        key = f"{type(self).__name__}::{identity}"
+        route_handler = scope.get("route_handler")
+        if getattr(route_handler, "is_mount", False):
+            key += "::mount"
+        if getattr(route_handler, "is_static", False):
+            key += "::static"
+        window = self._window(key)
+        if len(window.history) >= self.max_requests:
+            raise TooManyRequestsException(
+                headers=self.create_response_headers(cache_object=window)
+                if self.config.set_rate_limit_headers else None
+            )
+        window.history.append(window.reset)  # only its length counts
+        self._windows[key] = window
+        if self.config.set_rate_limit_headers:
+            send = self.create_send_wrapper(send=send, cache_object=window)
+        await self.app(scope, receive, send)
+
+    def _identity(self, scope: Scope) -> str:
+        presented = next((value for name, value in scope["headers"] if name == API_KEY_HEADER), None)
+        if not presented:
+            return rate_limit_identity(scope["litestar_app"].request_class(scope))
+        identity = self._key_identities.get(presented)
+        if identity is None:
+            if len(self._key_identities) >= MAX_TRACKED_CLIENTS:
+                self._key_identities.clear()
+            identity = self._key_identities[presented] = key_identity(presented.decode("latin-1"))
+        return identity
+
+    def _window(self, key: str) -> CacheObject:
         now = int(time())
         window = self._windows.get(key)
         if window is None or window.reset <= now:
@@ -34,6 +77,9 @@ class WindowCounterRateLimitMiddleware(RateLimitMiddleware):
                 self._windows = {k: w for k, w in self._windows.items() if w.reset > now}
             window = CacheObject(history=[], reset=now + self._duration)
         return window
+
+    async def retrieve_cached_history(self, key: str, store: Store) -> CacheObject:
+        return self._window(key)
 
     async def set_cached_history(self, key: str, cache_object: CacheObject, store: Store) -> None:
         cache_object.history.append(cache_object.reset)  # only its length counts
