@@ -42,19 +42,27 @@ class TransientError(BackfillError):
 class _RestClient:
     """Pacing, retries and the HTTP client shared by both exchanges."""
 
+    default_url = ""
+    default_min_interval_s = 1.0
+    default_max_backoff_s = 60.0
+
     def __init__(
         self,
-        base_url: str,
-        client: httpx.Client | None,
+        base_url: str | None = None,
+        client: httpx.Client | None = None,
         *,
-        min_interval_s: float,
-        max_attempts: int,
-        backoff_s: float,
-        max_backoff_s: float,
-        sleep: Callable[[float], None],
-        clock: Callable[[], float],
-        timeout_s: float,
+        min_interval_s: float | None = None,
+        max_attempts: int = 8,
+        backoff_s: float = 2.0,
+        max_backoff_s: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        timeout_s: float = 30.0,
     ):
+        """Defaults (URL, pacing, longest back-off) are the exchange's, from the subclass."""
+        base_url = base_url or self.default_url
+        min_interval_s = self.default_min_interval_s if min_interval_s is None else min_interval_s
+        max_backoff_s = self.default_max_backoff_s if max_backoff_s is None else max_backoff_s
         self.base_url = base_url.rstrip("/")
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=timeout_s, headers={"User-Agent": "rtml"})
@@ -129,30 +137,9 @@ def _retry_after(response: httpx.Response) -> float | None:
 class KrakenRestClient(_RestClient):
     """Kraken ``/0/public/Trades``: pages of up to 1,000 trades following the ``last`` cursor."""
 
-    def __init__(
-        self,
-        base_url: str = "https://api.kraken.com",
-        client: httpx.Client | None = None,
-        *,
-        min_interval_s: float = 1.0,
-        max_attempts: int = 8,
-        backoff_s: float = 2.0,
-        max_backoff_s: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        timeout_s: float = 30.0,
-    ):
-        super().__init__(
-            base_url,
-            client,
-            min_interval_s=min_interval_s,
-            max_attempts=max_attempts,
-            backoff_s=backoff_s,
-            max_backoff_s=max_backoff_s,
-            sleep=sleep,
-            clock=clock,
-            timeout_s=timeout_s,
-        )
+    default_url = "https://api.kraken.com"
+    default_min_interval_s = 1.0
+    default_max_backoff_s = 60.0
 
     def trades_page(self, pair: str, since: int, *, count: int = 1000) -> KrakenTradesPage:
         """One page (retried on rate limits): trades and the next ``last`` cursor.
@@ -225,30 +212,9 @@ class BinanceRestClient(_RestClient):
 
     limit = 1000
 
-    def __init__(
-        self,
-        base_url: str = "https://api.binance.com",
-        client: httpx.Client | None = None,
-        *,
-        min_interval_s: float = 0.2,
-        max_attempts: int = 8,
-        backoff_s: float = 2.0,
-        max_backoff_s: float = 120.0,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        timeout_s: float = 30.0,
-    ):
-        super().__init__(
-            base_url,
-            client,
-            min_interval_s=min_interval_s,
-            max_attempts=max_attempts,
-            backoff_s=backoff_s,
-            max_backoff_s=max_backoff_s,
-            sleep=sleep,
-            clock=clock,
-            timeout_s=timeout_s,
-        )
+    default_url = "https://api.binance.com"
+    default_min_interval_s = 0.2
+    default_max_backoff_s = 120.0
 
     def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> Iterator[Candle]:
         """Candles opening in ``[start_ms, end_ms]``, oldest first, one request per 1,000."""
