@@ -106,11 +106,7 @@ class FeatureEngine:
         """Commit one closed candle (floats) and return every feature's value."""
         if self.last_time_ns is not None and time_ns <= self.last_time_ns:
             self._check_time(time_ns)
-        if not (0.0 < open < _INF and 0.0 < high < _INF and 0.0 < low < _INF and 0.0 < close < _INF
-                and 0.0 <= volume < _INF):
-            _refuse(time_ns, open, high, low, close, volume)
-        if vwap is None or not vwap > 0 or vwap == math.inf:
-            vwap = (high + low + close) / 3.0
+        vwap = _validated_vwap(time_ns, open, high, low, close, volume, vwap)
         self._tail.append((open, high, low, close, volume, vwap))
         flat: list[float] = []
         extend = flat.extend
@@ -118,21 +114,11 @@ class FeatureEngine:
             extend(update(open, high, low, close, volume, vwap))
         self.last_time_ns = time_ns
         self.count += 1
-        if self._pick is None:
-            return dict(zip(self._names, flat))
-        return dict(zip(self._names, [flat[i] for i in self._pick]))
+        return self._named(flat)
 
     def update(self, candle: Candle) -> dict[str, float]:
         """Commit one closed ``Candle`` (Decimal prices are converted to float once, here)."""
-        return self.update_values(
-            candle.start_ns,
-            float(candle.open),
-            float(candle.high),
-            float(candle.low),
-            float(candle.close),
-            float(candle.volume),
-            None if candle.vwap is None else float(candle.vwap),
-        )
+        return self.update_values(*_candle_floats(candle))
 
     def peek_values(
         self,
@@ -146,29 +132,21 @@ class FeatureEngine:
     ) -> dict[str, float]:
         """The values ``update_values`` would return for this candle; commits nothing."""
         self._check_time(time_ns)
-        if not (0.0 < open < _INF and 0.0 < high < _INF and 0.0 < low < _INF and 0.0 < close < _INF
-                and 0.0 <= volume < _INF):
-            _refuse(time_ns, open, high, low, close, volume)
-        if vwap is None or not vwap > 0 or vwap == math.inf:
-            vwap = (high + low + close) / 3.0
+        vwap = _validated_vwap(time_ns, open, high, low, close, volume, vwap)
         flat: list[float] = []
         for node in self._nodes:
             flat.extend(node.peek(open, high, low, close, volume, vwap))
+        return self._named(flat)
+
+    def _named(self, flat: list[float]) -> dict[str, float]:
+        """The nodes' flat outputs as ``name -> value`` in the feature set's order."""
         if self._pick is None:
             return dict(zip(self._names, flat))
         return dict(zip(self._names, [flat[i] for i in self._pick]))
 
     def peek(self, candle: Candle) -> dict[str, float]:
         """Preview an open (still forming) candle without committing it."""
-        return self.peek_values(
-            candle.start_ns,
-            float(candle.open),
-            float(candle.high),
-            float(candle.low),
-            float(candle.close),
-            float(candle.volume),
-            None if candle.vwap is None else float(candle.vwap),
-        )
+        return self.peek_values(*_candle_floats(candle))
 
     def warm_from(self, candles: pd.DataFrame) -> dict[str, float] | None:
         """Feed stored candles (columns time, open, high, low, close, volume[, vwap]) in order;
@@ -231,3 +209,20 @@ class FeatureEngine:
         return engine
 
     from_snapshot = restore
+
+
+def _validated_vwap(time_ns: int, open: float, high: float, low: float, close: float,  # noqa: A002
+                    volume: float, vwap: float | None) -> float:
+    """Refuse a non-finite or non-positive candle; the vwap to use ((h+l+c)/3 when absent)."""
+    if not (0.0 < open < _INF and 0.0 < high < _INF and 0.0 < low < _INF and 0.0 < close < _INF
+            and 0.0 <= volume < _INF):
+        _refuse(time_ns, open, high, low, close, volume)
+    if vwap is None or not vwap > 0 or vwap == math.inf:
+        return (high + low + close) / 3.0
+    return vwap
+
+
+def _candle_floats(candle: Candle) -> tuple:
+    """A ``Candle``'s fields as the float arguments of ``update_values``/``peek_values``."""
+    return (candle.start_ns, float(candle.open), float(candle.high), float(candle.low), float(candle.close),
+            float(candle.volume), None if candle.vwap is None else float(candle.vwap))
