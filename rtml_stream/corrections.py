@@ -153,11 +153,3 @@ class StreamOfflineSink(OfflineLogSink):
                 self._corrections.popleft()
                 self.stats.count_dropped("corrections")
 
-    def _drop_one_logged(self) -> None:
-        """Drop one feature row, else one candle (rows can be recomputed from candles)."""
-        if self._rows:
-            self._rows.popleft()
-            self.stats.count_dropped("rows")
-        else:
-            self._candles.popleft()
-            self.stats.count_dropped("candles")

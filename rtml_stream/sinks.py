@@ -517,12 +517,16 @@ class OfflineLogSink(_RetryingSink):
 
     def _enforce_bound(self) -> None:
         while self.pending > self.max_buffer:
-            if self._rows:
-                self._rows.popleft()
-                self.stats.count_dropped("rows")
-            else:
-                self._candles.popleft()
-                self.stats.count_dropped("candles")
+            self._drop_one_logged()
+
+    def _drop_one_logged(self) -> None:
+        """Drop one feature row, else one candle (rows can be recomputed from candles)."""
+        if self._rows:
+            self._rows.popleft()
+            self.stats.count_dropped("rows")
+        else:
+            self._candles.popleft()
+            self.stats.count_dropped("candles")
 
     def _force_due(self) -> None:
         if self.pending:
