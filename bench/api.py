@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-CANDLES = ROOT.parent / "shared" / "data" / "candles" / "btc_usd_30m_2017-2019.csv"
+CANDLES = ROOT / "data" / "btc_usd_30m_2017-2019.csv.gz"
 FEATURES = ("log_return_1", "log_return_5", "rsi_14", "atr_14", "natr_14", "realized_vol_20", "roc_10",
             "sma_10", "ema_12", "mom_10")
 FEATURE_SET = "bench-fs"

@@ -5,7 +5,7 @@ over 1,000,000 candles and its write to PostgreSQL.
     .venv/bin/python -m bench.features --quick    # smoke run
 
 Candles are a random walk bootstrapped from the real BTC/USD 30m candles in
-../shared/data/candles (their log returns, wick and open ratios and volumes), so the
+data/ (their log returns, wick and open ratios and volumes), so the
 prices move like real ones. Times are CPU seconds of this process (``time.process_time``,
 what one core spends, which other processes on the machine cannot inflate) and wall seconds.
 """
@@ -25,7 +25,7 @@ import pandas as pd
 
 from rtml_core.features import DEFAULT_FEATURE_SET, FeatureEngine, compute_features
 
-REAL_CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles" / "btc_usd_30m_2017-2019.csv"
+REAL_CANDLES = Path(__file__).resolve().parents[1] / "data" / "btc_usd_30m_2017-2019.csv.gz"
 PG_ADMIN_URL = os.environ.get("RTML_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SLIDING_WINDOW = 300  # candles a typical pipeline recomputes pandas-ta over for each new candle
 

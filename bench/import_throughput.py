@@ -33,13 +33,7 @@ from rtml_core.schemas import Trade
 from rtml_core.stores.offline import open_offline_store
 from rtml_core.stores.offline_tables import ExactDecimal
 
-TICKS = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "ticks"
-    / "es_futures_ticks_2013-09.csv.gz"
-)
+TICKS = Path(__file__).resolve().parents[1] / "data" / "es_futures_ticks_2013-09.csv.gz"
 PG_ADMIN_URL = os.environ.get(
     "RTML_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

@@ -33,17 +33,9 @@ from rtml_stream.sources.kraken import KrakenSource
 from rtml_stream.sources.replay import ReplaySource
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-TICKS = next(
-    p
-    for p in (
-        ROOT / "data" / "es_futures_ticks_2013-09.csv.gz",
-        SHARED / "ticks" / "es_futures_ticks_2013-09.csv.gz",
-    )
-    if p.exists()
-)
-KRAKEN_REST = SHARED / "kraken" / "xbtusdt_trades_rest.json"
-KRAKEN_BOOK = SHARED / "kraken" / "book_v2_capture.jsonl"
+TICKS = ROOT / "data" / "es_futures_ticks_2013-09.csv.gz"
+KRAKEN_REST = ROOT / "data" / "kraken_xbtusdt_trades_rest.json"
+KRAKEN_BOOK = ROOT / "tests" / "fixtures" / "kraken_book_v2_capture.jsonl"
 
 
 def _trade_messages(repeat: int) -> list[bytes]:

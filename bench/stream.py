@@ -27,7 +27,7 @@ import uuid
 from itertools import islice
 from pathlib import Path
 
-ES_TICKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ticks" / "es_futures_ticks_2013-09.csv.gz"
+ES_TICKS = Path(__file__).resolve().parents[1] / "data" / "es_futures_ticks_2013-09.csv.gz"
 REDIS_URL = os.environ.get("RTML_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 TIMEFRAMES = ("1m", "5m")
 

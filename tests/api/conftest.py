@@ -17,7 +17,7 @@ from rtml_core.schemas import FeatureRow
 from rtml_core.settings import Settings
 from rtml_core.stores.online import open_online_store
 from rtml_core.training.models import fit_lasso, fit_xgboost, lasso_to_json, xgboost_to_ubj
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
 FEATURE_SET = "testfs-1"
 FEATURES = ("log_return_1", "log_return_5", "rsi_14", "atr_14", "natr_14", "realized_vol_20", "roc_10")
@@ -36,7 +36,7 @@ class RealData:
 
 
 def _load_real() -> RealData:
-    raw = pd.read_csv(SHARED_DATA / "candles" / "btc_usd_30m_2017-2019.csv", nrows=700)
+    raw = pd.read_csv(DATA / "btc_usd_30m_2017-2019.csv.gz", nrows=700)
     close = raw["BTC.close"].to_numpy(np.float64)
     high = raw["BTC.high"].to_numpy(np.float64)
     low = raw["BTC.low"].to_numpy(np.float64)

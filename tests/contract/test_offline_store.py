@@ -1,11 +1,12 @@
 """One contract for the offline store, run on embedded SQLite and on real PostgreSQL.
 
-Data: real Kraken XBTUSDT trades and real BTC/USD 30-minute candles from ../shared/data.
+Data: real Kraken XBTUSDT trades and real BTC/USD 30-minute candles bundled in data/.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from rtml_core.errors import InputError, RtmlError, UnsupportedOperation
 from rtml_core.schemas import Candle, Trade
 from rtml_core.stores.offline import SqlOfflineStore, open_offline_store
 from rtml_core.stores.offline_tables import CORE_MIGRATIONS, Migration, add_columns, create_tables
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
 NS = 1_000_000_000
 MARKET = ("kraken", "BTC-USDT")
@@ -34,7 +35,7 @@ MARKET = ("kraken", "BTC-USDT")
 
 def kraken_trades(limit: int = 400) -> list[Trade]:
     """The first ``limit`` trades of the real Kraken REST reply, parsed exactly."""
-    reply = json.loads((SHARED_DATA / "kraken" / "xbtusdt_trades_rest.json").read_text())
+    reply = json.loads((DATA / "kraken_xbtusdt_trades_rest.json").read_text())
     trades = []
     for price, volume, time, side, _ordertype, _misc, trade_id in reply["result"]["XBTUSDT"][
         :limit
@@ -56,7 +57,7 @@ def kraken_trades(limit: int = 400) -> list[Trade]:
 def real_candles(limit: int = 200) -> list[Candle]:
     """Real 30m BTC/USD candles (columns Date, open, close, high, low, volume)."""
     candles = []
-    with open(SHARED_DATA / "candles" / "btc_usd_30m_2017-2019.csv", newline="") as handle:
+    with gzip.open(DATA / "btc_usd_30m_2017-2019.csv.gz", "rt", newline="") as handle:
         for row in list(csv.DictReader(handle))[:limit]:
             start = datetime.strptime(row["Date"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
             close = Decimal(row["BTC.close"])

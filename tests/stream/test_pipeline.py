@@ -7,7 +7,6 @@ from decimal import Decimal
 from itertools import islice
 
 import numpy as np
-
 import pytest
 
 from rtml_core.book import OrderBook
@@ -18,9 +17,9 @@ from rtml_core.schemas import ROW_CONTEXT_FIELDS, BookLevel, BookUpdate, Trade
 from rtml_core.stores.offline import open_offline_store
 from rtml_stream.corrections import StreamOfflineSink, read_corrections
 from rtml_stream.pipeline import Pipeline
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
-ES_TICKS = SHARED_DATA / "ticks" / "es_futures_ticks_2013-09.csv.gz"
+ES_TICKS = DATA / "es_futures_ticks_2013-09.csv.gz"
 TIMEFRAMES = ("1m", "5m", "15m")
 
 

@@ -33,7 +33,7 @@ from rtml_stream.pipeline import Pipeline
 from rtml_stream.sinks import OnlineSink
 from rtml_stream.sources.kraken import KrakenSource
 from rtml_stream.sources.replay import ReplaySource
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 from tests.stream.helpers import FAST_RECONNECT, wait_for_value
 from tests.stream.wsservers import (
     KrakenServer,
@@ -45,7 +45,7 @@ from tests.stream.wsservers import (
     kraken_ws_trade_message,
 )
 
-ES_TICKS = SHARED_DATA / "ticks" / "es_futures_ticks_2013-09.csv.gz"
+ES_TICKS = DATA / "es_futures_ticks_2013-09.csv.gz"
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
@@ -175,7 +175,7 @@ def test_sigterm_exits_0_with_a_checkpoint_and_the_restart_continues_exactly(es_
 
 # --- Kraken: disconnects, gap backfill, bad messages -------------------------------------------
 
-PAIR, ROWS = kraken_rest_trades(SHARED_DATA / "kraken" / "xbtusdt_trades_rest.json")
+PAIR, ROWS = kraken_rest_trades(DATA / "kraken_xbtusdt_trades_rest.json")
 BAD = [Verbatim("not json at all"), Verbatim('{"channel":"trade","type":"update","data":[{"symbol":"BTC/USDT"}]}'),
        Verbatim('{"channel":"mystery","data":[]}'), Verbatim('{"channel":"trade","type":"update","data":"x"}')]
 

@@ -11,12 +11,12 @@ from rtml_core.book import OrderBook
 from rtml_core.schemas import BookLevel, BookUpdate, Trade
 from rtml_stream.metrics import StreamMetrics
 from rtml_stream.sources.binance import BinanceSource
-from tests.conftest import SHARED_DATA
+from tests.conftest import FIXTURES
 from tests.stream.helpers import FAST_RECONNECT, take, wait_for_value
 from tests.stream.wsservers import BinanceServer, LocalHttpServer, Session, Verbatim
 
-DIFFS = (SHARED_DATA / "binance_us" / "binance_us_depth.jsonl").read_text().splitlines()
-SNAPSHOT_TEXT = (SHARED_DATA / "binance_us" / "binance_us_snapshot.json").read_text()
+DIFFS = (FIXTURES / "binance_us_depth.jsonl").read_text().splitlines()
+SNAPSHOT_TEXT = (FIXTURES / "binance_us_snapshot.json").read_text()
 SNAPSHOT = json.loads(SNAPSHOT_TEXT)
 LAST_UPDATE_ID = SNAPSHOT["lastUpdateId"]  # 3297892542, inside the diff range
 

@@ -12,11 +12,11 @@ from rtml_core.book import OrderBook
 from rtml_core.schemas import BookLevel, BookUpdate, Trade
 from rtml_stream.metrics import StreamMetrics
 from rtml_stream.sources.coinbase import CoinbaseSource
-from tests.conftest import SHARED_DATA
+from tests.conftest import FIXTURES
 from tests.stream.helpers import FAST_RECONNECT, take, wait_for_value
 from tests.stream.wsservers import CoinbaseServer, Session, SkipSequence, Verbatim, WaitSubscribe
 
-CAPTURE = (SHARED_DATA / "coinbase" / "l2_data_capture.jsonl").read_text().splitlines()
+CAPTURE = (FIXTURES / "coinbase_l2_data_capture.jsonl").read_text().splitlines()
 L2_SNAPSHOT, L2_REST = CAPTURE[0], CAPTURE[1:]
 NON_EMPTY_UPDATES = [line for line in L2_REST if '"l2_data"' in line and '"updates":[]' not in line]
 

@@ -15,7 +15,7 @@ from rtml_core.schemas import BookLevel, BookUpdate, Trade
 from rtml_stream.metrics import StreamMetrics
 from rtml_stream.sources.base import ReconnectPolicy, SubscriptionError
 from rtml_stream.sources.kraken import KrakenSource, kraken_checksum
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA, FIXTURES
 from tests.stream.helpers import FAST_RECONNECT, take, trade_key, wait_for_value
 from tests.stream.wsservers import (
     KrakenServer,
@@ -29,8 +29,8 @@ from tests.stream.wsservers import (
     kraken_ws_trade_message,
 )
 
-BOOK_CAPTURE = SHARED_DATA / "kraken" / "book_v2_capture.jsonl"
-REST_TRADES = SHARED_DATA / "kraken" / "xbtusdt_trades_rest.json"
+BOOK_CAPTURE = FIXTURES / "kraken_book_v2_capture.jsonl"
+REST_TRADES = DATA / "kraken_xbtusdt_trades_rest.json"
 CAPTURE_LINES = BOOK_CAPTURE.read_text().splitlines()
 SNAPSHOT, UPDATES = CAPTURE_LINES[2], CAPTURE_LINES[5:8]
 PAIR, ROWS = kraken_rest_trades(REST_TRADES)

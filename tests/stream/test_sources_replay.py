@@ -13,10 +13,10 @@ from rtml_core.ingest import read_trades
 from rtml_core.schemas import Trade
 from rtml_stream.metrics import StreamMetrics
 from rtml_stream.sources.replay import ReplaySource, parse_speed
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
-ES_TICKS = SHARED_DATA / "ticks" / "es_futures_ticks_2013-09.csv.gz"
-KRAKEN_REST = SHARED_DATA / "kraken" / "xbtusdt_trades_rest.json"
+ES_TICKS = DATA / "es_futures_ticks_2013-09.csv.gz"
+KRAKEN_REST = DATA / "kraken_xbtusdt_trades_rest.json"
 
 
 class FakeClock:

@@ -8,9 +8,9 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
-BTC_30M = SHARED_DATA / "candles" / "btc_usd_30m_2017-2019.csv"
+BTC_30M = DATA / "btc_usd_30m_2017-2019.csv.gz"
 
 
 @lru_cache(maxsize=1)
