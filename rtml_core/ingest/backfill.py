@@ -1,8 +1,10 @@
-"""REST backfill clients: Kraken public Trades (``last`` cursor) and Binance klines.
+"""REST backfill clients: Kraken public Trades (``last`` cursor), Binance aggTrades and klines.
 
 Both take an ``httpx.Client`` (or make one), pace their requests, and retry with tenacity
 on rate limits (Kraken's ``EAPI:Rate limit exceeded`` / ``EGeneral:Too many requests``,
-HTTP 429, Binance's 418 with ``Retry-After``), 5xx replies and transport errors.
+HTTP 429, Binance's 418 with ``Retry-After``), 5xx replies and transport errors. Pair names
+map through the exchange's own pair list (Kraken ``AssetPairs``, Binance ``exchangeInfo``),
+fetched once per client; when it cannot be fetched the bundled real list stands in.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from rtml_core.errors import InputError, RtmlError
-from rtml_core.ingest.binance import parse_kline
-from rtml_core.ingest.kraken import KrakenTradesPage, decode_reply, parse_trades_reply
+from rtml_core.ingest.binance import parse_agg_trade, parse_kline
+from rtml_core.ingest.kraken import KrakenTradesPage, decode_reply, parse_asset_pairs, parse_trades_reply
 from rtml_core.schemas import Candle, Trade
-from rtml_core.symbols import normalize_symbol, to_exchange_symbol
+from rtml_core.symbols import PairTable, bundled_pairs, normalize_symbol, to_exchange_symbol
 from rtml_core.timeframes import timeframe_ns
 
 _KRAKEN_RATE_ERRORS = ("EAPI:Rate limit exceeded", "EGeneral:Too many requests")
@@ -40,8 +42,9 @@ class TransientError(BackfillError):
 
 
 class _RestClient:
-    """Pacing, retries and the HTTP client shared by both exchanges."""
+    """Pacing, retries, the HTTP client and the pair list shared by the exchanges."""
 
+    exchange = ""
     default_url = ""
     default_min_interval_s = 1.0
     default_max_backoff_s = 60.0
@@ -58,8 +61,12 @@ class _RestClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         timeout_s: float = 30.0,
+        pairs: PairTable | None = None,
     ):
-        """Defaults (URL, pacing, longest back-off) are the exchange's, from the subclass."""
+        """Defaults (URL, pacing, longest back-off) are the exchange's, from the subclass.
+
+        ``pairs``: the exchange's pair list; None fetches it on first use (bundled if that fails).
+        """
         base_url = base_url or self.default_url
         min_interval_s = self.default_min_interval_s if min_interval_s is None else min_interval_s
         max_backoff_s = self.default_max_backoff_s if max_backoff_s is None else max_backoff_s
@@ -74,6 +81,8 @@ class _RestClient:
         self._last_request: float | None = None
         self.requests = 0
         self.rate_limited = 0
+        self._pairs = pairs
+        self.pairs_source = "given" if pairs is not None else None
         self._retrying = Retrying(
             retry=retry_if_exception_type((RateLimited, TransientError)),
             wait=self._wait,
@@ -115,6 +124,30 @@ class _RestClient:
             )
         return response
 
+    @property
+    def pairs(self) -> PairTable:
+        """The exchange's pair list: fetched once (one attempt), else the bundled real list."""
+        if self._pairs is None:
+            try:
+                self._pairs = self._fetch_pairs()
+                self.pairs_source = "exchange"
+            except (BackfillError, InputError):
+                self._pairs = bundled_pairs(self.exchange)
+                self.pairs_source = "bundled"
+        return self._pairs
+
+    def _fetch_pairs(self) -> PairTable:
+        raise NotImplementedError
+
+    def canonical(self, symbol: str) -> str:
+        """``BASE-QUOTE`` of a canonical symbol or an exchange spelling, by the pair list."""
+        return normalize_symbol(symbol) if "-" in symbol else normalize_symbol(symbol, self.pairs)
+
+    def rest_name(self, symbol: str) -> str:
+        """The pair name the exchange's REST API takes for a symbol in any spelling."""
+        canonical = self.canonical(symbol)
+        return self.pairs.rest_name(canonical) or to_exchange_symbol(self.exchange, canonical)
+
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
@@ -137,6 +170,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 class KrakenRestClient(_RestClient):
     """Kraken ``/0/public/Trades``: pages of up to 1,000 trades following the ``last`` cursor."""
 
+    exchange = "kraken"
     default_url = "https://api.kraken.com"
     default_min_interval_s = 1.0
     default_max_backoff_s = 60.0
@@ -148,8 +182,12 @@ class KrakenRestClient(_RestClient):
         """
         return self._retrying(self._fetch_page, pair, since, count)
 
+    def _fetch_pairs(self) -> PairTable:
+        response = self._get_once("/0/public/AssetPairs", {})
+        return parse_asset_pairs(response.content, str(response.url))
+
     def _fetch_page(self, pair: str, since: int, count: int) -> KrakenTradesPage:
-        params = {"pair": _kraken_pair(pair), "since": str(since), "count": str(count)}
+        params = {"pair": self.rest_name(pair), "since": str(since), "count": str(count)}
         response = self._get_once("/0/public/Trades", params)
         source = str(response.url)
         reply = decode_reply(response.content, source)
@@ -157,7 +195,7 @@ class KrakenRestClient(_RestClient):
         if any(e.startswith(_KRAKEN_RATE_ERRORS) for e in errors):
             self.rate_limited += 1
             raise RateLimited(f"{source}: {', '.join(errors)}")
-        symbol = normalize_symbol(pair)
+        symbol = self.canonical(pair)
         return parse_trades_reply(response.content, source, symbol=symbol, reply=reply)
 
     def trades(
@@ -203,26 +241,67 @@ class KrakenRestClient(_RestClient):
         return found
 
 
-def _kraken_pair(pair: str) -> str:
-    return to_exchange_symbol("kraken", pair) if "-" in pair else pair
-
-
 class BinanceRestClient(_RestClient):
-    """Binance ``/api/v3/klines``, paginated by ``startTime`` with ``limit=1000``."""
+    """Binance ``/api/v3/klines`` (by ``startTime``) and ``/api/v3/aggTrades`` (by ``fromId``),
+    ``limit=1000`` per request."""
 
+    exchange = "binance"
     limit = 1000
+    agg_window_ms = 3_600_000
+    """aggTrades takes startTime and endTime at most an hour apart."""
 
     default_url = "https://api.binance.com"
     default_min_interval_s = 0.2
     default_max_backoff_s = 120.0
 
+    def _fetch_pairs(self) -> PairTable:
+        response = self._get_once("/api/v3/exchangeInfo", {})
+        info = _json(response)
+        symbols = info.get("symbols") if isinstance(info, dict) else None
+        if not isinstance(symbols, list):
+            raise InputError("exchangeInfo has no 'symbols' list", source=str(response.url))
+        return PairTable.binance((s["symbol"], s["baseAsset"], s["quoteAsset"]) for s in symbols
+                                 if isinstance(s, dict) and {"symbol", "baseAsset", "quoteAsset"} <= s.keys())
+
+    def agg_trades(self, symbol: str, start_ms: int, end_ms: int) -> Iterator[Trade]:
+        """Aggregate trades with ``start_ms <= T < end_ms``, oldest first, each once.
+
+        The first request finds the first aggregate at or after ``start_ms`` (an hour's window,
+        moved forward while empty); the rest page by ``fromId``. ``trade_id`` is the aggregate id.
+        """
+        canonical = self.canonical(symbol)
+        params = {"symbol": self.rest_name(canonical), "limit": str(self.limit)}
+        rows: list = []
+        window = start_ms
+        while not rows and window < end_ms:
+            window_end = min(end_ms, window + self.agg_window_ms) - 1
+            rows = self._agg_page({**params, "startTime": str(window), "endTime": str(window_end)})
+            window = window_end + 1
+        while rows:
+            for row in rows:
+                trade = parse_agg_trade(row, canonical, self.base_url + "/api/v3/aggTrades")
+                if trade.time_ns >= end_ms * 1_000_000:
+                    return
+                if trade.time_ns >= start_ms * 1_000_000:
+                    yield trade
+            if len(rows) < self.limit:
+                return
+            rows = self._agg_page({**params, "fromId": str(int(rows[-1]["a"]) + 1)})
+
+    def _agg_page(self, params: dict) -> list:
+        response = self._get("/api/v3/aggTrades", params)
+        rows = _json(response)
+        if not isinstance(rows, list):
+            raise InputError(f"expected a list of aggregate trades, got {str(rows)[:200]}", source=str(response.url))
+        return rows
+
     def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> Iterator[Candle]:
         """Candles opening in ``[start_ms, end_ms]``, oldest first, one request per 1,000."""
-        canonical = normalize_symbol(symbol)
+        canonical = self.canonical(symbol)
         tf_ns = timeframe_ns(interval)
         step_ms = tf_ns // 1_000_000
         params = {
-            "symbol": to_exchange_symbol("binance", canonical),
+            "symbol": self.rest_name(canonical),
             "interval": interval,
             "limit": str(self.limit),
         }
@@ -232,10 +311,7 @@ class BinanceRestClient(_RestClient):
                 "/api/v3/klines", {**params, "startTime": str(start), "endTime": str(end_ms)}
             )
             source = str(response.url)
-            try:
-                rows = response.json()
-            except ValueError:
-                raise InputError("not valid JSON", source=source) from None
+            rows = _json(response)
             if not isinstance(rows, list):
                 raise InputError(f"expected a list of klines, got {str(rows)[:200]}", source=source)
             for index, row in enumerate(rows):
@@ -245,3 +321,10 @@ class BinanceRestClient(_RestClient):
             if len(rows) < self.limit:
                 return
             start = int(rows[-1][0]) + step_ms
+
+
+def _json(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        raise InputError("not valid JSON", source=str(response.url)) from None

@@ -168,3 +168,22 @@ def parse_kline(
 
 def _divide(a: Decimal, b: Decimal) -> Decimal:
     return _VWAP.divide(a, b)
+
+
+def parse_agg_trade(row: object, symbol: str, source: str) -> Trade:
+    """One ``/api/v3/aggTrades`` object ``{"a": id, "p": price, "q": qty, "f": first id, "l": last id,
+    "T": time ms, "m": buyer is maker, "M": best match}`` -> Trade (``trade_id`` = the aggregate id)."""
+    if not isinstance(row, dict) or not {"a", "p", "q", "T", "m"} <= row.keys():
+        raise InputError(f"aggregate trade {str(row)[:120]} lacks a, p, q, T or m", source=source)
+    trade_id, time_ms, maker = row["a"], row["T"], row["m"]
+    if not isinstance(trade_id, int) or not isinstance(time_ms, int) or not isinstance(maker, bool):
+        raise InputError(f"aggregate trade {trade_id!r}: a and T must be integers, m a boolean", source=source)
+    return Trade(
+        EXCHANGE,
+        symbol,
+        trade_id,
+        time_ms * 1_000_000,
+        parse_decimal(str(row["p"]), "price", source, None, positive=True),
+        parse_decimal(str(row["q"]), "qty", source, None),
+        "sell" if maker else "buy",
+    )

@@ -1,5 +1,8 @@
 """Kraken REST replies: ``/0/public/Trades`` -> Trade, ``/0/public/OHLC`` -> Candle.
 
+AssetPairs reply: ``{"error": [], "result": {"XXBTZUSD": {"altname": "XBTUSD", "wsname":
+"XBT/USD", ...}, ...}}``: every spelling of a pair, for mapping pair names to BASE-QUOTE.
+
 Trades reply: ``{"error": [], "result": {"XBTUSDT": [[price, volume, time, side, ordertype,
 misc, trade_id], ...], "last": "1762820035982277754"}}``; ``side`` ``b``/``s`` is the
 taker's side; ``last`` is the nanosecond cursor for the next ``since``.
@@ -26,6 +29,7 @@ from rtml_core.ingest.formats import (
     read_text,
 )
 from rtml_core.schemas import Candle, Trade
+from rtml_core.symbols import PairTable
 from rtml_core.timeframes import timeframe_ns
 
 _PRICES = ("open", "high", "low", "close")
@@ -112,6 +116,17 @@ class _Lines:
             except json.JSONDecodeError:
                 break
         return starts
+
+
+def parse_asset_pairs(text: str | bytes, source: str) -> PairTable:
+    """An ``/0/public/AssetPairs`` reply -> the pair list (key, ``altname``, ``wsname`` of each)."""
+    result = reply_result(decode_reply(text, source), source)
+    entries = [(key, info["altname"], info["wsname"]) for key, info in result.items()
+               if isinstance(info, dict) and isinstance(info.get("altname"), str)
+               and isinstance(info.get("wsname"), str)]
+    if not entries:
+        raise InputError("no pair with an altname and a wsname in the AssetPairs reply", source=source)
+    return PairTable.kraken(entries)
 
 
 def parse_trades_reply(

@@ -8,12 +8,8 @@ reply (``last`` = the page's last trade time in ns; the final page carries the f
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -29,115 +25,14 @@ from rtml_core.ingest.backfill import (
     RateLimited,
 )
 from rtml_core.stores.offline import open_offline_store
+from tests.ingest.exchanges import REAL_LAST, Script, serve_exchange
 from tests.ingest.realdata import KRAKEN_TRADES, kraken_rows, reference_candles, row_time_ns
-
-REAL_LAST = json.loads(KRAKEN_TRADES.read_text())["result"]["last"]
-
-
-@dataclass
-class Script:
-    """What the fake exchange answers; ``hiccups`` are served first, one per request."""
-
-    kraken_hiccups: list[str] = field(default_factory=list)
-    binance_hiccups: list[str] = field(default_factory=list)
-    requests: list[str] = field(default_factory=list)
-
-
-class ExchangeHandler(BaseHTTPRequestHandler):
-    script: Script
-    rows = kraken_rows()
-    klines = [
-        [
-            c["start_ns"] // 1_000_000,
-            str(c["open"]),
-            str(c["high"]),
-            str(c["low"]),
-            str(c["close"]),
-            str(c["volume"]),
-            c["start_ns"] // 1_000_000 + 59_999,
-            str(c["notional"]),
-            c["count"],
-            "0",
-            "0",
-            "0",
-        ]
-        for c in reference_candles(kraken_rows(), 60)
-    ]
-
-    def log_message(self, *args) -> None:  # keep test output quiet
-        pass
-
-    def _send(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        url = urlparse(self.path)
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        self.script.requests.append(self.path)
-        if url.path == "/0/public/Trades":
-            self._kraken_trades(query)
-        elif url.path == "/api/v3/klines":
-            self._binance_klines(query)
-        else:
-            self._send(404, {"error": ["EGeneral:Unknown method"]})
-
-    def _kraken_trades(self, query: dict[str, str]) -> None:
-        if self.script.kraken_hiccups:
-            hiccup = self.script.kraken_hiccups.pop(0)
-            if hiccup == "rate-limit":
-                return self._send(200, {"error": ["EAPI:Rate limit exceeded"]})
-            if hiccup == "429":
-                return self._send(429, b"Too Many Requests")
-            if hiccup == "500":
-                return self._send(500, b"oops")
-        if query.get("pair") not in ("XBTUSDT", "BTC/USDT"):
-            return self._send(200, {"error": ["EQuery:Unknown asset pair"]})
-        since, count = int(query.get("since", "0")), int(query.get("count", "1000"))
-        page = [r for r in self.rows if row_time_ns(r) >= since][:count]  # inclusive, like a cursor
-        if page and page[-1] is self.rows[-1]:
-            last = REAL_LAST
-        else:
-            last = str(row_time_ns(page[-1])) if page else str(since)
-        text = json.dumps({"error": [], "result": {"XBTUSDT": page, "last": last}}, default=_number)
-        self._send(200, text.encode())
-
-    def _binance_klines(self, query: dict[str, str]) -> None:
-        if self.script.binance_hiccups:
-            code = int(self.script.binance_hiccups.pop(0))
-            return self._send(
-                code, {"code": -1003, "msg": "Too many requests"}, {"Retry-After": "3"}
-            )
-        start, end = int(query["startTime"]), int(query["endTime"])
-        limit = int(query["limit"])
-        rows = [k for k in self.klines if start <= k[0] <= end][:limit]
-        self._send(200, rows)
-
-
-def _number(value: object) -> object:
-    if isinstance(value, Decimal):
-        return float(value)  # only the trade time is a JSON number; float keeps its digits
-    raise TypeError(value)
 
 
 @pytest.fixture
 def exchange() -> Iterator[tuple[str, Script]]:
-    script = Script()
-    handler = type("Handler", (ExchangeHandler,), {"script": script})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", script
-    server.shutdown()
-    server.server_close()
+    with serve_exchange() as served:
+        yield served
 
 
 def _kraken(url: str, sleeps: list[float], **options) -> KrakenRestClient:
@@ -159,7 +54,8 @@ def test_kraken_pages_follow_the_last_cursor_through_rate_limits(exchange):
     assert trades == list(read_trades(KRAKEN_TRADES, "kraken-rest"))  # every trade once, in order
     assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff on the three hiccups
     assert client.rate_limited == 2
-    cursors = [int(parse_qs(urlparse(r).query)["since"][0]) for r in script.requests]
+    assert script.paths("/0/public/AssetPairs") == ["/0/public/AssetPairs"]  # the pair list, once
+    cursors = [int(parse_qs(urlparse(r).query)["since"][0]) for r in script.paths("/0/public/Trades")]
     assert cursors[:4] == [0, 0, 0, 0]  # the retried first page
     assert cursors[4:] == [row_time_ns(kraken_rows()[i]) for i in (299, 598, 897)] + [
         int(REAL_LAST)
@@ -171,7 +67,7 @@ def test_kraken_client_paces_requests(exchange):
     sleeps: list[float] = []
     with _kraken(url, sleeps, min_interval_s=1.0, clock=lambda: 100.0) as client:
         list(client.trades("BTC-USDT", 0, count=400))
-    assert client.requests == 4 and sleeps == [1.0, 1.0, 1.0]
+    assert client.requests == 5 and sleeps == [1.0] * 4  # the pair list, then four pages
 
 
 def test_kraken_until_and_trade_id_gap_fill(exchange):
@@ -221,7 +117,7 @@ def test_binance_klines_paginate_and_honor_retry_after(exchange):
     ]
     assert {(c.exchange, c.symbol, c.timeframe) for c in candles} == {("binance", "BTC-USDT", "1m")}
     pages = -(-len(reference) // 100)
-    assert client.requests == 2 + pages + (1 if len(reference) % 100 == 0 else 0)
+    assert client.requests == 1 + 2 + pages + (1 if len(reference) % 100 == 0 else 0)  # + exchangeInfo
     first = parse_qs(urlparse(script.requests[-pages]).query)
     assert first["symbol"] == ["BTCUSDT"] and first["limit"] == ["100"]
 
@@ -284,3 +180,35 @@ def test_backfill_commands_store_history(exchange, offline_url):
         env=env,
     )
     assert result.exit_code == 2 and "--since 'last week'" in result.stderr
+
+
+@pytest.mark.parametrize("serve_pairs", [True, False], ids=["exchange-list", "bundled-list"])
+def test_pair_spellings_map_through_the_exchange_pair_list(exchange, serve_pairs):
+    url, script = exchange
+    script.serve_pairs = serve_pairs
+    with _kraken(url, []) as kraken, BinanceRestClient(url, min_interval_s=0) as binance:
+        assert kraken.canonical("XBTUSD") == "BTC-USD"  # not XB-TUSD (TUSD is a quote too)
+        assert kraken.canonical("XXBTZUSD") == "BTC-USD" and kraken.canonical("TUSDUSD") == "TUSD-USD"
+        assert kraken.rest_name("BTC-USDT") == "XBTUSDT" and kraken.rest_name("XBT/USDT") == "XBTUSDT"
+        assert binance.canonical("BTCTUSD") == "BTC-TUSD" and binance.rest_name("BTC-USDT") == "BTCUSDT"
+        trades = list(kraken.trades("XBTUSDT", 0))
+        assert kraken.pairs_source == binance.pairs_source == ("exchange" if serve_pairs else "bundled")
+    assert {t.symbol for t in trades} == {"BTC-USDT"} and len(trades) == 1000
+    assert len(script.paths("/0/public/AssetPairs")) == 1  # fetched once per client
+
+
+def test_binance_agg_trades_page_by_from_id_within_the_window(exchange):
+    url, script = exchange
+    rows = kraken_rows()
+    start_ms, end_ms = row_time_ns(rows[100]) // 1_000_000, row_time_ns(rows[900]) // 1_000_000
+    client = BinanceRestClient(url, min_interval_s=0)
+    client.limit = 100
+    with client:
+        trades = list(client.agg_trades("BTC-USDT", start_ms, end_ms))
+    expected = [r for r in rows if start_ms <= row_time_ns(r) // 1_000_000 < end_ms]
+    assert [t.trade_id for t in trades] == [r[6] for r in expected]
+    assert [(t.price, t.size, t.side) for t in trades] == [
+        (Decimal(r[0]), Decimal(r[1]), "buy" if r[3] == "b" else "sell") for r in expected]
+    assert {(t.exchange, t.symbol) for t in trades} == {("binance", "BTC-USDT")}
+    pages = script.paths("/api/v3/aggTrades")
+    assert "startTime" in pages[0] and all("fromId" in p for p in pages[1:]) and len(pages) >= 8
