@@ -17,7 +17,9 @@ Rules:
   counted in ``late`` and kept in ``late_trades`` (and passed to ``on_late``) so the stream
   can record a correction.
 - Gap filling follows Kraken's OHLC: an empty interval inside the range gets the previous
-  close as open/high/low/close, zero volume and trade count, and ``vwap=None``.
+  close as open/high/low/close, zero volume and trade count, and ``vwap=None``. A gap longer
+  than ``max_fill_candles`` is not filled candle by candle: it is counted in ``gaps`` and
+  passed to ``on_gap(from_ns, to_ns)``, so one far jump in time costs constant memory and time.
 - ``add_aggregate(TradeAggregate(trades))`` folds a run of trades that fall in one window as
   one exact summary (the stream's fast path): the same candles, lateness and counters as
   adding them one by one.
@@ -231,9 +233,13 @@ class CandleBuilder:
         fill_gaps: bool = False,
         on_late: Callable[[Trade], None] | None = None,
         keep_late_trades: int = 10_000,
+        max_fill_candles: int | None = None,
+        on_gap: Callable[[int, int], None] | None = None,
     ):
         if allowed_lateness_ns is not None and allowed_lateness_ns < 0:
             raise ValueError("allowed_lateness_ns must be >= 0")
+        if max_fill_candles is not None and max_fill_candles < 0:
+            raise ValueError("max_fill_candles must be >= 0")
         self.exchange = exchange
         self.symbol = symbol
         self.timeframe = timeframe
@@ -242,6 +248,10 @@ class CandleBuilder:
         self.fill_gaps = fill_gaps
         self.on_late = on_late
         self.keep_late_trades = keep_late_trades
+        self.max_fill_candles = max_fill_candles
+        self.on_gap = on_gap
+        self.gaps = 0
+        """How many gaps were longer than ``max_fill_candles`` (recorded, not filled)."""
         self.late = 0
         """How many late trades were seen (their window had already closed)."""
         self.late_trades: list[Trade] = []
@@ -515,6 +525,12 @@ class CandleBuilder:
         return out
 
     def _gap_candles(self, from_ns: int, to_ns: int) -> list[Candle]:
+        limit = self.max_fill_candles
+        if limit is not None and to_ns - from_ns > limit * self.tf_ns:
+            self.gaps += 1
+            if self.on_gap is not None:
+                self.on_gap(from_ns, to_ns)
+            return []
         close = self._last_close
         return [
             Candle(

@@ -4,9 +4,18 @@
 ``FeatureEngine`` per timeframe, a ``TradeFlow`` window and the L2 book. It does no I/O: the
 runner feeds it events (``on_trades``, ``on_book``), moves event time on a timer (``advance``),
 and takes what came out with ``drain()``: closed candles, feature rows (``event_time_ns`` = the
-candle's end) and corrections (trades later than the allowed lateness, one per timeframe they
-missed). ``live_values()`` gives the coalesced microstructure values of the markets that changed.
-The clock (monotonic ns) is injected; it only stamps when a candle closed, for lag metrics.
+candle's end), corrections (trades later than the allowed lateness, one per timeframe they
+missed), gaps too long to fill and malformed events. ``live_values()`` gives the coalesced
+microstructure values of the markets that changed.
+
+Event time comes from the feed: ``feed_ns`` is the largest event time accepted; the runner
+advances to ``feed_ns`` plus the feed's idle time (``advance``), never to the machine's clock. An
+event stamped more than ``max_future_ns`` ahead of both ``feed_ns`` and the wall clock is
+malformed (counted, never fed to a candle); before any event is known the bound against the wall
+clock is ``COLD_FUTURE_NS`` (a machine clock that is off by seconds must not refuse the feed).
+
+Two clocks are injected: ``clock`` (monotonic ns) only stamps when a candle closed, for lag
+metrics; ``wall_clock`` (epoch ns) is the machine's time the future bound compares with.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 
 import structlog
 
@@ -28,8 +38,11 @@ from rtml_core.timeframes import timeframe_ns
 log = structlog.get_logger("rtml_stream.pipeline")
 
 NO_RESUME = -(2**63)
+COLD_FUTURE_NS = 3_600_000_000_000  # before the feed's clock is known: 1 h ahead of the wall clock
+_KEEP_MALFORMED = 100  # malformed events kept per drain (all are counted)
 _MIN_SEGMENT = 4  # shorter runs are cheaper trade by trade
 _MAX_PENDING_FLOW = 16_384  # trades held for the trade-flow window between live reads
+_TIME = attrgetter("time_ns")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +55,21 @@ class Correction:
     watermark_ns: int
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Empty windows ``[from_ns, to_ns)`` of a timeframe, too many to fill with flat candles."""
+
+    exchange: str
+    symbol: str
+    timeframe: str
+    from_ns: int
+    to_ns: int
+
+    @property
+    def candles(self) -> int:
+        return (self.to_ns - self.from_ns) // timeframe_ns(self.timeframe)
+
+
 @dataclass(slots=True)
 class Output:
     """What the pipeline produced since the last ``drain``: in the order it happened."""
@@ -50,6 +78,8 @@ class Output:
     rows: list[FeatureRow]
     corrections: list[Correction]
     closed_at: dict[tuple[str, str, str, int], int]  # row key -> clock ns of the closing event
+    gaps: list[Gap] = field(default_factory=list)
+    malformed: list[Trade | BookUpdate] = field(default_factory=list)  # the first few of this drain
 
 
 class MarketState:
@@ -95,7 +125,10 @@ class Pipeline:
         fill_gaps: bool = True,
         flow_window_ns: int = 60_000_000_000,
         book_levels: int = 10,
+        max_future_ns: int | None = 5_000_000_000,
+        max_fill_candles: int | None = 1_440,
         clock: Callable[[], int] = time.perf_counter_ns,
+        wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
         if not timeframes:
             raise ValueError("at least one timeframe is required")
@@ -110,10 +143,16 @@ class Pipeline:
         self.flow_window_ns = flow_window_ns
         self.book_levels = book_levels
         self.clock = clock
+        self.wall_clock = wall_clock
+        self.max_future_ns = max_future_ns
+        self.max_fill_candles = max_fill_candles
+        self.feed_ns: int | None = None  # the feed's clock: the largest event time accepted
         self.markets: dict[tuple[str, str], MarketState] = {}
         self.trades_in = 0
         self.duplicates = 0
         self.late = 0
+        self.malformed = 0  # events refused for a timestamp too far ahead
+        self.gaps = 0
         self.candles_out = 0
         self.rows_out = 0
         self.engine_errors = 0
@@ -125,12 +164,19 @@ class Pipeline:
         self._rows: list[FeatureRow] = []
         self._corrections: list[Correction] = []
         self._closed_at: dict[tuple[str, str, str, int], int] = {}
+        self._gaps: list[Gap] = []
+        self._malformed: list[Trade | BookUpdate] = []
 
     def new_builder(self, exchange: str, symbol: str, timeframe: str) -> CandleBuilder:
         builder = CandleBuilder(exchange, symbol, timeframe, allowed_lateness_ns=self.allowed_lateness_ns,
-                                fill_gaps=self.fill_gaps, keep_late_trades=0)
-        builder.on_late = lambda trade, b=builder: self._on_late(b, trade)
+                                fill_gaps=self.fill_gaps, keep_late_trades=0, max_fill_candles=self.max_fill_candles)
+        self._hook(builder)
         return builder
+
+    def _hook(self, builder: CandleBuilder) -> None:
+        builder.on_late = lambda trade, b=builder: self._on_late(b, trade)
+        builder.on_gap = lambda from_ns, to_ns, b=builder: self._on_gap(b, from_ns, to_ns)
+        builder.max_fill_candles = self.max_fill_candles
 
     def market(self, exchange: str, symbol: str) -> MarketState:
         """The state of a market, created empty (cold start) on first use."""
@@ -149,8 +195,51 @@ class Pipeline:
     def install(self, state: MarketState) -> None:
         """Use a restored market state (checkpoint or offline rebuild)."""
         for builder in state.builders:
-            builder.on_late = lambda trade, b=builder: self._on_late(b, trade)
+            self._hook(builder)
         self.markets[(state.exchange, state.symbol)] = state
+        if state.last_trade_time_ns is not None:
+            self._saw(state.last_trade_time_ns)
+        for builder in state.builders:  # the watermark holds the idle time the feed had advanced by
+            if builder.watermark_ns is not None:
+                self._saw(builder.watermark_ns + (builder.allowed_lateness_ns or 0))
+
+    # -- the feed's clock and the future bound ---------------------------------------------
+    def _saw(self, time_ns: int) -> None:
+        if self.feed_ns is None or time_ns > self.feed_ns:
+            self.feed_ns = time_ns
+
+    def future_limit_ns(self) -> int | None:
+        """Latest acceptable event time now: ``max_future_ns`` past the later of the feed's clock
+        and the wall clock (``COLD_FUTURE_NS`` past the wall clock while the feed's is unknown)."""
+        if self.max_future_ns is None:
+            return None
+        wall = self.wall_clock()
+        if self.feed_ns is None:
+            return wall + max(self.max_future_ns, COLD_FUTURE_NS)
+        return max(wall, self.feed_ns) + self.max_future_ns
+
+    def _refuse(self, event: Trade | BookUpdate) -> None:
+        self.malformed += 1
+        if len(self._malformed) < _KEEP_MALFORMED:
+            self._malformed.append(event)
+
+    def _in_bounds(self, trades: Sequence[Trade]) -> Sequence[Trade]:
+        """``trades`` without those stamped too far ahead (counted); the feed's clock follows."""
+        newest = max(map(_TIME, trades))
+        limit = self.future_limit_ns()
+        if limit is None or newest <= limit:
+            self._saw(newest)
+            return trades
+        kept = []
+        for trade in trades:  # rare: one by one, the bound moving with each trade accepted
+            if trade.time_ns > limit:
+                self._refuse(trade)
+                continue
+            kept.append(trade)
+            if self.feed_ns is None or trade.time_ns > self.feed_ns:
+                self.feed_ns = trade.time_ns
+                limit = self.future_limit_ns()
+        return kept
 
     # -- steps -------------------------------------------------------------------------------
     def on_trades(self, trades: Iterable[Trade]) -> None:
@@ -163,6 +252,10 @@ class Pipeline:
         """
         if not isinstance(trades, (list, tuple)):
             trades = list(trades)
+        if not trades:
+            return
+        received = len(trades)
+        trades = self._in_bounds(trades)
         n = len(trades)
         i = 0
         tf_min = self._tf_min
@@ -190,7 +283,7 @@ class Pipeline:
             if len(state.pending_flow) > _MAX_PENDING_FLOW:
                 self._fold_flow(state)
             i = j
-        self.trades_in += n
+        self.trades_in += received
 
     def _fold_flow(self, state: MarketState) -> None:
         """Feed the pending trades to the market's ``TradeFlow``, skipping those the window has
@@ -267,13 +360,22 @@ class Pipeline:
 
     def on_book(self, update: BookUpdate) -> None:
         """Apply an L2 snapshot or diff to the market's book (the live features read it)."""
+        limit = self.future_limit_ns()
+        if limit is not None and update.time_ns > limit:
+            self._refuse(update)
+            return
+        self._saw(update.time_ns)
         state = self.markets.get((update.exchange, update.symbol)) or self.market(update.exchange, update.symbol)
         state.book.apply(update)
         state.book_seen = True
         state.live_dirty = True
 
     def advance(self, now_ns: int) -> None:
-        """Move event time to ``now_ns`` (a timer): candles whose window the watermark passed close."""
+        """Move event time to ``now_ns`` (the feed's clock plus its idle time): candles whose window
+        the watermark passed close. Never beyond the future bound."""
+        limit = self.future_limit_ns()
+        if limit is not None and now_ns > limit:
+            now_ns = limit
         for state in self.markets.values():
             for i, builder in enumerate(state.builders):
                 closed = builder.advance(now_ns)
@@ -313,6 +415,13 @@ class Pipeline:
             self._closed_at[(state.exchange, state.symbol, tf, end)] = now
             self.rows_out += 1
 
+    def _on_gap(self, builder: CandleBuilder, from_ns: int, to_ns: int) -> None:
+        self.gaps += 1
+        gap = Gap(builder.exchange, builder.symbol, builder.timeframe, from_ns, to_ns)
+        self._gaps.append(gap)
+        log.warning("candle_gap_not_filled", exchange=gap.exchange, symbol=gap.symbol, timeframe=gap.timeframe,
+                    from_ns=from_ns, to_ns=to_ns, candles=gap.candles, max_fill_candles=self.max_fill_candles)
+
     def _on_late(self, builder: CandleBuilder, trade: Trade) -> None:
         self.late += 1
         t = trade.time_ns
@@ -321,13 +430,13 @@ class Pipeline:
     # -- outputs -----------------------------------------------------------------------------
     def drain(self) -> Output:
         """Everything produced since the last drain (and forget it)."""
-        out = Output(self._candles, self._rows, self._corrections, self._closed_at)
+        out = Output(self._candles, self._rows, self._corrections, self._closed_at, self._gaps, self._malformed)
         self._new_output()
         return out
 
     @property
     def has_output(self) -> bool:
-        return bool(self._candles or self._rows or self._corrections)
+        return bool(self._candles or self._rows or self._corrections or self._gaps or self._malformed)
 
     def live_values(self) -> list[tuple[str, str, int, dict[str, float]]]:
         """(exchange, symbol, event time, values) of each market whose trades or book changed."""

@@ -23,6 +23,7 @@ import msgspec
 
 from rtml_core.errors import InputError, RtmlError
 from rtml_core.schemas import FeatureRow
+from rtml_core.timeframes import timeframe_ns
 
 RESERVED_FIELDS = frozenset({"event_time", "event_time_iso", "feature_set_version", "written_at"})
 """Fields of the latest/live hashes that are not features (a feature may not use these names)."""
@@ -95,8 +96,10 @@ def check_live(live: LiveValues) -> None:
         raise InputError(f"live value name(s) {clash} are reserved in the online store")
 
 
-def check_row(row: FeatureRow) -> None:
-    """Refuse a row the stores cannot hold faithfully (reserved names, bad market names, negative times)."""
+def check_row(row: FeatureRow, now_ns: int | None = None) -> None:
+    """Refuse a row the stores cannot hold faithfully (reserved names, bad market names, negative times)
+    and, given ``now_ns``, a row whose event time is beyond now plus one timeframe: such a row would
+    stay "latest" and make every real row after it look older."""
     check_key_part("exchange", row.exchange)
     check_key_part("symbol", row.symbol)
     check_key_part("timeframe", row.timeframe)
@@ -108,6 +111,11 @@ def check_row(row: FeatureRow) -> None:
         )
     if row.event_time_ns < 0:
         raise InputError(f"event time {row.event_time_ns} of {row.exchange} {row.symbol} is before 1970")
+    if now_ns is not None and row.event_time_ns > now_ns + timeframe_ns(row.timeframe):
+        raise InputError(
+            f"event time {iso_from_ns(row.event_time_ns)} of {row.exchange} {row.symbol} {row.timeframe} is "
+            f"beyond now ({iso_from_ns(now_ns)}) plus one timeframe"
+        )
 
 
 def encode_row_json(row: FeatureRow, written_at_ns: int) -> bytes:

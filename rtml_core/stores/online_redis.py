@@ -182,7 +182,7 @@ class RedisOnlineStore(OnlineStore):
         now = self._clock_ns()
         by_market: dict[tuple[str, str, str], list[FeatureRow]] = {}
         for row in rows:
-            check_row(row)
+            check_row(row, now)
             by_market.setdefault((row.exchange, row.symbol, row.timeframe), []).append(row)
         commands: list[tuple] = []
         for market, market_rows in by_market.items():

@@ -121,11 +121,11 @@ class SqliteOnlineStore(OnlineStore):
     def write_batch(self, rows: Sequence[FeatureRow], live: Sequence[LiveValues] = ()) -> None:
         if not rows and not live:
             return
+        now = self._clock_ns()
         for row in rows:
-            check_row(row)
+            check_row(row, now)
         for values in live:
             check_live(values)
-        now = self._clock_ns()
         encoded = [(row, encode_row_json(row, now)) for row in sorted(rows, key=lambda r: r.event_time_ns)]
         markets = {(row.exchange, row.symbol, row.timeframe) for row in rows}
         with self._lock:

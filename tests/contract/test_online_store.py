@@ -164,6 +164,18 @@ def test_rows_and_live_values_write_together(store):
     assert store.read_live("kraken", "BTC-USD").values == {"trade_count": 12.0}
 
 
+def test_a_row_beyond_now_plus_one_timeframe_is_refused_and_nothing_is_written(store):
+    now = time.time_ns()
+    minute_end = now - now % MINUTE + MINUTE  # the row of the candle open now: accepted
+    current = FeatureRow("kraken", "BTC-USD", "1m", minute_end, "v1", {"close": 1.0})
+    future = FeatureRow("kraken", "BTC-USD", "1m", now + 365 * 24 * 60 * MINUTE, "v1", {"close": 2.0})
+    with pytest.raises(InputError, match="beyond now"):
+        store.write_batch([current, future])
+    assert store.read_latest("kraken", "BTC-USD", "1m") is None
+    store.write_batch([current])
+    assert store.read_latest("kraken", "BTC-USD", "1m").event_time_ns == minute_end
+
+
 def test_reserved_names_are_refused_and_nothing_is_written(store):
     with pytest.raises(InputError, match="reserved"):
         store.write_rows([make_row(1), make_row(2, values={"event_time": 1.0})])
@@ -304,7 +316,7 @@ def test_row_json_is_plain_json_with_null_for_nan():
 
 @pytest.mark.redis
 def test_redis_keys_are_the_documented_schema(redis_url, redis_prefix):
-    store = RedisOnlineStore(redis_url, redis_prefix, history=3, clock_ns=lambda: 42)
+    store = RedisOnlineStore(redis_url, redis_prefix, history=3, clock_ns=lambda: T0 + 10 * MINUTE)
     raw = redis.Redis.from_url(redis_url, decode_responses=True)
     pubsub = raw.pubsub(ignore_subscribe_messages=True)
     channel = f"{redis_prefix}:updates:{{kraken:BTC-USD}}:1m"
@@ -315,7 +327,7 @@ def test_redis_keys_are_the_documented_schema(redis_url, redis_prefix):
     features = raw.hgetall(f"{redis_prefix}:features:{{kraken:BTC-USD}}:1m")
     assert features == {"close": "103.0", "rsi_14": "50.3", "macd": "nan", "event_time": str(T0 + 3 * MINUTE),
                         "event_time_iso": "2025-11-21T04:43:00Z", "feature_set_version": "v1",
-                        "written_at": "42"}
+                        "written_at": str(T0 + 10 * MINUTE)}
     history_key = f"{redis_prefix}:history:{{kraken:BTC-USD}}:1m"
     assert raw.zcard(history_key) == 3
     newest, score = raw.zrevrange(history_key, 0, 0, withscores=True)[0]
@@ -323,7 +335,7 @@ def test_redis_keys_are_the_documented_schema(redis_url, redis_prefix):
     assert json.loads(newest)["values"] == {"close": 103.0, "rsi_14": 50.3, "macd": None}
     live = raw.hgetall(f"{redis_prefix}:live:{{kraken:BTC-USD}}")
     assert live == {"spread_bps": "1.25", "event_time": str(T0 + 5), "event_time_iso": "2025-11-21T04:40:00.000000005Z",
-                    "written_at": "42"}
+                    "written_at": str(T0 + 10 * MINUTE)}
     published = []
     deadline = time.monotonic() + 5
     while len(published) < 4 and time.monotonic() < deadline:
@@ -609,3 +621,129 @@ def test_the_same_event_time_twice_in_one_batch_keeps_the_later_row(store):
     store.write_rows([first, second])
     assert store.read_latest("kraken", "BTC-USD", "1m").values == {"a": 2.0}
     assert [r.values for r in store.read_history("kraken", "BTC-USD", "1m", 5)] == [{"a": 2.0}]
+
+
+# --- the async read interface (the API's request path) ---------------------------------------
+async def test_async_reads_give_the_latest_row_and_live_values_of_each_market(store):
+    symbols = [f"C{i}-USD" for i in range(20)]
+    store.write_batch([make_row(i, symbol=s) for i, s in enumerate(symbols)],
+                      [LiveValues("kraken", symbols[0], T0, {"book_spread_bps": 1.5, "book_microprice": 100.25})])
+    try:
+        reads = await asyncio.gather(*(store.aread_market("kraken", s, "1m") for s in symbols * 3),
+                                     store.aread_market("kraken", "NOPE-USD", "1m"))
+        for symbol, market in zip(symbols * 3, reads):
+            assert_same_row(market.row, make_row(symbols.index(symbol), symbol=symbol))
+        assert dict(reads[0].live) == {"book_spread_bps": 1.5, "book_microprice": 100.25}
+        assert reads[0].live_value(("nothing", "book_microprice")) == 100.25
+        assert reads[1].live == {} and reads[1].live_value(("book_spread_bps",)) is None
+        assert reads[-1].row is None and reads[-1].live == {}
+        assert_same_row(await store.aread_latest("kraken", symbols[3], "1m"), make_row(3, symbol=symbols[3]))
+        assert await store.aread_latest("kraken", "NOPE-USD", "1m") is None
+        live = await store.aread_live("kraken", symbols[0])
+        assert (live.exchange, live.symbol, live.time_ns) == ("kraken", symbols[0], T0)
+        assert live.values == {"book_spread_bps": 1.5, "book_microprice": 100.25}
+        assert await store.aread_live("kraken", "NOPE-USD") is None
+        store.write_rows([make_row(30, symbol=symbols[0])])  # a newer row is read at once
+        assert (await store.aread_market("kraken", symbols[0], "1m")).row.event_time_ns == T0 + 30 * MINUTE
+    finally:
+        await store.aclose()
+    # closed async connections are opened again by the next read
+    assert (await store.aread_market("kraken", symbols[1], "1m")).row.symbol == symbols[1]
+    await store.aclose()
+
+
+async def test_async_reads_refuse_names_that_cannot_be_keys_with_input_error(store):
+    for exchange, symbol, timeframe in (("a:b", "BTC-USD", "1m"), ("kraken", "BTC{USD", "1m"),
+                                        ("kraken", "BTC-USD", "1 m"), ("", "BTC-USD", "1m")):
+        with pytest.raises(InputError):
+            await store.aread_market(exchange, symbol, timeframe)
+    with pytest.raises(InputError):
+        await store.aread_live("kraken", "BTC USD")
+    await store.aclose()
+
+
+async def test_shared_counters_count_across_store_instances_or_fail_loudly(store, online_url):
+    from rtml_core.errors import UnsupportedOperation
+
+    if isinstance(store, SqliteOnlineStore):
+        with pytest.raises(UnsupportedOperation, match="does not keep shared counters"):
+            await store.acount("hits", 1)
+        return
+    url, prefix = online_url
+    other = open_online_store(url, prefix=prefix)  # another worker process's store
+    name = f"hits:{uuid.uuid4().hex[:8]}"
+    try:
+        assert [await store.acount(name, 5), await other.acount(name, 5), await store.acount(name, 5)] == [1, 2, 3]
+        assert 0 < redis.Redis.from_url(store.node_url).ttl(f"{prefix}:counter:{name}") <= 5
+        with pytest.raises(InputError):
+            await store.acount("a b", 5)
+    finally:
+        await store.aclose()
+        await other.aclose()
+        other.close()
+
+
+async def test_async_reads_of_an_unreachable_redis_raise_the_named_error():
+    dead = RedisOnlineStore(f"redis://127.0.0.1:{free_port()}/0", prefix="rtmltest")
+    try:
+        with pytest.raises(OnlineStoreUnavailable, match="Redis at redis://127.0.0.1"):
+            await dead.aread_market("kraken", "BTC-USD", "1m")
+        with pytest.raises(OnlineStoreUnavailable):
+            await dead.aread_live("kraken", "BTC-USD")
+        with pytest.raises(OnlineStoreUnavailable):
+            await dead.acount("hits", 1)
+    finally:
+        await dead.aclose()
+        dead.close()
+
+
+class HungServer:
+    """A TCP server that accepts every connection and never answers (a hung Redis)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+
+    def accept_pending(self) -> None:
+        self.sock.setblocking(False)
+        while True:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except BlockingIOError:
+                return
+
+    def close(self) -> None:
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["plain", "auth-handshake"])
+async def test_failed_reads_of_a_hung_redis_close_every_connection(auth):
+    from rtml_core.stores.resp import PipelinedRedis, pack_command
+
+    hung = HungServer()
+    url = f"redis://:secret@127.0.0.1:{hung.port}/3" if auth else f"redis://127.0.0.1:{hung.port}/0"
+    reader = PipelinedRedis(url, connect_timeout_s=0.02, reply_timeout_s=0.02)
+    try:
+        with pytest.raises(TimeoutError):  # warm up whatever the loop allocates once
+            await reader.execute(pack_command("PING"), 1)
+        hung.accept_pending()
+        before = open_fds() - len(hung.accepted)  # the client side: this process minus the server's
+        for _ in range(100):
+            with pytest.raises(TimeoutError):
+                await reader.execute(pack_command("PING"), 1)
+            hung.accept_pending()
+        assert len(hung.accepted) == 101  # every read connected (and timed out in its handshake or reply)
+        assert open_fds() - len(hung.accepted) <= before
+        await reader.aclose()
+        assert open_fds() - len(hung.accepted) <= before
+    finally:
+        hung.close()
