@@ -27,6 +27,7 @@ from api.controllers.predict import PredictController, prediction_stream
 from api.errors import ApiError, api_error_handler, http_error_handler, internal_error_handler
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.ratelimit import rate_limit_config
+from api.readiness import GuardedChampionSource
 from api.serving import PredictionService
 from rtml_core.settings import Settings
 
@@ -64,13 +65,20 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
 
             store = open_online_store(settings.resolved_online_url, settings.online_prefix)
             owned.append(store)
-        source = registry
-        if source is None:
-            from rtml_core.registry import ModelRegistry
+        if registry is None:
+            def open_source() -> ChampionSource:  # retried by the poller until the database answers
+                from rtml_core.registry import ModelRegistry
 
-            source = ModelRegistry(settings.resolved_offline_url, settings.resolved_artifacts_dir)
+                return _champion_source(ModelRegistry(settings.resolved_offline_url,
+                                                      settings.resolved_artifacts_dir))
+        else:
+            def open_source() -> ChampionSource:
+                return _champion_source(registry)
+        source = GuardedChampionSource(
+            open_source, on_load_failure=metrics_.champion_load_failed,
+            served_marker=lambda: holder.current.marker if holder.current is not None else None)
+        if registry is None:
             owned.append(source)
-        source = _champion_source(source)
         app.state.champion_source = source
         predictions = prediction_log
         if predictions is None and settings.api_log_predictions:
@@ -95,7 +103,7 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
             app.state.service.flush_log()
-            await app.state.service.reader.aclose()
+            await store.aclose()
             if owned_log is not None:
                 await owned_log.aclose()
             for client in owned:

@@ -40,6 +40,14 @@ class ApiMetrics:
             "rtml_api_predictions", "Predictions served (HTTP, batch items and stream pushes).",
             ["source"], registry=self.registry,
         )
+        self.champion_load_failures = Counter(
+            "rtml_api_champion_load_failures", "Promoted champions that failed to load (the previous "
+            "one kept serving).", registry=self.registry,
+        )
+        self.champion_load_failing = Gauge(
+            "rtml_api_champion_load_failing", "1 while the registry's champion fails to load.",
+            registry=self.registry,
+        )
         self._served: tuple[str, str, str] | None = None
         self._children: dict[tuple, object] = {}  # labelled children, looked up once per label set
 
@@ -70,6 +78,12 @@ class ApiMetrics:
             self.model_info.labels(*self._served).set(1)
         if swapped:
             self.model_swaps.inc()
+
+    def champion_load_failed(self, failed: bool) -> None:
+        """A promoted champion failed to load (True) or loads work again (False)."""
+        if failed:
+            self.champion_load_failures.inc()
+        self.champion_load_failing.set(1 if failed else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

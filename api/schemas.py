@@ -119,8 +119,9 @@ class ModelList(msgspec.Struct, frozen=True):
 
 
 class HealthStatus(msgspec.Struct, frozen=True):
-    status: str
+    status: str  # ok (/health); ready, degraded or not_ready (/ready)
     checks: dict[str, str] = {}
+    reasons: list[str] = []  # registry_unavailable, online_store_unavailable, no_champion, champion_load_failed
 
 
 class ErrorBody(msgspec.Struct, frozen=True):

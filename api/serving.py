@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -15,17 +16,21 @@ from api.champion import ChampionHolder, ServedModel
 from api.errors import ApiError
 from api.execution import ExecutionParams, execution_payload, prob_up
 from api.metrics import ApiMetrics
-from api.online_reader import PRICE_KEYS as LIVE_PRICE_KEYS
-from api.online_reader import SPREAD_KEYS, MarketRead, reader_for
 from api.schemas import ExecutionPayload, Prediction
 from rtml_core.errors import InputError
 from rtml_core.schemas import FeatureRow
 from rtml_core.settings import Settings
+from rtml_core.stores.online_base import MarketSnapshot, OnlineStoreUnavailable
 from rtml_core.symbols import normalize_symbol
 from rtml_core.timeframes import timeframe_seconds
 
 PRICE_KEYS = ("close", "price")
 """Where the current price is read from the feature row, first match wins (then the live microprice)."""
+LIVE_PRICE_KEYS = ("book_microprice", "microprice")
+SPREAD_KEYS = ("book_spread_bps", "spread_bps")
+EXCHANGE_PATTERN = re.compile(r"[a-z0-9_]{1,32}")
+"""An exchange name as requests may give it (the same rule as the request bodies' ``exchange``)."""
+TIMEFRAME_PATTERN = re.compile(r"[1-9][0-9]{0,6}[smhd]")
 STORE_RETRY_AFTER_S = 1.0
 """After a failed online-store call, answer 503 at once for this long before trying again."""
 
@@ -69,9 +74,22 @@ class LoggedPrediction(msgspec.Struct, frozen=True, gc=False):
 
 def canonical_symbol(raw: str) -> str:
     try:
-        return normalize_symbol(raw)
+        symbol = normalize_symbol(raw)
     except InputError as error:
         raise ApiError(400, "invalid_symbol", str(error)) from None
+    if not SYMBOL_PATTERN.fullmatch(symbol):
+        raise ApiError(400, "invalid_symbol", f"symbol {raw[:40]!r} is not BASE-QUOTE of letters and digits")
+    return symbol
+
+
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9]{1,16}-[A-Z0-9]{1,16}")
+
+
+def checked_exchange(exchange: str) -> str:
+    if not EXCHANGE_PATTERN.fullmatch(exchange):
+        raise ApiError(400, "invalid_exchange", f"exchange {exchange[:40]!r} is not a name of lowercase "
+                       "letters, digits and underscores (at most 32), e.g. kraken")
+    return exchange
 
 
 class PredictionService:
@@ -89,7 +107,6 @@ class PredictionService:
             spread_bps=settings.exec_spread_bps, vol_target=settings.exec_vol_target,
             atr_stop_mult=settings.exec_atr_stop_mult, atr_take_mult=settings.exec_atr_take_mult,
         )
-        self.reader = reader_for(store)
         self._store_down_until = 0.0
         self._unlogged: list[LoggedPrediction] = []
         self._targets: dict[tuple, tuple[str, str, str]] = {}  # request -> (exchange, symbol, timeframe)
@@ -110,7 +127,7 @@ class PredictionService:
         resolved = self._targets.get(key)
         if resolved is not None:
             return resolved
-        exchange = exchange or self.settings.api_default_exchange
+        exchange = checked_exchange(exchange or self.settings.api_default_exchange)
         timeframe = timeframe or (model.timeframe if model and model.timeframe
                                   else self.settings.api_default_timeframe)
         self.timeframe_s(timeframe)
@@ -119,6 +136,9 @@ class PredictionService:
     def timeframe_s(self, timeframe: str) -> int:
         seconds = self._timeframe_s.get(timeframe)
         if seconds is None:
+            if not TIMEFRAME_PATTERN.fullmatch(timeframe):
+                raise ApiError(400, "invalid_timeframe", f"timeframe {timeframe[:20]!r} is not a whole number "
+                               "of s, m, h or d (e.g. 1m, 5m, 1h)")
             try:
                 seconds = _remember(self._timeframe_s, timeframe, timeframe_seconds(timeframe))
             except InputError as error:
@@ -140,16 +160,21 @@ class PredictionService:
         return cached
 
     # -- the store, guarded -------------------------------------------------------------
-    async def read_market(self, exchange: str, symbol: str, timeframe: str) -> MarketRead:
-        """The latest feature row (404 when none) and the live values, in one round trip."""
+    async def read_market(self, exchange: str, symbol: str, timeframe: str) -> MarketSnapshot:
+        """The latest feature row (404 when none) and the live values, in one round trip.
+
+        Only a store failure (connection, timeout, protocol) answers 503 and holds further reads
+        off for ``STORE_RETRY_AFTER_S``; a name the store cannot use is the request's 400.
+        """
         if time.monotonic() < self._store_down_until:
             raise ApiError(503, "online_store_unavailable", "the online store is unreachable; retry shortly")
         try:
-            market = await self.reader.read(exchange, symbol, timeframe)
-        except Exception as error:  # noqa: BLE001 - any store failure is a 503, logged by kind
+            market = await self.store.aread_market(exchange, symbol, timeframe)
+        except OnlineStoreUnavailable:
             self._store_down_until = time.monotonic() + STORE_RETRY_AFTER_S
-            raise ApiError(503, "online_store_unavailable",
-                           f"the online store is unreachable ({type(error).__name__})") from None
+            raise ApiError(503, "online_store_unavailable", "the online store is unreachable") from None
+        except InputError as error:
+            raise ApiError(400, "invalid_request", str(error)) from None
         if market.row is None:
             raise ApiError(404, "unknown_symbol",
                            f"no online features for {exchange} {symbol} {timeframe}: the stream "
@@ -222,11 +247,11 @@ class PredictionService:
         live = live or {}
         price = next((values[key] for key in PRICE_KEYS if key in values), None)
         if price is None:  # a feature set without the close: the live book's microprice
-            price = next((float(live[key]) for key in LIVE_PRICE_KEYS if key in live), None)
+            price = next((live[key] for key in LIVE_PRICE_KEYS if key in live), None)
         if price is None or not math.isfinite(price) or price <= 0:
             raise ApiError(409, "no_price", f"neither the online row nor the live values of {row.symbol} "
                            "carry a price (close or book_microprice)")
-        spread = next((float(live[key]) for key in SPREAD_KEYS if key in live), None)
+        spread = next((live[key] for key in SPREAD_KEYS if key in live), None)
         predicted_return = predictor.predict(x)
         execution = execution_payload(
             price=price, predicted_return=predicted_return,

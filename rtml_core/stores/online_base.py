@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from rtml_core.errors import InputError, RtmlError
+from rtml_core.errors import InputError, RtmlError, UnsupportedOperation
 from rtml_core.schemas import FeatureRow
 from rtml_core.timeframes import timeframe_ns
 
@@ -40,6 +40,25 @@ class LiveValues(msgspec.Struct, frozen=True):
     symbol: str
     time_ns: int
     values: dict[str, float]
+
+
+class MarketSnapshot:
+    """What a prediction reads in one round trip: the latest row (None when nothing was written)
+    and the market's live values (empty when none)."""
+
+    __slots__ = ("row", "live")
+
+    def __init__(self, row: FeatureRow | None, live: Mapping[str, float] | None = None) -> None:
+        self.row = row
+        self.live: Mapping[str, float] = live or {}
+
+    def live_value(self, names: Sequence[str]) -> float | None:
+        """The first of ``names`` present in the live values."""
+        for name in names:
+            value = self.live.get(name)
+            if value is not None:
+                return value
+        return None
 
 
 class _WireRow(msgspec.Struct, frozen=True):
@@ -301,6 +320,43 @@ class OnlineStore(ABC):
     @abstractmethod
     def subscribe(self, exchange: str, symbol: str, timeframe: str) -> Subscription:
         """Rows that become the latest from now on, as an async iterator (see ``Subscription``)."""
+
+    # async reads (the API's request path): never block the event loop --------------------
+    async def aread_market(self, exchange: str, symbol: str, timeframe: str) -> MarketSnapshot:
+        """The latest row and the live values of a market in one round trip, without blocking
+        the event loop. Raises ``OnlineStoreUnavailable`` (connection, timeout, protocol) and
+        ``InputError`` (a name that cannot be part of a key); nothing else on a store failure.
+
+        The default runs the synchronous reads in a worker thread; backends override it.
+        """
+        return await asyncio.to_thread(self._read_market, exchange, symbol, timeframe)
+
+    def _read_market(self, exchange: str, symbol: str, timeframe: str) -> MarketSnapshot:
+        row = self.read_latest(exchange, symbol, timeframe)
+        live = self.read_live(exchange, symbol) if row is not None else None
+        return MarketSnapshot(row, live.values if live is not None else None)
+
+    async def aread_latest(self, exchange: str, symbol: str, timeframe: str) -> FeatureRow | None:
+        """``read_latest`` without blocking the event loop."""
+        return (await self.aread_market(exchange, symbol, timeframe)).row
+
+    async def aread_live(self, exchange: str, symbol: str) -> LiveValues | None:
+        """``read_live`` without blocking the event loop."""
+        return await asyncio.to_thread(self.read_live, exchange, symbol)
+
+    async def acount(self, name: str, window_s: int) -> int:
+        """Count one hit in the window ``name`` (shared by every process using this store) and
+        return the window's count so far; the window ends ``window_s`` after its first hit.
+
+        Only stores several processes share cheaply offer it (Redis); others raise
+        ``UnsupportedOperation``.
+        """
+        raise UnsupportedOperation(f"online store {type(self).__name__} does not keep shared counters")
+
+    async def aclose(self) -> None:
+        """Release the connections the async reads opened on the running event loop (the store
+        stays usable; ``close`` releases the rest)."""
+        return None
 
     @abstractmethod
     def ping(self) -> bool:

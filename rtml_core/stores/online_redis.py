@@ -16,7 +16,9 @@ in one pipeline, so a batch costs one round trip.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,7 +35,9 @@ from redis.retry import Retry
 from rtml_core.errors import InputError
 from rtml_core.schemas import FeatureRow
 from rtml_core.stores.online_base import (
+    RESERVED_FIELDS,
     LiveValues,
+    MarketSnapshot,
     OnlineStore,
     OnlineStoreUnavailable,
     Subscription,
@@ -47,10 +51,14 @@ from rtml_core.stores.online_base import (
     row_hash_fields,
     sleep_backoff,
 )
+from rtml_core.stores.resp import PipelinedRedis, pack_command
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ClusterError, TryAgainError,
                 RedisClusterException, OSError)
+_ASYNC_UNAVAILABLE = (*_UNAVAILABLE, TimeoutError)  # OSError covers RedisConnectionLost
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+CACHED_MARKETS = 4096
+"""Most markets whose key names (and packed read commands) are kept; the cache starts over when full."""
 
 # KEYS[1] latest hash, KEYS[2] history zset.
 # ARGV[1] channel, ARGV[2] history length, ARGV[3] row count r, then r triples
@@ -113,11 +121,21 @@ class RedisKeys:
                 f"{self.prefix}:history:{tag}:{tf}",
                 f"{self.prefix}:updates:{tag}:{tf}",
             )
+            if len(self._cache) >= CACHED_MARKETS:  # names come from requests: keep the cache bounded
+                self._cache.clear()
             self._cache[key] = names
         return names
 
     def live(self, exchange: str, symbol: str) -> str:
         return f"{self.prefix}:live:{self.tag(exchange, symbol)}"
+
+    def counter(self, name: str) -> str:
+        if not name or _BAD_COUNTER_NAME.search(name):
+            raise InputError(f"counter name {name!r} cannot be part of a Redis key")
+        return f"{self.prefix}:counter:{name}"
+
+
+_BAD_COUNTER_NAME = re.compile(r"[{}\s*?\[\]]")
 
 
 def split_cluster_url(url: str) -> tuple[bool, str]:
@@ -161,6 +179,11 @@ class RedisOnlineStore(OnlineStore):
         self.cluster, self.node_url = split_cluster_url(url)
         self._clock_ns = clock_ns
         self._client_or_none = client
+        # async reads: one shared pipelined connection (plain redis://), else redis.asyncio;
+        # a cluster reads through the synchronous cluster client in a worker thread
+        self._pipelined = PipelinedRedis(url) if not self.cluster and PipelinedRedis.speaks(url) else None
+        self._async_client: redis.asyncio.Redis | None = None
+        self._read_commands: dict[tuple[str, str, str], bytes] = {}
         if client is None and not self.cluster:  # a cluster client connects when built: built on first use
             self._client_or_none = redis.Redis.from_url(url, decode_responses=True, **_client_options())
 
@@ -236,6 +259,95 @@ class RedisOnlineStore(OnlineStore):
     def subscribe(self, exchange: str, symbol: str, timeframe: str) -> Subscription:
         return RedisSubscription(self, exchange, symbol, timeframe)
 
+    # async reads (the API's request path) ---------------------------------------------------
+    def _asyncio_client(self) -> redis.asyncio.Redis:
+        if self._async_client is None:
+            self._async_client = redis.asyncio.Redis.from_url(
+                self.url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0)
+        return self._async_client
+
+    def _read_command(self, exchange: str, symbol: str, timeframe: str) -> bytes:
+        """HGETALL of the latest hash and of the live hash, packed once per market (bounded)."""
+        market = (exchange, symbol, timeframe)
+        packed = self._read_commands.get(market)
+        if packed is None:
+            latest_key, _, _ = self.keys.market(exchange, symbol, timeframe)
+            packed = pack_command("HGETALL", latest_key) + pack_command("HGETALL", self.keys.live(exchange, symbol))
+            if len(self._read_commands) >= CACHED_MARKETS:
+                self._read_commands.clear()
+            self._read_commands[market] = packed
+        return packed
+
+    async def aread_market(self, exchange: str, symbol: str, timeframe: str) -> MarketSnapshot:
+        if self.cluster:
+            return await super().aread_market(exchange, symbol, timeframe)
+        try:
+            if self._pipelined is not None:
+                latest, live = await self._pipelined.execute(self._read_command(exchange, symbol, timeframe), 2)
+                if isinstance(latest, Exception) or isinstance(live, Exception):
+                    raise RedisConnectionError(f"Redis answered an error: {latest if isinstance(latest, Exception) else live}")
+                latest, live = _pairs(latest), _pairs(live)
+            else:
+                pipe = self._asyncio_client().pipeline(transaction=False)
+                pipe.hgetall(self.keys.market(exchange, symbol, timeframe)[0])
+                pipe.hgetall(self.keys.live(exchange, symbol))
+                latest, live = await pipe.execute()
+        except _ASYNC_UNAVAILABLE as error:
+            raise OnlineStoreUnavailable(f"Redis at {_safe_url(self.url)} is unavailable: "
+                                         f"{type(error).__name__}: {error}") from error
+        row = row_from_hash_fields(exchange, symbol, timeframe, latest) if latest else None
+        return MarketSnapshot(row, {name: float(value) for name, value in live.items()
+                                    if name not in RESERVED_FIELDS} if live else None)
+
+    async def aread_live(self, exchange: str, symbol: str) -> LiveValues | None:
+        if self.cluster:
+            return await super().aread_live(exchange, symbol)
+        key = self.keys.live(exchange, symbol)
+        try:
+            if self._pipelined is not None:
+                (fields,) = await self._pipelined.execute(pack_command("HGETALL", key), 1)
+                if isinstance(fields, Exception):
+                    raise RedisConnectionError(f"Redis answered an error: {fields}")
+                fields = _pairs(fields)
+            else:
+                fields = await self._asyncio_client().hgetall(key)
+        except _ASYNC_UNAVAILABLE as error:
+            raise OnlineStoreUnavailable(f"Redis at {_safe_url(self.url)} is unavailable: "
+                                         f"{type(error).__name__}: {error}") from error
+        return live_from_hash_fields(exchange, symbol, fields) if fields else None
+
+    async def acount(self, name: str, window_s: int) -> int:
+        key = self.keys.counter(name)
+        try:
+            if self._pipelined is not None:  # SET NX EX opens the window, INCR counts (keeps the TTL)
+                opened, count = await self._pipelined.execute(
+                    pack_command("SET", key, "0", "EX", str(window_s), "NX") + pack_command("INCR", key), 2)
+                if isinstance(count, Exception):
+                    raise RedisConnectionError(f"Redis answered an error: {count}")
+                return int(count)
+            if self.cluster:
+                return await asyncio.to_thread(self._count_sync, key, window_s)
+            pipe = self._asyncio_client().pipeline(transaction=False)
+            pipe.set(key, 0, ex=window_s, nx=True)
+            pipe.incr(key)
+            return int((await pipe.execute())[1])
+        except _ASYNC_UNAVAILABLE as error:
+            raise OnlineStoreUnavailable(f"Redis at {_safe_url(self.url)} is unavailable: "
+                                         f"{type(error).__name__}: {error}") from error
+
+    def _count_sync(self, key: str, window_s: int) -> int:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(key, 0, ex=window_s, nx=True)
+        pipe.incr(key)
+        return int(pipe.execute()[1])
+
+    async def aclose(self) -> None:
+        if self._pipelined is not None:
+            await self._pipelined.aclose()
+        client, self._async_client = self._async_client, None
+        if client is not None:
+            await client.aclose()
+
     def ping(self) -> bool:
         try:
             return bool(self._client.ping())
@@ -251,6 +363,12 @@ class RedisOnlineStore(OnlineStore):
             return function(*args)
         except _UNAVAILABLE as error:
             raise OnlineStoreUnavailable(f"Redis at {_safe_url(self.url)} is unavailable: {error}") from error
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    """HGETALL's flat [field, value, ...] reply as a dict."""
+    items = iter(flat)
+    return dict(zip(items, items))
 
 
 def _safe_url(url: str) -> str:

@@ -27,9 +27,11 @@ from rtml_core.errors import InputError
 from rtml_core.schemas import FeatureRow
 from rtml_core.stores.online_base import (
     LiveValues,
+    MarketSnapshot,
     OnlineStore,
     OnlineStoreUnavailable,
     Subscription,
+    check_key_part,
     check_live,
     check_row,
     decode_row_json,
@@ -197,6 +199,18 @@ class SqliteOnlineStore(OnlineStore):
         if not found:
             return None
         return LiveValues(exchange, symbol, found[0], _live_decoder.decode(found[1]))
+
+    async def aread_market(self, exchange: str, symbol: str, timeframe: str) -> MarketSnapshot:
+        # A local file in WAL mode: a read takes microseconds and never waits for the writer.
+        check_key_part("exchange", exchange)
+        check_key_part("symbol", symbol)
+        check_key_part("timeframe", timeframe)
+        return self._read_market(exchange, symbol, timeframe)
+
+    async def aread_live(self, exchange: str, symbol: str) -> LiveValues | None:
+        check_key_part("exchange", exchange)
+        check_key_part("symbol", symbol)
+        return self.read_live(exchange, symbol)
 
     def subscribe(self, exchange: str, symbol: str, timeframe: str) -> Subscription:
         return SqliteSubscription(self.path, exchange, symbol, timeframe)

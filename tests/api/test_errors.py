@@ -135,6 +135,8 @@ async def test_online_store_unreachable_is_503(registry, champion_version):
             assert "unreachable" in body["detail"]
             ready = await test_client.get("/ready")
             assert ready.status_code == 503 and ready.json()["checks"]["online_store"] != "ok"
+            assert ready.json()["reasons"] == ["online_store_unavailable"]
+            assert "127.0.0.1" not in ready.text
     finally:
         dead.close()
 
@@ -154,4 +156,6 @@ async def test_registry_unreachable_is_503_and_no_champion_is_503(tmp_path, onli
                      503, "no_champion")
         ready = await test_client.get("/ready")
         assert ready.status_code == 503 and "not loaded" in ready.json()["checks"]["champion"]
+        assert set(ready.json()["reasons"]) == {"registry_unavailable", "no_champion"}
+        assert str(tmp_path) not in ready.text and "sqlite" not in ready.text.lower()
     shutil.rmtree(path)

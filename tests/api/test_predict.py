@@ -81,9 +81,9 @@ async def test_exchange_spelling_batch_features_models_health_metrics(online_sto
         assert champion["feature_names"] == list(FEATURES)
         assert champion["inference_path"] == "onnxruntime" and champion["inference_max_abs_diff"] <= 1e-6
 
-        assert (await client.get("/health")).json() == {"status": "ok", "checks": {}}
+        assert (await client.get("/health")).json() == {"status": "ok", "checks": {}, "reasons": []}
         ready = await client.get("/ready")
-        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+        assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["reasons"] == []
 
         metrics = (await client.get("/metrics")).text
         assert 'rtml_api_requests_total{method="POST",route="/v1/predict",status="200"} 1.0' in metrics
