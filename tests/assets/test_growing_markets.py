@@ -1,0 +1,195 @@
+"""Markets that grow: REST sources, open-ended partitions, ``rtml history`` and ``rtml markets``.
+
+A local HTTP server answers the exchanges' REST shapes from the real Kraken XBT/USDT trades
+(tests/ingest/exchanges.py); the runs go through the Dagster assets and are recorded in the
+instance under RTML_HOME.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import msgspec
+import pytest
+from click.testing import CliRunner
+
+from rtml_assets.market_history.markets import MarketSource, load_markets
+from rtml_assets.market_history.partitions import day_start_ns, market_day_partitions, partition_key
+from rtml_cli.dagster_home import embedded_instance
+from rtml_cli.main import cli
+from rtml_core.candles import build_candles
+from rtml_core.errors import InputError
+from rtml_core.ingest import read_trades
+from rtml_core.settings import Settings
+from rtml_core.stores.offline import open_offline_store
+from tests.assets.helpers import check_results, definitions, run
+from tests.ingest.exchanges import serve_exchange
+from tests.ingest.realdata import KRAKEN_TRADES, kraken_rows, reference_candles, row_time_ns
+
+DAY1, DAY2 = dt.date(2025, 11, 10), dt.date(2025, 11, 11)  # the recorded trades span these two days
+
+
+def utc(*args) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+def rest_market(url: str, **fields) -> MarketSource:
+    values = dict(exchange="kraken", symbol="BTC-USDT", timeframe="1m", source="kraken-rest", rest_url=url,
+                  first_day=DAY1)
+    return MarketSource(**{**values, **fields})
+
+
+def test_open_ended_partitions_extend_when_the_clock_moves():
+    market = rest_market("http://127.0.0.1:1")
+    partitions = market_day_partitions([market])
+
+    def days(now: dt.datetime) -> list[str]:
+        return sorted({key.keys_by_dimension["date"] for key in partitions.get_partition_keys(current_time=now)})
+
+    assert days(utc(2025, 11, 11, 23, 59)) == ["2025-11-10"]  # 2025-11-11 is not over yet
+    assert days(utc(2025, 11, 12, 0, 0, 1)) == ["2025-11-10", "2025-11-11"]
+    assert days(utc(2025, 11, 14, 6)) == ["2025-11-10", "2025-11-11", "2025-11-12", "2025-11-13"]
+    assert [str(d) for d in market.days(utc(2025, 11, 14, 6))] == days(utc(2025, 11, 14, 6))
+    assert market.days(utc(2025, 11, 10, 12)) == []  # its first day is not over
+    closed = market.model_copy(update={"last_day": DAY2})
+    assert closed.days(utc(2026, 1, 1)) == [DAY1, DAY2]
+
+
+def test_markets_file_names_rest_sources(tmp_path: Path):
+    path = tmp_path / "markets.yaml"
+    path.write_text(
+        "markets:\n"
+        "  - {exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: kraken-rest, first_day: 2025-11-10,"
+        " stream: true}\n"
+        "  - {exchange: binance, symbol: BTCUSDT, timeframe: 5m, source: binance-rest, format: binance-klines,"
+        " rest_url: 'http://127.0.0.1:9/', first_day: 2025-11-10}\n")
+    kraken, binance = load_markets(path)
+    assert (kraken.symbol, kraken.source, kraken.last_day, kraken.is_rest, kraken.stream) == (
+        "BTC-USD", "kraken-rest", None, True, True)
+    assert (binance.symbol, binance.has_trades, binance.rest_url) == ("BTC-USDT", False, "http://127.0.0.1:9/")
+    for entry, problem in (
+        ("{exchange: binance, symbol: BTCUSDT, timeframe: 1m, source: kraken-rest, first_day: 2025-11-10}",
+         "serves exchange 'kraken'"),
+        ("{exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: kraken-rest, format: binance-klines,"
+         " first_day: 2025-11-10}", "takes format kraken-rest"),
+        ("{exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: trades.json, format: kraken-rest,"
+         " first_day: 2025-11-10}", "needs last_day"),
+        ("{exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: kraken-ftp, first_day: 2025-11-10}",
+         "needs a format"),
+    ):
+        path.write_text(f"markets:\n  - {entry}\n")
+        with pytest.raises(InputError, match=problem):
+            load_markets(path)
+
+
+def _env(tmp_path: Path, offline_url: str, markets_file: Path) -> dict[str, str | None]:
+    return {"RTML_HOME": str(tmp_path / "home"), "RTML_OFFLINE_URL": offline_url,
+            "RTML_MARKETS_FILE": str(markets_file), "DAGSTER_HOME": None}
+
+
+def _read_csv(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_history_sync_two_days_from_kraken_rest_and_export_equals_rtml_candles(offline_url: str, tmp_path: Path):
+    runner = CliRunner()
+    with serve_exchange() as (url, script):
+        markets_file = tmp_path / "markets.yaml"
+        markets_file.write_text(
+            "markets:\n"
+            f"  - {{exchange: kraken, symbol: XBTUSDT, timeframe: 1m, source: kraken-rest, rest_url: '{url}',"
+            " first_day: 2025-11-10}\n")
+        env = _env(tmp_path, offline_url, markets_file)
+        result = runner.invoke(cli, ["history", "sync", "--since", "2025-11-10", "--until", "2025-11-11"], env=env)
+        assert result.exit_code == 0, result.output + str(result.exception)
+        assert "kraken_BTC-USDT_1m: 2 days in range, 2 to materialize" in result.output
+        assert "2025-11-10..2025-11-11: run" in result.output and "done" in result.output
+        trade_pages = script.paths("/0/public/Trades")
+        assert len(trade_pages) >= 2  # one fetch per day at least
+        again = runner.invoke(cli, ["history", "sync", "--exchange", "kraken", "--symbol", "XBTUSDT",
+                                    "--since", "2025-11-10", "--until", "2025-11-11"], env=env)
+        assert again.exit_code == 0, again.output
+        assert "2 days in range, 0 to materialize" in again.output
+        assert script.paths("/0/public/Trades") == trade_pages  # nothing fetched twice
+        listed = runner.invoke(cli, ["markets", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    header, row = listed.output.splitlines()[:2]
+    assert header.split()[:3] == ["market", "exchange", "symbol"]
+    assert row.split()[:5] == ["kraken_BTC-USDT_1m", "kraken", "BTC-USDT", "1m", "kraken-rest"]
+    assert "2025-11-10..open" in row and row.split()[-2:] == ["2025-11-11", "no"]  # last stored day, stream
+
+    instance = embedded_instance(Settings(home=tmp_path / "home"), persistent=True)
+    try:
+        materialized = instance.get_materialized_partitions(dg.AssetKey("validated_candles"))
+    finally:
+        instance.dispose()
+    assert materialized == {str(partition_key(d, "kraken_BTC-USDT_1m")) for d in (DAY1, DAY2)}
+    store = open_offline_store(offline_url)
+    try:
+        stored = store.read_trades("kraken", "BTC-USDT")
+    finally:
+        store.close()
+    assert list(stored["trade_id"]) == [t.trade_id for t in read_trades(KRAKEN_TRADES, "kraken-rest")]
+
+    exported, reference = tmp_path / "exported.csv", tmp_path / "reference.csv"
+    result = runner.invoke(cli, ["history", "export", "--exchange", "kraken", "--symbol", "XBTUSDT",
+                                 "--timeframe", "1m", "--since", "2025-11-10", "--until", "2025-11-11",
+                                 "--output", str(exported)], env=env)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    result = runner.invoke(cli, ["candles", str(KRAKEN_TRADES), "--format", "kraken-rest", "--timeframe", "1m",
+                                 "--output", str(reference)])
+    assert result.exit_code == 0, result.output
+    assert _read_csv(exported) == _read_csv(reference)
+    assert len(_read_csv(exported)) == len(reference_candles(kraken_rows(), 60)) + 1
+    day2 = tmp_path / "day2.csv"
+    result = runner.invoke(cli, ["history", "export", "--exchange", "kraken", "--symbol", "BTC-USDT",
+                                 "--timeframe", "1m", "--since", "2025-11-11", "--output", str(day2)], env=env)
+    assert result.exit_code == 0
+    assert _read_csv(day2)[1:] == [r for r in _read_csv(reference)[1:] if r[0].startswith("2025-11-11")]
+    result = runner.invoke(cli, ["history", "export", "--exchange", "kraken", "--symbol", "BTC-USDT",
+                                 "--timeframe", "5m", "--output", str(day2)], env=env)
+    assert result.exit_code == 2 and "no stored 5m candles of kraken BTC-USDT" in result.stderr
+    result = runner.invoke(cli, ["history", "sync", "--since", "11/10/2025"], env=env)
+    assert result.exit_code == 2 and "--since '11/10/2025' is not a UTC day" in result.stderr
+
+
+def test_binance_rest_markets_fill_partitions_from_agg_trades_and_klines(offline_url: str, tmp_path: Path):
+    start, end = day_start_ns(DAY1), day_start_ns(DAY2)
+    rows = [r for r in kraken_rows() if start <= row_time_ns(r) < end]
+    common = dict(exchange="binance", symbol="BTC-USDT", timeframe="1m", source="binance-rest", first_day=DAY1)
+    with serve_exchange() as (url, script):
+        trades_market = MarketSource(**common, rest_url=url)
+        result = run(definitions(tmp_path, offline_url, [trades_market]), ["raw_trades", "validated_candles"],
+                     day=DAY1, market=trades_market)
+        assert result.success
+        assert all(c.passed for name, c in check_results(result).items() if "gaps" not in name)
+        store = open_offline_store(offline_url)
+        try:
+            trades = store.read_trades("binance", "BTC-USDT", start, end)
+            candles = store.read_candles("binance", "BTC-USDT", "1m", start, end, exact=True)
+        finally:
+            store.close()
+        assert list(trades["trade_id"]) == [r[6] for r in rows]  # one aggregate per recorded trade
+        ms_trades = [msgspec.structs.replace(t, time_ns=t.time_ns // 1_000_000 * 1_000_000)
+                     for t in read_trades(KRAKEN_TRADES, "kraken-rest") if start <= t.time_ns < end]
+        expected = build_candles(ms_trades, "1m")
+        assert [(c.open, c.high, c.low, c.close, c.volume, c.trade_count) for c in expected] == list(
+            candles[["open", "high", "low", "close", "volume", "trade_count"]].itertuples(index=False, name=None))
+
+        klines_market = MarketSource(**common, format="binance-klines", rest_url=url)
+        result = run(definitions(tmp_path, offline_url, [klines_market]), ["raw_trades", "validated_candles"],
+                     day=DAY1, market=klines_market)
+        assert result.success
+        assert len(script.paths("/api/v3/klines")) == 1
+    store = open_offline_store(offline_url)
+    try:
+        klines = store.read_candles("binance", "BTC-USDT", "1m", start, end, exact=True)
+    finally:
+        store.close()
+    reference = reference_candles(rows, 60)
+    assert list(klines[["open", "high", "low", "close", "volume", "trade_count"]].itertuples(index=False, name=None)) \
+        == [(c["open"], c["high"], c["low"], c["close"], c["volume"], c["count"]) for c in reference]
