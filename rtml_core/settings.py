@@ -76,6 +76,12 @@ class Settings(BaseSettings):
                                 "DAGSTER_HOME if set, else off).")
     stream_dagster_url: str | None = Field(default=None, description="Dagster webserver URL for auto mode.")
     stream_dagster_interval_s: float = Field(default=60.0, gt=0, description="Seconds between Dagster reports per market.")
+    stream_max_future_s: float = Field(default=5.0, gt=0, description="A trade or book update stamped more than this "
+                                       "ahead of the feed's clock and of the wall clock is malformed (never in a candle).")
+    stream_max_fill_candles: int = Field(default=1440, ge=0, description="Longest gap filled with flat candles; a "
+                                         "longer one is recorded as a gap (metric, log, offline candle_gaps).")
+    stream_max_backfill_age_s: float = Field(default=3600.0, gt=0, description="Oldest trade gap backfilled from "
+                                             "REST after a disconnect or restart; an older one is recorded unfilled.")
 
     @property
     def resolved_checkpoint_dir(self) -> Path:

@@ -1,18 +1,25 @@
 """The sidecar process: source -> pipeline -> online and offline sinks, in one asyncio loop.
 
-``build_sidecar(settings, ...)`` wires the parts from Settings; ``Sidecar.run(stop)`` runs them:
+``build_sidecar(settings, ...)`` wires the parts from Settings; ``Sidecar.run(stop)`` runs them.
+The sidecar only wires: every source yields ``batches()`` of events, the pipeline is pure, and
+the sinks write off the event loop.
 
-- the consumer feeds trades (in batches for a replay) and book updates to the pipeline and hands
-  what it produced to the sinks; an exception from one event is counted and logged, never fatal;
-- a timer every ``coalesce_ms`` moves event time to the wall clock (live sources) so quiet
-  markets still close candles, and writes the coalesced live values; it also copies sink health into the metrics and sends due Dagster reports;
-- a checkpoint every ``checkpoint_interval_s``;
-- the sinks' own tasks write, buffer (bounded) and retry while Redis or PostgreSQL is down;
+- the consumer feeds each batch to the pipeline and hands what it produced to the sinks; an
+  exception from one batch is counted and logged, never fatal;
+- a timer every ``coalesce_ms`` moves event time to the feed's clock plus the source's idle time
+  (``pipeline.feed_ns + source.idle_ns()``: the feed's time, never the machine's), so quiet
+  markets close candles on time; it writes the coalesced live values, copies sink health into
+  the metrics, measures the loop's lag and sends due Dagster reports;
+- checkpoints: every ``checkpoint_interval_s`` the state is captured with the sinks' marks (how
+  many items each had been given); a capture is written to disk only once every item before its
+  marks is durably written (or counted lost), so a checkpoint never runs ahead of the stores;
+- the sinks' own tasks write in worker threads, buffer (bounded) and retry while Redis or
+  PostgreSQL is down or hung;
 - ``/metrics`` and ``/health`` on the health port.
 
 Stop (SIGTERM/SIGINT, ``--duration``, ``--max-trades`` or the end of a replay): the source is
 closed, what is closed is flushed to the stores (for a finished replay, open windows close too),
-the state is checkpointed and ``run`` returns a summary.
+the newest durable state is checkpointed and ``run`` returns a summary.
 """
 
 from __future__ import annotations
@@ -38,12 +45,12 @@ from rtml_stream.health import HealthServer
 from rtml_stream.metrics import StreamMetrics
 from rtml_stream.pipeline import Output, Pipeline
 from rtml_stream.sinks import OnlineSink
-from rtml_stream.sources.base import Source, WebSocketSource
-from rtml_stream.sources.replay import ReplaySource
+from rtml_stream.sources.base import Source
 
 log = structlog.get_logger("rtml_stream")
 
 _CLOSE_LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_KEEP_CAPTURES = 8  # checkpoint captures waiting for the stores (older ones are superseded)
 
 
 class SidecarMetrics:
@@ -65,6 +72,11 @@ class SidecarMetrics:
                                      registry=r)
         self.dropped = Gauge("rtml_stream_dropped_items", "Items a full sink buffer dropped (total).", ["store"],
                              registry=r)
+        self.candle_gaps = Counter("rtml_stream_candle_gaps",
+                                   "Gaps longer than RTML_STREAM_MAX_FILL_CANDLES (recorded, not filled).",
+                                   ["exchange", "symbol", "timeframe"], registry=r)
+        self.loop_lag = Gauge("rtml_stream_loop_lag_seconds",
+                              "How late the event loop ran the last timer step.", registry=r)
 
 
 @dataclass
@@ -79,8 +91,6 @@ class SidecarOptions:
     health_host: str = "127.0.0.1"
     health_port: int | None = None  # None: no health server
     keep_lag_samples: int = 200_000
-    timer_closes_candles: bool = True  # False: only trades move event time (replaying history through a live source)
-    inline_online_writes: bool = True  # write closed-candle rows from the loop at once while the store is healthy
 
 
 @dataclass
@@ -91,11 +101,21 @@ class Summary:
     late: int = 0
     duplicates: int = 0
     processing_errors: int = 0
+    malformed: int = 0
+    gaps: int = 0
     started: dict = field(default_factory=dict)
     checkpoint_files: list[str] = field(default_factory=list)
     online: dict = field(default_factory=dict)
     offline: dict | None = None
     seconds: float = 0.0
+
+
+@dataclass
+class _Capture:
+    """Checkpoint data waiting until the sinks have settled every item before ``marks``."""
+
+    marks: dict[tuple[str, str], int]
+    files: list[tuple[Path, bytes]]
 
 
 class Sidecar:
@@ -124,19 +144,24 @@ class Sidecar:
         self.options = options or SidecarOptions()
         self.markets = list(markets)
         self.offline_store_factory = offline_store_factory
-        self.live_source = isinstance(source, WebSocketSource)
+        self.live_source = source.is_live
         self.health_server: HealthServer | None = None
         self.lag_samples_ns: deque[int] = deque(maxlen=self.options.keep_lag_samples)
+        self.loop_lag_s = 0.0
         self.processing_errors = 0
         self.summary = Summary()
         self._closed_at: dict[tuple, int] = {}
         self._started = time.monotonic()
         self._source_done = False
         self._stop: asyncio.Event | None = None
-        self._online_busy = False  # a background (threaded) online write is in flight
+        self._captures: deque[_Capture] = deque(maxlen=_KEEP_CAPTURES)
         self._dropped_seen = {"online": 0, "offline": 0}
         self._errors_seen = {"online": 0, "offline": 0}
         online_sink.on_rows_written = self._rows_written
+
+    @property
+    def sinks(self) -> list:
+        return [sink for sink in (self.online_sink, self.offline_sink) if sink is not None]
 
     # -- the lag hook (called by the online sink after each successful write) ------------------
     def _rows_written(self, rows: Sequence[FeatureRow], _now: float) -> None:
@@ -164,9 +189,7 @@ class Sidecar:
             if len(self._closed_at) > 100_000:  # rows dropped by a full buffer never come back
                 self._closed_at.clear()
             self._closed_at.update(out.closed_at)
-            self.online_sink.add_rows(out.rows)
-            if self.options.inline_online_writes and self.online_sink.healthy and not self._online_busy:
-                self.online_sink.flush_sync()  # one pipelined round trip for the rows of this batch
+            self.online_sink.add_rows(out.rows)  # written by the sink's task, in a worker thread
         for candle in out.candles:
             self.metrics.candles_out.labels(candle.exchange, candle.symbol, candle.timeframe).inc()
         for correction in out.corrections:
@@ -175,6 +198,15 @@ class Sidecar:
             self.own.corrections.labels(trade.exchange, trade.symbol, correction.timeframe).inc()
             log.warning("late_trade", exchange=trade.exchange, symbol=trade.symbol, timeframe=correction.timeframe,
                         trade_id=trade.trade_id, time_ns=trade.time_ns, watermark_ns=correction.watermark_ns)
+        for gap in out.gaps:
+            self.own.candle_gaps.labels(gap.exchange, gap.symbol, gap.timeframe).inc()
+        for event in out.malformed:
+            self.metrics.malformed_messages.labels(event.exchange, "future_timestamp").inc()
+        if out.malformed:
+            first = out.malformed[0]
+            log.warning("malformed_event", reason="future_timestamp", count=self.pipeline.malformed,
+                        exchange=first.exchange, symbol=first.symbol, time_ns=first.time_ns,
+                        feed_ns=self.pipeline.feed_ns, sample=repr(first)[:300])
         if self.offline_sink is not None:
             if out.candles:
                 self.offline_sink.add_candles(out.candles)
@@ -182,6 +214,8 @@ class Sidecar:
                 self.offline_sink.add_rows(out.rows)
             if out.corrections:
                 self.offline_sink.add_corrections(out.corrections)
+            if out.gaps:
+                self.offline_sink.add_gaps(out.gaps)
 
     def _emit_safely(self) -> None:
         try:
@@ -198,54 +232,59 @@ class Sidecar:
                       count=self.processing_errors)
 
     # -- tasks ---------------------------------------------------------------------------------
+    def _process(self, batch: Sequence[Trade | BookUpdate]) -> None:
+        """One batch into the pipeline: runs of trades at once, book updates in their place."""
+        pipeline = self.pipeline
+        kind = type(batch[0])
+        if all(type(event) is kind for event in batch):
+            if kind is Trade:
+                pipeline.on_trades(batch)
+            else:
+                for update in batch:
+                    pipeline.on_book(update)
+            return
+        run: list[Trade] = []
+        for event in batch:
+            if type(event) is Trade:
+                run.append(event)
+                continue
+            if run:
+                pipeline.on_trades(run)
+                run = []
+            pipeline.on_book(event)
+        if run:
+            pipeline.on_trades(run)
+
     async def _consume(self, stop: asyncio.Event) -> None:
         pipeline = self.pipeline
         limit = self.options.max_trades
         try:
-            if isinstance(self.source, ReplaySource):
-                async for batch in self.source.batches():
-                    if limit is not None and pipeline.trades_in + len(batch) >= limit:
-                        batch = batch[: max(0, limit - pipeline.trades_in)]
+            async for batch in self.source.batches():
+                if not batch:
+                    continue
+                if limit is not None and pipeline.trades_in + len(batch) >= limit:
+                    batch = batch[: max(0, limit - pipeline.trades_in)]
+                if batch:
                     try:
-                        pipeline.on_trades(batch)
-                    except Exception as error:  # noqa: BLE001 - logged and counted; never retried (no double count)
-                        self._failed(batch[0] if batch else None, error)
-                    if pipeline.has_output:
-                        self._emit_safely()
-                    if stop.is_set() or (limit is not None and pipeline.trades_in >= limit):
-                        break
-                    await asyncio.sleep(0)  # let the sinks and the health server run
-            else:
-                async for event in self.source.events():
-                    try:
-                        if isinstance(event, Trade):
-                            pipeline.on_trades((event,))
-                        elif isinstance(event, BookUpdate):
-                            pipeline.on_book(event)
-                    except Exception as error:  # noqa: BLE001 - never die of input
-                        self._failed(event, error)
-                    if pipeline.has_output:
-                        self._emit_safely()
-                    if stop.is_set() or (limit is not None and pipeline.trades_in >= limit):
-                        break
-            # the file ended by itself (not our close() on a stop, not --max-trades): open windows may close
+                        self._process(batch)
+                    except Exception as error:  # noqa: BLE001 - logged and counted; never retried
+                        self._failed(batch[0], error)
+                if pipeline.has_output:
+                    self._emit_safely()
+                if stop.is_set() or (limit is not None and pipeline.trades_in >= limit):
+                    break
+                await asyncio.sleep(0)  # let the sinks, the timer and the health server run
+            # the feed ended by itself (not our close() on a stop, not --max-trades): open windows may close
             self._source_done = not stop.is_set() and (limit is None or pipeline.trades_in < limit)
         finally:
             stop.set()
 
-    def _event_clock_ns(self) -> int | None:
-        """Event time now for the timer: the wall clock for live sources; None for replays, whose
-        candles close on their own trades (a wall-clock guess of a replay's time could run ahead of
-        trades not yet handed over and make them late)."""
-        if not self.options.timer_closes_candles or not self.live_source:
-            return None
-        return time.time_ns()
-
     def tick(self) -> None:
-        """One timer step: advance event time, write live values, refresh metrics and health."""
-        now_ns = self._event_clock_ns()
-        if now_ns is not None:
-            self.pipeline.advance(now_ns)
+        """One timer step: advance event time (the feed's clock plus its idle time), write live
+        values, refresh metrics and health."""
+        feed = self.pipeline.feed_ns
+        if feed is not None:
+            self.pipeline.advance(feed + self.source.idle_ns())
         for exchange, symbol, time_ns, values in self.pipeline.live_values():
             self.online_sink.add_live(exchange, symbol, time_ns, values)
         if self.pipeline.has_output:
@@ -261,7 +300,13 @@ class Sidecar:
             if errors > self._errors_seen[name]:
                 self.metrics.store_errors.labels(name).inc(errors - self._errors_seen[name])
                 self._errors_seen[name] = errors
-            self.own.dropped.labels(name).set(sink.stats.dropped)
+            dropped = sink.stats.dropped
+            if dropped > self._dropped_seen[name]:
+                log.error("items_lost", store=name, lost=dropped - self._dropped_seen[name], total=dropped,
+                          by_kind=dict(sink.stats.dropped_by_kind), error=sink.stats.last_error)
+                self._dropped_seen[name] = dropped
+            self.own.dropped.labels(name).set(dropped)
+        self.own.loop_lag.set(self.loop_lag_s)
         self.metrics.healthy.set(0 if self.health_reasons() else 1)
 
     def health_reasons(self) -> list[str]:
@@ -285,6 +330,9 @@ class Sidecar:
             "trades": self.pipeline.trades_in,
             "markets": [f"{e}:{s}" for e, s in self.pipeline.markets],
             "late_trades": self.pipeline.late,
+            "malformed_events": self.pipeline.malformed,
+            "feed_time_ns": self.pipeline.feed_ns,
+            "loop_lag_ms": round(self.loop_lag_s * 1000, 3),
             "online": self.online_sink.status(),
             "offline": self.offline_sink.status() if self.offline_sink is not None else None,
             "last_checkpoint_ns": self.checkpointer.last_saved_at_ns if self.checkpointer else None,
@@ -292,41 +340,57 @@ class Sidecar:
 
     async def _timer(self, stop: asyncio.Event) -> None:
         interval = self.options.coalesce_ms / 1000.0
-        next_checkpoint = time.monotonic() + self.options.checkpoint_interval_s
+        next_capture = time.monotonic() + self.options.checkpoint_interval_s
         while not stop.is_set():
+            due = time.monotonic() + interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
+            self.loop_lag_s = max(0.0, time.monotonic() - due) if not stop.is_set() else 0.0
             try:
                 self.tick()
-                if self.options.inline_online_writes:
-                    await self._write_online()
-                if self.checkpointer is not None and time.monotonic() >= next_checkpoint:
-                    self.checkpoint()
-                    next_checkpoint = time.monotonic() + self.options.checkpoint_interval_s
+                if self.checkpointer is not None:
+                    if time.monotonic() >= next_capture:
+                        self.capture()
+                        next_capture = time.monotonic() + self.options.checkpoint_interval_s
+                    self.checkpoint_durable()
                 if self.reporter is not None:
                     await asyncio.to_thread(self.reporter.report_due)
             except Exception as error:  # noqa: BLE001 - a failing timer step must not end the process
                 log.error("timer_step_failed", error=repr(error))
 
-    async def _write_online(self) -> None:
-        """Inline mode's timer write: live values (and rows) at once while healthy; while the store
-        is failing, retries go to a worker thread so the loop keeps consuming."""
-        sink = self.online_sink
-        if sink.healthy:
-            sink.flush_sync()
+    # -- checkpoints: never ahead of the stores ----------------------------------------------
+    def _marks(self) -> dict[tuple[str, str], int]:
+        return {(sink.name, kind): n for sink in self.sinks for kind, n in sink.added.items()}
+
+    def capture(self) -> None:
+        """Capture the state now (everything it produced already handed to the sinks)."""
+        if self.checkpointer is None:
             return
-        self._online_busy = True
-        try:
-            await sink.flush()
-        finally:
-            self._online_busy = False
+        if self.pipeline.has_output:
+            self._emit()
+        self._captures.append(_Capture(self._marks(), self.checkpointer.encode(self.pipeline)))
+
+    def checkpoint_durable(self) -> list[Path]:
+        """Write the newest capture whose items the sinks have all settled; older ones go."""
+        settled = {(sink.name, kind): n for sink in self.sinks for kind, n in sink.settled().items()}
+        ready = None
+        for capture in self._captures:
+            if all(settled.get(key, 0) >= n for key, n in capture.marks.items()):
+                ready = capture
+        if ready is None:
+            return []
+        while self._captures and self._captures[0] is not ready:
+            self._captures.popleft()
+        self._captures.popleft()
+        files = self.checkpointer.write(ready.files)
+        self.own.checkpoints.inc()
+        self.own.last_checkpoint.set(time.time())
+        return files
 
     def checkpoint(self) -> list[Path]:
-        files = self.checkpointer.save(self.pipeline) if self.checkpointer is not None else []
-        if files:
-            self.own.checkpoints.inc()
-            self.own.last_checkpoint.set(time.time())
-        return files
+        """Capture now and write the newest durable capture (this one once the sinks are drained)."""
+        self.capture()
+        return self.checkpoint_durable()
 
     # -- run -----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> Summary:
@@ -345,13 +409,8 @@ class Sidecar:
             await self.health_server.start()
             log.info("health_server", url=f"http://{self.options.health_host}:{self.health_server.port}/health")
         sinks_stop = asyncio.Event()
-        sink_tasks = []
-        if not self.options.inline_online_writes:
-            sink_tasks.append(asyncio.create_task(
-                self.online_sink.run(sinks_stop, drain_timeout_s=self.options.drain_timeout_s)))
-        if self.offline_sink is not None:
-            sink_tasks.append(asyncio.create_task(
-                self.offline_sink.run(sinks_stop, drain_timeout_s=self.options.drain_timeout_s)))
+        sink_tasks = [asyncio.create_task(sink.run(sinks_stop, drain_timeout_s=self.options.drain_timeout_s))
+                      for sink in self.sinks]
         consumer = asyncio.create_task(self._consume(stop))
         timer = asyncio.create_task(self._timer(stop))
         deadline = None
@@ -369,15 +428,19 @@ class Sidecar:
                 await consumer
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await timer
-            if self._source_done and isinstance(self.source, ReplaySource) and self.options.flush_at_end:
+            if self._source_done and not self.source.is_live and self.options.flush_at_end:
                 self.pipeline.flush_open()
             self.tick()  # what is closed (and the last live values) goes to the sinks
+            self.capture()
             sinks_stop.set()
-            if self.options.inline_online_writes:
-                with contextlib.suppress(Exception):
-                    await self.online_sink.drain(self.options.drain_timeout_s)
             await asyncio.gather(*sink_tasks, return_exceptions=True)
-            self.summary.checkpoint_files = [str(p) for p in self.checkpoint()]
+            if self.checkpointer is not None:
+                files = self.checkpoint_durable()
+                if self._captures:
+                    log.error("checkpoint_held_back", reason="rows not yet stored", written=[str(f) for f in files],
+                              online_pending=self.online_sink.pending,
+                              offline_pending=self.offline_sink.pending if self.offline_sink else None)
+                self.summary.checkpoint_files = [str(p) for p in files]
             if self.reporter is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self.reporter.report_due, force=True)
@@ -386,11 +449,12 @@ class Sidecar:
         s = self.summary
         s.trades, s.candles, s.rows = self.pipeline.trades_in, self.pipeline.candles_out, self.pipeline.rows_out
         s.late, s.duplicates, s.processing_errors = self.pipeline.late, self.pipeline.duplicates, self.processing_errors
+        s.malformed, s.gaps = self.pipeline.malformed, self.pipeline.gaps
         s.online = self.online_sink.status()
         s.offline = self.offline_sink.status() if self.offline_sink is not None else None
         s.seconds = round(time.monotonic() - started, 3)
         log.info("sidecar_stopped", trades=s.trades, candles=s.candles, rows=s.rows, late=s.late,
-                 online_pending=s.online["pending"], seconds=s.seconds)
+                 malformed=s.malformed, online_pending=s.online["pending"], seconds=s.seconds)
         return s
 
     def close(self) -> None:
@@ -402,16 +466,11 @@ class Sidecar:
                 self.offline_sink.store.close()
 
     def _seed_source(self) -> None:
-        """Tell a Kraken source the last trade id checkpointed, so the downtime gap is backfilled."""
-        last_ids = getattr(self.source, "last_trade_id", None)
-        last_times = getattr(self.source, "last_trade_time_ns", None)
-        if not isinstance(last_ids, dict) or not isinstance(last_times, dict):
-            return
+        """Tell the source the last trade of each restored market: the gap is backfilled first."""
         for (exchange, symbol), state in self.pipeline.markets.items():
             if exchange == self.source.exchange and state.last_trade_id is not None:
-                last_ids.setdefault(symbol, state.last_trade_id)
-                if state.last_trade_time_ns is not None:
-                    last_times.setdefault(symbol, state.last_trade_time_ns)
+                with contextlib.suppress(ValueError):
+                    self.source.resume(symbol, state.last_trade_id, state.last_trade_time_ns or 0)
 
 
 # -- building from Settings ------------------------------------------------------------------------
@@ -447,7 +506,11 @@ def build_sidecar(
         fill_gaps=settings.stream_fill_gaps,
         flow_window_ns=int(settings.stream_flow_window_s * 1e9),
         book_levels=settings.stream_book_levels,
+        max_future_ns=int(settings.stream_max_future_s * 1e9),
+        max_fill_candles=settings.stream_max_fill_candles,
     )
+    if hasattr(source, "max_backfill_age_s"):
+        source.max_backfill_age_s = settings.stream_max_backfill_age_s
     settings.home.mkdir(parents=True, exist_ok=True)
     online_store = open_online_store(settings.resolved_online_url, prefix=settings.online_prefix,
                                      history=settings.online_history)

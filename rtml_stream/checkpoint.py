@@ -106,17 +106,22 @@ class Checkpointer:
         return self.directory / exchange / f"{symbol}.ckpt"
 
     def save(self, pipeline: Pipeline) -> list[Path]:
-        """Write every market's checkpoint; return the files written."""
+        """Write every market's checkpoint now; return the files written."""
+        return self.write(self.encode(pipeline))
+
+    def encode(self, pipeline: Pipeline) -> list[tuple[Path, bytes]]:
+        """Every market's checkpoint as (file, bytes), to write later (``write``)."""
         now = time.time_ns()
-        written = []
-        for state in list(pipeline.markets.values()):
-            data = _encoder.encode(market_checkpoint(pipeline, state, now))
-            target = self.path(state.exchange, state.symbol)
+        return [(self.path(state.exchange, state.symbol), _encoder.encode(market_checkpoint(pipeline, state, now)))
+                for state in list(pipeline.markets.values())]
+
+    def write(self, files: list[tuple[Path, bytes]]) -> list[Path]:
+        """Write encoded checkpoints atomically; return the files written."""
+        for target, data in files:
             _atomic_write(target, data)
-            written.append(target)
         self.saved += 1
-        self.last_saved_at_ns = now
-        return written
+        self.last_saved_at_ns = time.time_ns()
+        return [target for target, _ in files]
 
     def load(self, exchange: str, symbol: str) -> MarketCheckpoint | None:
         path = self.path(exchange, symbol)

@@ -1,9 +1,11 @@
-"""Late trades recorded as corrections in the offline store, and the sidecar's offline log sink.
+"""Late trades recorded as corrections in the offline store, gaps too long to fill, and the
+sidecar's offline log sink.
 
 A trade later than the allowed lateness is never folded into a candle that was already served
 and never silently dropped: it lands in ``trade_corrections`` (one row per timeframe whose
 window had closed), so a batch job can rebuild those candles from the full trade history.
-The table belongs to the ``stream`` component of the offline store's migration mechanism.
+A gap longer than ``RTML_STREAM_MAX_FILL_CANDLES`` lands in ``candle_gaps``.
+The tables belong to the ``stream`` component of the offline store's migration mechanism.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rtml_core.stores.offline_tables import ExactDecimal, Migration, create_tables
-from rtml_stream.pipeline import Correction
+from rtml_stream.pipeline import Correction, Gap
 from rtml_stream.sinks import OfflineLogSink, _OfflineBatch
 
 STREAM_COMPONENT = "stream"
@@ -40,8 +42,23 @@ trade_corrections = sa.Table(
     info={"time_ns": "time_ns"},
 )
 
+candle_gaps = sa.Table(
+    "candle_gaps",
+    STREAM_METADATA,
+    sa.Column("exchange", sa.Text, nullable=False),
+    sa.Column("symbol", sa.Text, nullable=False),
+    sa.Column("timeframe", sa.Text, nullable=False),
+    sa.Column("from_ns", sa.BigInteger, nullable=False),
+    sa.Column("to_ns", sa.BigInteger, nullable=False),
+    sa.Column("candles", sa.BigInteger, nullable=False),
+    sa.Column("recorded_at_ns", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("exchange", "symbol", "timeframe", "from_ns", name="candle_gaps_pkey"),
+    info={"time_ns": "from_ns"},
+)
+
 STREAM_MIGRATIONS: list[Migration] = [
     Migration(1, "late trade corrections", create_tables(trade_corrections)),
+    Migration(2, "gaps too long to fill", create_tables(candle_gaps)),
 ]
 
 
@@ -73,6 +90,31 @@ def write_corrections(store, corrections: Sequence[Correction], recorded_at_ns: 
     return max(result.rowcount or 0, 0)
 
 
+def write_gaps(store, gaps: Sequence[Gap], recorded_at_ns: int | None = None) -> int:
+    """Insert gaps once each; return rows inserted."""
+    if not gaps:
+        return 0
+    now = time.time_ns() if recorded_at_ns is None else recorded_at_ns
+    rows = [{"exchange": g.exchange, "symbol": g.symbol, "timeframe": g.timeframe, "from_ns": g.from_ns,
+             "to_ns": g.to_ns, "candles": g.candles, "recorded_at_ns": now} for g in gaps]
+    insert = (postgresql.insert if store.dialect == "postgresql" else sqlite.insert)(candle_gaps)
+    statement = insert.on_conflict_do_nothing(index_elements=["exchange", "symbol", "timeframe", "from_ns"])
+    with store.begin_write() as conn:
+        result = conn.execute(statement, rows)
+    return max(result.rowcount or 0, 0)
+
+
+def read_gaps(store, exchange: str | None = None, symbol: str | None = None) -> list[dict]:
+    """Recorded gaps (oldest first) as plain dicts."""
+    query = sa.select(candle_gaps).order_by(candle_gaps.c.from_ns)
+    if exchange is not None:
+        query = query.where(candle_gaps.c.exchange == exchange)
+    if symbol is not None:
+        query = query.where(candle_gaps.c.symbol == symbol)
+    with store.engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
 def read_corrections(store, exchange: str | None = None, symbol: str | None = None) -> list[dict]:
     """Recorded corrections (oldest trade first) as plain dicts."""
     query = sa.select(trade_corrections).order_by(trade_corrections.c.time_ns, trade_corrections.c.trade_id)
@@ -85,63 +127,83 @@ def read_corrections(store, exchange: str | None = None, symbol: str | None = No
 
 
 class StreamOfflineSink(OfflineLogSink):
-    """``OfflineLogSink`` plus corrections: candles, feature rows and late trades, batched and retried."""
+    """``OfflineLogSink`` plus corrections and gaps: candles, feature rows, late trades and gaps too
+    long to fill, batched and retried."""
 
     def __init__(self, offline_store, **options) -> None:
         super().__init__(offline_store, **options)
         self._corrections: deque[Correction] = deque()
+        self._gaps: deque[Gap] = deque()
         self._migrated = False
 
     @property
     def pending(self) -> int:
-        return super().pending + len(self._corrections)
+        return super().pending + len(self._corrections) + len(self._gaps)
 
     def add_corrections(self, corrections: Iterable[Correction]) -> None:
         before = len(self._corrections)
         self._corrections.extend(corrections)
-        self._added(len(self._corrections) - before)
+        self._added(len(self._corrections) - before, "corrections")
+
+    def add_gaps(self, gaps: Iterable[Gap]) -> None:
+        before = len(self._gaps)
+        self._gaps.extend(gaps)
+        self._added(len(self._gaps) - before, "gaps")
 
     def _take(self, now: float):
         due = self.next_due()
         if due is None or now < due:
             return None
         corrections = [self._corrections.popleft() for _ in range(min(self.max_batch, len(self._corrections)))]
+        gaps = [self._gaps.popleft() for _ in range(min(self.max_batch, len(self._gaps)))]
         if super().pending:
             inner = super()._take(now)
         else:
             inner = _OfflineBatch([], [])
         if not self.pending:
             self._first_pending_at = None
-        return inner, corrections
+        return inner, corrections, gaps
 
     def _write(self, batch) -> None:
-        inner, corrections = batch
+        inner, corrections, gaps = batch
         if self.store is None:
             self.store = self._open_store()
+        if (corrections or gaps) and not self._migrated:
+            migrate_stream_tables(self.store)
+            self._migrated = True
         if corrections:
-            if not self._migrated:
-                migrate_stream_tables(self.store)
-                self._migrated = True
             write_corrections(self.store, corrections)
             self.stats.count_written("corrections", len(corrections))
             corrections.clear()
+        if gaps:
+            write_gaps(self.store, gaps)
+            self.stats.count_written("gaps", len(gaps))
+            gaps.clear()
         super()._write(inner)
 
     def _size(self, batch) -> int:
-        inner, corrections = batch
-        return super()._size(inner) + len(corrections)
+        inner, corrections, gaps = batch
+        return super()._size(inner) + len(corrections) + len(gaps)
+
+    def _queued(self) -> dict[str, int]:
+        return {**super()._queued(), "corrections": len(self._corrections), "gaps": len(self._gaps)}
+
+    def _kinds(self, batch) -> dict[str, int]:
+        inner, corrections, gaps = batch
+        return {**super()._kinds(inner), "corrections": len(corrections), "gaps": len(gaps)}
 
     def _requeue(self, batch) -> None:
-        inner, corrections = batch
+        inner, corrections, gaps = batch
         self._corrections.extendleft(reversed(corrections))
+        self._gaps.extendleft(reversed(gaps))
         super()._requeue(inner)
         if self.pending:
             self._first_pending_at = float("-inf")
 
     def _rejected(self, batch, error) -> None:
         if isinstance(batch, tuple):
-            inner, corrections = batch
-            self.stats.count_dropped("rejected", len(corrections))
+            inner, corrections, gaps = batch
+            self.stats.count_dropped("rejected", len(corrections) + len(gaps))
             batch = inner
         super()._rejected(batch, error)
 
@@ -149,7 +211,10 @@ class StreamOfflineSink(OfflineLogSink):
         while self.pending > self.max_buffer:
             if self._rows or self._candles:
                 self._drop_one_logged()
-            else:
+            elif self._corrections:
                 self._corrections.popleft()
                 self.stats.count_dropped("corrections")
+            else:
+                self._gaps.popleft()
+                self.stats.count_dropped("gaps")
 

@@ -12,6 +12,11 @@ past ``max_buffer`` and counted; a row is kept or dropped whole), ``healthy`` tu
 writes are retried with exponential backoff and jitter, and the buffer is written in order,
 ``max_batch`` at a time, once the store is back.
 
+Each sink counts the items it was given (``added``) and those settled (written, refused or
+dropped and counted lost: ``settled()``) per kind; buffers are first in, first out, so once
+``settled()[kind]`` reaches a mark taken earlier, every item before that mark is settled (the
+sidecar's checkpoints wait for that).
+
 Both are plain objects with an injected ``clock`` (monotonic seconds): tests drive them with
 ``flush_sync(now)``; the sidecar runs ``await sink.run(stop)`` as an asyncio task, which does the
 blocking store calls in a worker thread so the event loop keeps consuming during an outage.
@@ -90,6 +95,8 @@ class _RetryingSink:
         self.clock = clock
         self.backoff = backoff or Backoff()
         self.stats = SinkStats()
+        self.added: dict[str, int] = {}  # items given, per kind (marks for the checkpoints)
+        self._inflight: dict[str, int] = {}  # items of the batch being written, per kind
         self._retry_at = float("-inf")
         self._wakeup: asyncio.Event | None = None
 
@@ -117,7 +124,30 @@ class _RetryingSink:
     def _enforce_bound(self) -> None:
         raise NotImplementedError
 
+    def _queued(self) -> dict[str, int]:
+        """Items buffered now, per kind (only kinds counted in ``added``)."""
+        raise NotImplementedError
+
+    def _kinds(self, batch) -> dict[str, int]:
+        """Items of ``batch`` per kind."""
+        raise NotImplementedError
+
     # -- shared ----------------------------------------------------------------------------
+    def _count_added(self, kind: str, n: int) -> None:
+        self.added[kind] = self.added.get(kind, 0) + n
+
+    def settled(self) -> dict[str, int]:
+        """Items no longer waiting, per kind: written, refused, or dropped and counted lost."""
+        queued = self._queued()
+        return {kind: n - queued.get(kind, 0) - self._inflight.get(kind, 0) for kind, n in self.added.items()}
+
+    def _write_tracked(self, batch) -> None:
+        self._inflight = self._kinds(batch)
+        try:
+            self._write(batch)
+        finally:
+            self._inflight = {}
+
     @property
     def healthy(self) -> bool:
         """False from a failed write until the next successful one."""
@@ -179,7 +209,7 @@ class _RetryingSink:
         now = self.clock() if now is None else now
         while (batch := self._take(now)) is not None:
             try:
-                self._write(batch)
+                self._write_tracked(batch)
             except InputError as error:  # the store refuses the data itself: retrying cannot help
                 self._rejected(batch, error)
                 continue
@@ -193,7 +223,7 @@ class _RetryingSink:
         """``flush_sync`` with the store calls in a worker thread (the event loop keeps running)."""
         while (batch := self._take(self.clock())) is not None:
             try:
-                await asyncio.to_thread(self._write, batch)
+                await asyncio.to_thread(self._write_tracked, batch)
             except InputError as error:
                 self._rejected(batch, error)
                 continue
@@ -289,12 +319,13 @@ class OnlineSink(_RetryingSink):
 
     def add_rows(self, rows: Iterable[FeatureRow]) -> None:
         """Queue rows of closed candles; they are due at once."""
-        added = False
+        added = 0
         for row in rows:
             check_row(row)  # a bad row fails here, never later in the retry loop
             self._rows.append(row)
-            added = True
+            added += 1
         if added:
+            self._count_added("rows", added)
             self._enforce_bound()
             self._notify()
 
@@ -345,6 +376,12 @@ class OnlineSink(_RetryingSink):
     def _size(self, batch) -> int:
         rows, live = batch
         return len(rows) + len(live)
+
+    def _queued(self) -> dict[str, int]:
+        return {"rows": len(self._rows)}
+
+    def _kinds(self, batch) -> dict[str, int]:
+        return {"rows": len(batch[0])}
 
     def _succeeded(self, batch, now: float) -> None:
         super()._succeeded(batch, now)
@@ -442,16 +479,17 @@ class OfflineLogSink(_RetryingSink):
     def add_candles(self, candles: Iterable[Candle]) -> None:
         before = len(self._candles)
         self._candles.extend(candles)
-        self._added(len(self._candles) - before)
+        self._added(len(self._candles) - before, "candles")
 
     def add_rows(self, rows: Iterable[FeatureRow]) -> None:
         before = len(self._rows)
         self._rows.extend(rows)
-        self._added(len(self._rows) - before)
+        self._added(len(self._rows) - before, "rows")
 
-    def _added(self, n: int) -> None:
+    def _added(self, n: int, kind: str) -> None:
         if not n:
             return
+        self._count_added(kind, n)
         if self._first_pending_at is None:
             self._first_pending_at = self.clock()
         self._enforce_bound()
@@ -508,6 +546,12 @@ class OfflineLogSink(_RetryingSink):
 
     def _size(self, batch: _OfflineBatch) -> int:
         return len(batch.candles) + len(batch.rows)
+
+    def _queued(self) -> dict[str, int]:
+        return {"candles": len(self._candles), "rows": len(self._rows)}
+
+    def _kinds(self, batch: _OfflineBatch) -> dict[str, int]:
+        return {"candles": len(batch.candles), "rows": len(batch.rows)}
 
     def _requeue(self, batch: _OfflineBatch) -> None:
         self._candles.extendleft(reversed(batch.candles))

@@ -112,8 +112,8 @@ class HttpSnapshotFetcher:
             self._client = None
 
 
-TradeBackfill = Callable[[str, int, int], Awaitable[list[Trade]]]
-"""``backfill(symbol, first_id, last_id)`` -> the trades with ids in [first_id, last_id]."""
+TradeBackfill = Callable[[str, int, int | None], Awaitable[list[Trade]]]
+"""``backfill(symbol, first_id, last_id)`` -> the trades with ids in [first_id, last_id] (None: to the newest)."""
 
 
 class _HistoricalTrade(msgspec.Struct):
@@ -143,14 +143,15 @@ class HttpTradesBackfill:
         self._owns_client = client is None
         self.timeout = timeout
 
-    async def __call__(self, symbol: str, first_id: int, last_id: int) -> list[Trade]:
+    async def __call__(self, symbol: str, first_id: int, last_id: int | None) -> list[Trade]:
+        """Trades ``first_id..last_id`` (``last_id`` None: up to the newest), in id order."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout, headers={"User-Agent": "rtml"})
         wire = to_exchange_symbol("binance", symbol)
         found: list[Trade] = []
         next_id = first_id
-        while next_id <= last_id:
-            limit = min(self.page, last_id - next_id + 1)
+        while last_id is None or next_id <= last_id:
+            limit = self.page if last_id is None else min(self.page, last_id - next_id + 1)
             response = await self._client.get(
                 f"{self.rest_url}/api/v3/historicalTrades",
                 params={"symbol": wire, "fromId": next_id, "limit": limit},
@@ -160,13 +161,15 @@ class HttpTradesBackfill:
             if not rows:
                 break
             for row in rows:
-                if row.id > last_id:
+                if last_id is not None and row.id > last_id:
                     break
                 side = "sell" if row.isBuyerMaker else "buy"
                 found.append(
                     Trade("binance", symbol, row.id, row.time * 1_000_000, row.price, row.qty, side)
                 )
             next_id = rows[-1].id + 1
+            if last_id is None and len(rows) < limit:
+                break  # caught up with the newest trade
         return found
 
     async def aclose(self) -> None:
@@ -333,10 +336,10 @@ class BinanceSource(WebSocketSource):
             payload.q,
             side,
         )
-        return await self.sequence_trades([trade])
+        return [trade]  # sequenced (duplicates, id gaps) by the session loop
 
     async def fetch_missing_trades(
-        self, symbol: str, first_id: int, last_id: int, since_ns: int
+        self, symbol: str, first_id: int, last_id: int | None, since_ns: int
     ) -> list[Trade] | None:
         if self.trade_backfill is None:
             return None

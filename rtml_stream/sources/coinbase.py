@@ -10,7 +10,6 @@ In ``market_trades`` the ``side`` is the maker's, so the taker's side is the opp
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from decimal import Decimal
 
@@ -229,7 +228,7 @@ class CoinbaseSource(WebSocketSource):
             else:
                 book.apply_update(bids, asks)
             times = [u.event_time for u in event.updates if u.event_time]
-            time_ns = parse_rfc3339_ns(max(times)) if times else time.time_ns()
+            time_ns = self.event_time_or_feed(max(times) if times else None)
             self.metrics.book_updates_in.labels(self.exchange, symbol).inc()
             out.append(
                 BookUpdate(
@@ -268,4 +267,4 @@ class CoinbaseSource(WebSocketSource):
                     )
                 )
         trades.sort(key=lambda t: (t.time_ns, t.trade_id))  # Coinbase may list the newest first
-        return await self.sequence_trades(trades)
+        return trades  # sequenced (duplicates, id gaps) by the session loop

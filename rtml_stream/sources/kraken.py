@@ -6,16 +6,17 @@
   and its checksum verified on every message. A mismatch is counted, the book channel of that
   symbol is unsubscribed and subscribed again for a fresh snapshot, and updates in flight
   meanwhile are dropped; the failing update is never yielded.
-- Trade ids are sequential per pair. When the next id skips (after a reconnect, say), the
-  missing ids are fetched through the injected ``backfill(symbol, first_id, last_id)`` (the
-  REST ``Trades`` endpoint) and yielded, in id order, before the later trade. Ids already seen
-  are skipped, so the trade sequence out is the one with no disconnect.
+- Trade ids are sequential per pair. After a reconnect (or a restart told the last id), the
+  trades since the last one seen are fetched through the injected
+  ``backfill(symbol, first_id, last_id, since_ns=...)`` (the REST ``Trades`` endpoint;
+  ``last_id`` None = up to now) and yielded, in id order, before any live trade; an id that
+  skips later is filled the same way. Ids already seen are skipped, so the trade sequence out
+  is the one with no disconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -289,7 +290,7 @@ class KrakenSource(WebSocketSource):
             if is_snapshot:
                 self._has_snapshot.add(symbol)
                 self._resyncing.discard(symbol)
-            time_ns = parse_rfc3339_ns(entry.timestamp) if entry.timestamp else time.time_ns()
+            time_ns = self.event_time_or_feed(entry.timestamp)
             self.metrics.book_updates_in.labels(self.exchange, symbol).inc()
             out.append(
                 BookUpdate(
@@ -318,10 +319,10 @@ class KrakenSource(WebSocketSource):
             )
             for t in entries
         ]
-        return await self.sequence_trades(trades)
+        return trades  # sequenced (duplicates, id gaps) by the session loop
 
     async def fetch_missing_trades(
-        self, symbol: str, first_id: int, last_id: int, since_ns: int
+        self, symbol: str, first_id: int, last_id: int | None, since_ns: int
     ) -> list[Trade] | None:
         if self.backfill is None:
             return None

@@ -2,8 +2,12 @@
 
 ``speed``: ``"max"`` or ``0`` = as fast as possible; ``1`` = real time (the gaps between trade
 times are waited out); ``N`` = N times real time. The clock and sleep are injected, so tests
-run a day of trades in no time. ``batches()`` yields lists of trades (the fast path: one
-await per batch); ``events()`` yields single trades like the live sources.
+run a day of trades in no time. ``batches()`` yields lists of trades (one await per batch);
+``events()`` yields single trades.
+
+The feed's clock follows the same rule as a live source's: the trades' own times, plus the idle
+time while the replay waits for its next trade (at ``speed`` times the elapsed time, never up to
+that trade's time). At ``"max"`` speed the replay is never idle.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ class ReplaySource(Source):
         self.sleep = sleep
         self.replayed = 0
         self._closing = False
+        self._last_ns: int | None = None  # newest trade time handed over
+        self._handed_at = 0.0  # clock() when it was
+        self._next_ns: int | None = None  # the trade the replay waits for
 
     @classmethod
     def from_file(
@@ -95,8 +102,19 @@ class ReplaySource(Source):
         trades = self._trades() if callable(self._trades) else self._trades
         return iter(trades)
 
+    def idle_ns(self) -> int:
+        """While waiting for the next trade: elapsed time times ``speed``, short of that trade."""
+        if self.speed is None or self._next_ns is None or self._last_ns is None:
+            return 0
+        idle = int((self.clock() - self._handed_at) * self.speed * 1e9)
+        return max(0, min(idle, self._next_ns - self._last_ns - 1))
+
     def _count(self, batch: list[Trade]) -> None:
         self.replayed += len(batch)
+        newest = max(trade.time_ns for trade in batch)
+        if self._last_ns is None or newest > self._last_ns:
+            self._last_ns = newest
+        self._handed_at = self.clock()
         first = batch[0]
         if first.symbol == batch[-1].symbol and all(t.symbol == first.symbol for t in batch):
             self.metrics.trades_in.labels(first.exchange, first.symbol).inc(len(batch))
@@ -133,7 +151,9 @@ class ReplaySource(Source):
                     batch = []
                 wait = due - clock()
                 if wait > 0:
+                    self._next_ns = trade.time_ns
                     await self.sleep(wait)
+                    self._next_ns = None
                 if self._closing:
                     return
             batch.append(trade)
@@ -144,11 +164,6 @@ class ReplaySource(Source):
         if batch and not self._closing:
             self._count(batch)
             yield batch
-
-    async def events(self) -> AsyncIterator[Trade]:
-        async for batch in self.batches():
-            for trade in batch:
-                yield trade
 
     async def close(self) -> None:
         self._closing = True

@@ -204,8 +204,9 @@ async def _all_trades_without_disconnect() -> list[Trade]:
 
 async def test_kill_and_restart_backfills_the_trade_id_gap() -> None:
     """Kill the server after 300 trades; it comes back 200 trades later. The source reconnects
-    with backoff, resubscribes, fetches ids 300-499 from REST, and the sequence out equals the
-    sequence with no disconnect."""
+    with backoff, resubscribes, catches up from REST first (every trade after id 299 the REST
+    server has: the 700 up to its present), skips the live trades it already has, and the
+    sequence out equals the sequence with no disconnect."""
     expected = await _all_trades_without_disconnect()
     metrics = StreamMetrics()
     before, after = _trade_messages(ROWS[:300]), _trade_messages(ROWS[500:])
@@ -230,14 +231,14 @@ async def test_kill_and_restart_backfills_the_trade_id_gap() -> None:
         abs(a.time_ns - b.time_ns) < 1_000 for a, b in zip(got, expected)
     )  # REST vs WS time rounding
     assert metrics.value("gaps_backfilled", exchange="kraken", symbol="BTC-USDT") == 1
-    assert metrics.value("trades_backfilled", exchange="kraken", symbol="BTC-USDT") == 200
+    assert metrics.value("trades_backfilled", exchange="kraken", symbol="BTC-USDT") == 700
     assert metrics.value("trades_in", exchange="kraken", symbol="BTC-USDT") == 1000
     assert metrics.total("reconnects", exchange="kraken") >= 2  # the drop, then refused attempts
     assert metrics.value("reconnects", exchange="kraken", reason="connect_failed") >= 1
     assert len([m for m in server.received if m["method"] == "subscribe"]) == 2
     delays = list(source.reconnect_delays)
     assert all(0 <= d <= FAST_RECONNECT.maximum for d in delays)
-    assert rest.requests and rest.requests[0][0] == "/0/public/Trades"
+    assert any(path == "/0/public/Trades" for path, _ in rest.requests)
 
 
 async def test_missing_heartbeats_trigger_reconnect_and_resubscribe() -> None:
@@ -376,7 +377,8 @@ def test_make_source_builds_each_exchange_with_a_url_override() -> None:
 
 async def test_resume_after_a_restart_backfills_from_the_last_processed_trade() -> None:
     """A restarted process seeds the last trade it processed; the live feed starts 100 ids
-    later; the missing trades come from REST before the first live one."""
+    later; the missing trades (every one the REST server has after it) come from REST before
+    any live one."""
     metrics = StreamMetrics()
     last_done = ROWS[199]
     with LocalHttpServer({"/0/public/Trades": kraken_trades_route(PAIR, ROWS)}) as rest:
@@ -386,6 +388,8 @@ async def test_resume_after_a_restart_backfills_from_the_last_processed_trade() 
             trades = await take(source.events(), 200)
             await source.close()
     assert [t.trade_id for t in trades] == [r[6] for r in ROWS[200:400]]
+    # recorded trades (from 2025) are beyond the backfill bound of a catch-up timed by the machine's
+    # clock: the first live trade (its id and the feed's own time) has the gap filled instead
     assert metrics.value("trades_backfilled", exchange="kraken", symbol="BTC-USDT") == 100
     with pytest.raises(ValueError, match="not one of"):
         source.resume("ETH-USD", 1, 1)
