@@ -44,3 +44,13 @@ def embedded_instance(settings: Settings, *, persistent: bool = False) -> dg.Dag
     if persistent:
         return dg.DagsterInstance.from_config(str(home))
     return dg.DagsterInstance.ephemeral(tempdir=str(home), settings={"telemetry": {"enabled": False}})
+
+
+def recording_instance(settings: Settings) -> dg.DagsterInstance:
+    """The instance a command records its runs in (close it when done): ``DAGSTER_HOME``'s when
+    that is set, else the persistent embedded one that ``rtml up`` and ``dagster dev`` show."""
+    import os
+
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    return embedded_instance(settings, persistent=True)

@@ -2,15 +2,14 @@
 
 ``sync`` materializes ``raw_trades`` and ``validated_candles`` (with their quality checks) for
 the days of each configured market that the Dagster instance has no materialization of, one
-run per contiguous range, in-process and recorded in the instance (``DAGSTER_HOME`` when set,
-else ``RTML_HOME/dagster_home``, the one ``rtml up`` uses). Days are UTC and both bounds are
+run per contiguous range, in-process and recorded in the instance (``recording_instance``:
+``DAGSTER_HOME`` when set, else ``RTML_HOME/dagster_home``, the one ``rtml up`` uses). Days are UTC and both bounds are
 inclusive. ``export`` writes stored candles in the ``rtml candles`` CSV columns.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,17 +78,6 @@ def plan_sync(markets: Sequence, materialized: set[str], since: dt.date | None, 
     return plans
 
 
-def history_instance(settings):
-    """The Dagster instance runs are recorded in: ``DAGSTER_HOME`` when set, else rtml's embedded one."""
-    import dagster as dg
-
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    from rtml_cli.dagster_home import embedded_instance
-
-    return embedded_instance(settings, persistent=True)
-
-
 @click.group("history")
 def history() -> None:
     """Market history of the configured markets: sync the missing days, export stored candles."""
@@ -107,6 +95,7 @@ def sync(exchange: str | None, symbol: str | None, since: str | None, until: str
     from rtml_assets.definitions import build_definitions, market_catalog
     from rtml_assets.market_history.partitions import range_tags
     from rtml_assets.selections import without_freshness
+    from rtml_cli.dagster_home import recording_instance
     from rtml_core.settings import Settings
 
     since_day, until_day = parse_day(since, "--since"), parse_day(until, "--until")
@@ -117,7 +106,7 @@ def sync(exchange: str | None, symbol: str | None, since: str | None, until: str
     chosen = select_markets(catalog, exchange, symbol)
     defs = build_definitions(settings, catalog)
     selection = without_freshness(defs, HISTORY_ASSETS)
-    instance = history_instance(settings)
+    instance = recording_instance(settings)
     failed: list[str] = []
     try:
         materialized = set(instance.get_materialized_partitions(dg.AssetKey("validated_candles")))

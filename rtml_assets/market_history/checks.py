@@ -14,9 +14,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from rtml_assets.market_history import sources
 from rtml_assets.market_history.markets import MarketSource
 from rtml_assets.market_history.partitions import MarketWindow, market_windows
+from rtml_assets.market_history.resources import ExchangeHistoryResource
 from rtml_assets.resources import OfflineStoreResource
+from rtml_core.schemas import Candle
 from rtml_core.timeframes import timeframe_seconds
 
 ERROR = dg.AssetCheckSeverity.ERROR
@@ -199,4 +202,74 @@ def build_market_history_checks(
 
         return _check
 
-    return [make(prop, *spec) for prop, spec in CANDLE_CHECKS.items()]
+    checks = [make(prop, *spec) for prop, spec in CANDLE_CHECKS.items()]
+    if any(market.stream for market in markets):
+        checks.append(build_reconciliation_check(markets, validated_candles))
+    return checks
+
+
+RECONCILED_FIELDS = ("open", "high", "low", "close", "volume", "trade_count")
+MISMATCH_ROWS = 20
+
+
+def reconcile(stored: Sequence[Candle], exchange: Sequence[Candle]) -> Measurement:
+    """Every closed candle with trades, stored (the stream's where it logged them) against the one
+    the exchange's REST history gives: equal OHLCV and trade count, else listed."""
+    ours = {c.start_ns: c for c in stored if c.trade_count}
+    theirs = {c.start_ns: c for c in exchange if c.trade_count}
+    rows = []
+    for start in sorted(ours.keys() | theirs.keys()):
+        a, b = ours.get(start), theirs.get(start)
+        for name in RECONCILED_FIELDS:
+            left = getattr(a, name) if a else None
+            right = getattr(b, name) if b else None
+            if left != right:
+                rows.append({"time": str(pd.Timestamp(start, unit="ns", tz="UTC")), "field": name,
+                             "stored": "-" if left is None else str(left), "exchange": "-" if right is None else str(right)})
+    bad = len({row["time"] for row in rows})
+    metadata: dict[str, object] = {"compared_candles": len(ours.keys() | theirs.keys()), "mismatched_candles": bad,
+                                   "missing_in_store": len(theirs.keys() - ours.keys()),
+                                   "missing_at_exchange": len(ours.keys() - theirs.keys())}
+    if rows:
+        metadata["mismatches"] = dg.MetadataValue.md(pd.DataFrame(rows[:MISMATCH_ROWS]).to_markdown(index=False))
+    return Measurement(bad == 0, metadata)
+
+
+def exchange_candles(window: MarketWindow, store, exchange_history: ExchangeHistoryResource) -> list[Candle]:
+    """What the exchange's REST history gives for ``window``: rtml's candles of the REST trades
+    raw_trades stored, or the exchange's own candles (Binance klines) fetched again."""
+    from rtml_assets.market_history.assets import candles_by_day, fetch_candles
+
+    market = window.market
+    if not market.has_trades:
+        return fetch_candles(window, exchange_history)
+    trades = store.read_trades(market.exchange, market.symbol, window.start_ns, window.end_ns, exact=True)
+    return candles_by_day(list(sources.frame_to_trades(trades, market)), market)
+
+
+def build_reconciliation_check(markets: Sequence[MarketSource],
+                               validated_candles: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """``check_validated_candles_match_exchange``: streamed markets' days against the REST history."""
+    @dg.asset_check(
+        asset=validated_candles,
+        name="check_validated_candles_match_exchange",
+        description="Streamed markets: every closed candle of the day (the sidecar's where it logged them) "
+                    "equals the exchange's REST history for that day in OHLCV and trade count; mismatches "
+                    "are listed in the metadata. Markets without a stream are not compared.",
+    )
+    def _check(context: dg.AssetCheckExecutionContext, offline_store: OfflineStoreResource,
+               exchange_history: ExchangeHistoryResource) -> dg.AssetCheckResult:
+        store = offline_store.get_store()
+        results = []
+        for window in market_windows(context.partition_keys, markets):
+            if not window.market.stream:
+                results.append((window.label, Measurement(True, {"compared_candles": 0, "streamed": False})))
+                continue
+            market = window.market
+            stored = store.read_candles(market.exchange, market.symbol, market.timeframe, window.start_ns,
+                                        window.end_ns, exact=True)
+            ours = sources.frame_to_candles(stored, market.exchange, market.symbol, market.timeframe)
+            results.append((window.label, reconcile(ours, exchange_candles(window, store, exchange_history))))
+        return to_check_result(combine(results), ERROR)
+
+    return _check

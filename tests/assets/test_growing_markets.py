@@ -7,12 +7,14 @@ instance under RTML_HOME.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 from pathlib import Path
 
 import dagster as dg
 import msgspec
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -25,7 +27,8 @@ from rtml_core.errors import InputError
 from rtml_core.ingest import read_trades
 from rtml_core.settings import Settings
 from rtml_core.stores.offline import open_offline_store
-from tests.assets.helpers import check_results, definitions, run
+from rtml_stream.sinks import OnlineSink
+from tests.assets.helpers import check_results, definitions, materialized, run
 from tests.ingest.exchanges import serve_exchange
 from tests.ingest.realdata import KRAKEN_TRADES, kraken_rows, reference_candles, row_time_ns
 
@@ -193,3 +196,62 @@ def test_binance_rest_markets_fill_partitions_from_agg_trades_and_klines(offline
     reference = reference_candles(rows, 60)
     assert list(klines[["open", "high", "low", "close", "volume", "trade_count"]].itertuples(index=False, name=None)) \
         == [(c["open"], c["high"], c["low"], c["close"], c["volume"], c["count"]) for c in reference]
+
+
+async def _stream_day(offline_url: str, tmp_path: Path, rows: list[list]) -> int:
+    """The sidecar streams ``rows`` from a local Kraken WebSocket server into the offline store;
+    returns how many closed 1m candles it logged."""
+    from rtml_core.stores.online import open_online_store
+    from rtml_stream.app import Sidecar, SidecarOptions
+    from rtml_stream.corrections import StreamOfflineSink
+    from rtml_stream.metrics import StreamMetrics
+    from rtml_stream.pipeline import Pipeline
+    from rtml_stream.sources.kraken import KrakenSource
+    from tests.stream.helpers import FAST_RECONNECT
+    from tests.stream.wsservers import KrakenServer, Session, kraken_ws_trade_message
+
+    server = KrakenServer([Session([kraken_ws_trade_message(rows[i:i + 50], "BTC/USDT")
+                                    for i in range(0, len(rows), 50)])])
+    await server.start()
+    metrics = StreamMetrics()
+    source = KrakenSource(["BTC-USDT"], url=server.url, metrics=metrics, channels=("trade",), idle_timeout=1.0,
+                          reconnect=FAST_RECONNECT, ping_interval=None)
+    offline = open_offline_store(offline_url)
+    sidecar = Sidecar(source, Pipeline(("1m",)),
+                      OnlineSink(open_online_store(f"sqlite:///{tmp_path / 'online.sqlite'}"), coalesce_ms=20),
+                      offline_sink=StreamOfflineSink(offline, flush_interval_s=0.05), metrics=metrics,
+                      options=SidecarOptions(coalesce_ms=20, max_trades=len(rows)), markets=[("kraken", "BTC-USDT")])
+    try:
+        await asyncio.wait_for(sidecar.run(), timeout=30)
+    finally:
+        await server.kill()
+    logged = len(offline.read_candles("kraken", "BTC-USDT", "1m"))
+    sidecar.close()
+    return logged
+
+
+@pytest.mark.parametrize("exchange_lacks", [None, 10218400], ids=["same-trades", "exchange-lacks-one"])
+def test_streamed_day_reconciles_with_the_exchange_rest_history(tmp_path: Path, exchange_lacks: int | None):
+    offline_url = f"sqlite:///{tmp_path / 'offline.sqlite'}"
+    start, end = day_start_ns(DAY1), day_start_ns(DAY2)
+    rows = [r for r in kraken_rows() if start <= row_time_ns(r) < end]
+    logged = asyncio.run(_stream_day(offline_url, tmp_path, rows))
+    assert logged > 100
+    with serve_exchange() as (url, script):
+        if exchange_lacks:
+            script.drop_ids = {exchange_lacks}
+        market = rest_market(url, stream=True, last_day=DAY2)
+        result = run(definitions(tmp_path, offline_url, [market]), ["raw_trades", "validated_candles"],
+                     day=DAY1, market=market)
+    candles = materialized(result)["validated_candles"][0].metadata
+    assert candles["stream_candles"].value == logged  # the sidecar's candles are the day's candles
+    check = check_results(result)["check_validated_candles_match_exchange"]
+    assert check.metadata["compared_candles"].value == len(reference_candles(rows, 60))
+    if exchange_lacks is None:
+        assert check.passed and check.metadata["mismatched_candles"].value == 0
+        return
+    missing = next(r for r in rows if r[6] == exchange_lacks)
+    minute = pd.Timestamp(row_time_ns(missing) // 60_000_000_000 * 60_000_000_000, unit="ns", tz="UTC")
+    assert not check.passed and check.metadata["mismatched_candles"].value == 1
+    table = check.metadata["mismatches"].value
+    assert str(minute) in table and "trade_count" in table and "volume" in table
