@@ -18,7 +18,8 @@ from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 
-from api.auth import PUBLIC_PATHS, ApiKeyMiddleware, check_auth_config, parse_keys
+from api.auth import ApiKeyMiddleware, check_auth_config, parse_keys
+from api.bodylimit import BodyLimitMiddleware
 from api.champion import ChampionHolder, ChampionSource, RegistryChampionSource, poll_champion, refresh_champion
 from api.controllers.features import FeaturesController
 from api.controllers.health import health, metrics, ready
@@ -29,6 +30,7 @@ from api.metrics import ApiMetrics, MetricsMiddleware
 from api.ratelimit import rate_limit_config
 from api.readiness import GuardedChampionSource
 from api.serving import PredictionService
+from api.sockets import SocketGate, UpdateHub
 from rtml_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
             except Exception as error:  # noqa: BLE001 - serving matters more than logging
                 log.warning("predictions are not logged: %s: %s", type(error).__name__, error)
         app.state.service = PredictionService(settings, store, holder, metrics_, predictions)
+        app.state.hub = UpdateHub(store)
         try:
             await refresh_champion(holder, source, on_swap)
         except Exception as error:  # noqa: BLE001 - serve 503s and keep polling; /ready says why
@@ -102,6 +105,7 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
         finally:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
+            await app.state.hub.aclose()
             app.state.service.flush_log()
             await store.aclose()
             if owned_log is not None:
@@ -111,19 +115,24 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
                     client.close()
                 except Exception:  # noqa: BLE001 - closing is best effort at shutdown
                     log.exception("closing %r", client)
+            metrics_.worker_exited()
 
-    middleware: list = [MetricsMiddleware]  # outermost: counts 401s and 429s too
+    # outermost first: metrics count every answer (413, 401, 429 too); an oversized body is
+    # refused before anything reads it
+    middleware: list = [MetricsMiddleware, DefineMiddleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes)]
     if keys and not settings.api_auth_disabled:
-        middleware.append(DefineMiddleware(ApiKeyMiddleware, keys=keys))
+        middleware.append(DefineMiddleware(ApiKeyMiddleware, keys=keys, failed_limit=settings.api_failed_key_limit))
     if settings.api_rate_limit > 0:
-        middleware.append(rate_limit_config(settings.api_rate_limit, list(PUBLIC_PATHS)).middleware)
+        middleware.append(rate_limit_config(settings.api_rate_limit).middleware)
+    sockets = SocketGate(max_open=settings.api_max_ws, max_open_per_client=settings.api_max_ws_per_key,
+                         connects_per_s=settings.api_ws_connect_rate)
 
     return Litestar(
         route_handlers=[PredictController, FeaturesController, ModelsController, prediction_stream,
                         health, ready, metrics],
         lifespan=[lifespan],
         middleware=middleware,
-        state=State({"metrics": metrics_, "holder": holder, "settings": settings}),
+        state=State({"metrics": metrics_, "holder": holder, "settings": settings, "sockets": sockets}),
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,

@@ -1,7 +1,14 @@
-"""Prometheus metrics of one API process, in a registry of its own (one per app)."""
+"""Prometheus metrics of one API process, in a registry of its own (one per app).
+
+With several workers (``rtml serve --workers N`` sets ``PROMETHEUS_MULTIPROC_DIR``), every
+worker writes its values to files in that directory and ``/metrics`` answers the sum over all
+workers (gauges: the newest or largest value of the live workers), whichever worker the scrape
+reaches: prometheus_client's multiprocess mode.
+"""
 
 from __future__ import annotations
 
+import os
 from time import perf_counter
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,6 +20,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.
 class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.requests = Counter(
             "rtml_api_requests", "HTTP requests by route template, method and status.",
             ["route", "method", "status"], registry=self.registry,
@@ -27,11 +35,11 @@ class ApiMetrics:
         )
         self.feature_age = Gauge(
             "rtml_api_feature_age_seconds", "Age of the feature row behind the last prediction.",
-            ["exchange", "symbol", "timeframe"], registry=self.registry,
+            ["exchange", "symbol", "timeframe"], registry=self.registry, multiprocess_mode="mostrecent",
         )
         self.model_info = Gauge(
             "rtml_api_model_info", "1 for the model version being served.",
-            ["version", "kind", "inference_path"], registry=self.registry,
+            ["version", "kind", "inference_path"], registry=self.registry, multiprocess_mode="livemax",
         )
         self.model_swaps = Counter(
             "rtml_api_model_swaps", "Champion hot-swaps (promotions and rollbacks).", registry=self.registry
@@ -46,7 +54,7 @@ class ApiMetrics:
         )
         self.champion_load_failing = Gauge(
             "rtml_api_champion_load_failing", "1 while the registry's champion fails to load.",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemax",
         )
         self._served: tuple[str, str, str] | None = None
         self._children: dict[tuple, object] = {}  # labelled children, looked up once per label set
@@ -71,7 +79,10 @@ class ApiMetrics:
 
     def serving(self, version: str | None, kind: str | None, path: str | None, swapped: bool = True) -> None:
         if self._served is not None:
-            self.model_info.remove(*self._served)
+            if self.multiprocess:  # other workers' files keep the series: 0 says "not served here"
+                self.model_info.labels(*self._served).set(0)
+            else:
+                self.model_info.remove(*self._served)
             self._served = None
         if version is not None:
             self._served = (version, kind or "", path or "")
@@ -86,7 +97,20 @@ class ApiMetrics:
         self.champion_load_failing.set(1 if failed else 0)
 
     def render(self) -> bytes:
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
+
+    def worker_exited(self) -> None:
+        """At shutdown: this worker's live gauges leave the aggregate (multiprocess mode)."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
 
 
 class MetricsMiddleware:

@@ -3,7 +3,12 @@
 The stock ``RateLimitMiddleware`` JSON-decodes and re-encodes a list of every request time in
 the window, in the store, on every request: O(limit) work that halved saturated throughput
 here. This subclass keeps the same config, headers and 429 answer, holding each client's
-window in process memory (per worker, like Litestar's default MemoryStore).
+window in process memory. With several workers (``RTML_API_WORKERS`` > 1, set by ``rtml serve
+--workers``) and an online store that keeps shared counters (Redis), each request also counts
+in one window shared by every worker, so the limit holds for the whole server, not per worker;
+while that store is down the per-worker window still applies.
+
+Exclusions are anchored: only ``/health``, ``/ready``, ``/metrics`` and ``/schema/...`` escape.
 """
 
 from __future__ import annotations
@@ -14,18 +19,27 @@ from litestar.exceptions import TooManyRequestsException
 from litestar.middleware.rate_limit import (
     DURATION_VALUES, CacheObject, RateLimitConfig, RateLimitMiddleware,
 )
+from litestar.enums import ScopeType
 from litestar.stores.base import Store
 from litestar.types import Receive, Scope, Send
 
 from api.auth import HEADER as API_KEY_HEADER
 from api.auth import key_identity, rate_limit_identity
+from rtml_core.errors import UnsupportedOperation
+from rtml_core.stores.online_base import OnlineStoreUnavailable
 
 MAX_TRACKED_CLIENTS = 10_000
+PUBLIC_PATTERNS = ["^/health$", "^/ready$", "^/metrics$", "^/schema(?:/.*)?$"]
+"""Paths never limited (anchored: ``/v1/features/healthy-usd`` is limited)."""
 
 
 class WindowCounterRateLimitMiddleware(RateLimitMiddleware):
+    scopes = {ScopeType.HTTP}  # WebSocket connects have their own limit (api/sockets.py)
+
     def __init__(self, app, config: RateLimitConfig) -> None:
         super().__init__(app, config)
+        self._shared = None  # the online store, when workers share one window through it
+        self._shared_checked = False
         self._windows: dict[str, CacheObject] = {}
         self._duration = DURATION_VALUES[self.unit]
         self._key_identities: dict[bytes, str] = {}  # X-API-Key value -> its hashed identity
@@ -47,7 +61,8 @@ class WindowCounterRateLimitMiddleware(RateLimitMiddleware):
         if getattr(route_handler, "is_static", False):
             key += "::static"
         window = self._window(key)
-        if len(window.history) >= self.max_requests:
+        if len(window.history) >= self.max_requests or (
+                self._shared_store(scope) is not None and await self._shared_over(identity, window)):
             raise TooManyRequestsException(
                 headers=self.create_response_headers(cache_object=window)
                 if self.config.set_rate_limit_headers else None
@@ -57,6 +72,26 @@ class WindowCounterRateLimitMiddleware(RateLimitMiddleware):
         if self.config.set_rate_limit_headers:
             send = self.create_send_wrapper(send=send, cache_object=window)
         await self.app(scope, receive, send)
+
+    def _shared_store(self, scope: Scope):
+        if not self._shared_checked:
+            self._shared_checked = True
+            state = scope["litestar_app"].state
+            settings, service = state.get("settings"), state.get("service")
+            if settings is not None and service is not None and settings.api_workers > 1:
+                self._shared = service.store
+        return self._shared
+
+    async def _shared_over(self, identity: str, window: CacheObject) -> bool:
+        """Count the request in the window every worker shares; True when that one is full."""
+        try:
+            count = await self._shared.acount(f"ratelimit:{identity}:{window.reset}", self._duration + 1)
+        except UnsupportedOperation:  # the store keeps no shared counters: per-worker windows only
+            self._shared = None
+            return False
+        except OnlineStoreUnavailable:  # the per-worker window still applies meanwhile
+            return False
+        return count > self.max_requests
 
     def _identity(self, scope: Scope) -> str:
         presented = next((value for name, value in scope["headers"] if name == API_KEY_HEADER), None)
@@ -86,7 +121,8 @@ class WindowCounterRateLimitMiddleware(RateLimitMiddleware):
         self._windows[key] = cache_object
 
 
-def rate_limit_config(per_second: int, exclude: list[str]) -> RateLimitConfig:
+def rate_limit_config(per_second: int, exclude: list[str] = PUBLIC_PATTERNS) -> RateLimitConfig:
+    """``exclude``: anchored regular expressions of paths that are never limited."""
     return RateLimitConfig(
         rate_limit=("second", per_second), exclude=exclude, identifier_for_request=rate_limit_identity,
         middleware_class=WindowCounterRateLimitMiddleware,

@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     api_max_batch: int = Field(default=50, description="Most symbols in one batch prediction.")
     api_model_poll_s: float = Field(default=2.0, description="Seconds between registry polls for a new champion.")
     api_log_predictions: bool = Field(default=True, description="Log served predictions to the offline store.")
+    api_workers: int = Field(default=1, ge=1, description="Worker processes serving the API (`rtml serve --workers` "
+                             "sets it): above 1, rate limits are counted in Redis and metrics across workers.")
+    api_max_ws: int = Field(default=1000, ge=1, description="Most open prediction WebSockets per worker process.")
+    api_max_ws_per_key: int = Field(default=20, ge=1, description="Most open prediction WebSockets per API key "
+                                    "(per client address without auth), per worker process.")
+    api_ws_connect_rate: int = Field(default=5, ge=0, description="WebSocket connects per second per API key "
+                                     "(or client address); 0 = off.")
+    api_failed_key_limit: int = Field(default=10, ge=0, description="Requests with a missing or wrong API key per "
+                                      "minute per client address before 429; 0 = off.")
     exec_max_position: float = Field(default=1.0, description="Largest position, as a fraction of capital.")
     exec_fee_bps: float = Field(default=10.0, description="Taker fee per side, basis points.")
     exec_spread_bps: float = Field(default=2.0, description="Spread assumed when no live book spread is known.")

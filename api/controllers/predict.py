@@ -15,6 +15,7 @@ from api.schemas import (
     BatchItemError, BatchPredictRequest, BatchPrediction, ErrorBody, Prediction, PredictRequest,
 )
 from api.serving import PredictionService
+from api.sockets import SocketGate, SocketRefused, UpdateHub, socket_client
 
 log = logging.getLogger(__name__)
 _FATAL_FOR_BATCH = {"online_store_unavailable", "no_champion"}
@@ -72,10 +73,27 @@ async def prediction_stream(socket: WebSocket, symbol: str, exchange: str | None
 
     The first message is the prediction from the current row; errors arrive as ErrorBody
     messages (the stream continues) except for a bad request, which closes with code 1008.
+    Refused sockets are closed at once: 4429 (connects per second), 1008 (sockets per key),
+    1013 (sockets per worker).
     """
     service: PredictionService = socket.app.state.service
+    gate: SocketGate = socket.app.state.sockets
+    client = socket_client(socket.scope)
     encoder = msgspec.json.Encoder()
     await socket.accept()
+    try:
+        gate.admit(client)
+    except SocketRefused as refused:
+        await socket.close(code=refused.code, reason=refused.reason)
+        return
+    try:
+        await _stream(socket, service, socket.app.state.hub, encoder, symbol, exchange, timeframe)
+    finally:
+        gate.release(client)
+
+
+async def _stream(socket: WebSocket, service: PredictionService, hub: UpdateHub, encoder, symbol: str,
+                  exchange: str | None, timeframe: str | None) -> None:
     try:
         exchange, symbol, timeframe = service.target(service.holder.current, symbol, exchange, timeframe)
     except ApiError as error:
@@ -96,14 +114,15 @@ async def prediction_stream(socket: WebSocket, symbol: str, exchange: str | None
         await socket.send_data(encoder.encode(message).decode())
 
     async def pump() -> None:
-        subscription = service.store.subscribe(exchange, symbol, timeframe)
-        try:
-            await subscription.open()  # listening before the first answer: no update falls between
+        # one subscription per market per worker; listening before the first answer, so no
+        # update falls between it and the stream
+        async with hub.watch(exchange, symbol, timeframe) as updates:
             await send()
-            async for row in subscription:
+            while True:
+                row = await updates.get()
+                if isinstance(row, BaseException):
+                    raise row
                 await send(row)
-        finally:
-            await subscription.aclose()
 
     pumping = asyncio.create_task(pump())
     try:

@@ -392,6 +392,7 @@ class RedisSubscription(Subscription):
         self._node_url = store.node_url
         self._cluster = store.cluster
         self._latest_key, self._history_key, self._channel = store.keys.market(exchange, symbol, timeframe)
+        self._pipelined = store._pipelined  # the store's shared read connection, when it has one
         self._client: redis.asyncio.Redis | None = None
         self._reader = None
         self._pubsub = None
@@ -420,8 +421,13 @@ class RedisSubscription(Subscription):
     async def _open(self) -> int | None:
         try:
             await self._connect()
-            latest = await self._reader.hget(self._latest_key, "event_time")
-        except _UNAVAILABLE as error:
+            if self._pipelined is not None:  # no second connection per subscription
+                (latest,) = await self._pipelined.execute(pack_command("HGET", self._latest_key, "event_time"), 1)
+                if isinstance(latest, Exception):
+                    raise RedisConnectionError(f"Redis answered an error: {latest}")
+            else:
+                latest = await self._reader.hget(self._latest_key, "event_time")
+        except _ASYNC_UNAVAILABLE as error:
             await self._disconnect()
             raise OnlineStoreUnavailable(f"Redis at {_safe_url(self._url)} is unavailable: {error}") from error
         return None if latest is None else int(latest)

@@ -72,6 +72,13 @@ def test_no_keys_and_auth_not_disabled_refuses_to_start():
         create_app(api_settings(api_keys=""))
 
 
+def test_keys_shorter_than_16_characters_refuse_to_start_and_are_never_printed():
+    with pytest.raises(RtmlError, match="number 2 of 2 are shorter than 16") as refused:
+        create_app(api_settings(api_keys=f"{API_KEY},short-secret"))
+    assert "short-secret" not in str(refused.value)
+    create_app(api_settings(api_keys="short", api_auth_disabled=True))  # the demo's auth-disabled mode
+
+
 async def test_auth_disabled_serves_without_key(online_store, registry, champion_version, real_data):
     online_store.write_rows([feature_row(real_data)])
     app = create_app(api_settings(api_keys="", api_auth_disabled=True), online_store=online_store,
@@ -82,8 +89,8 @@ async def test_auth_disabled_serves_without_key(online_store, registry, champion
 
 async def test_rate_limit_answers_429_per_key_and_window(online_store, registry, champion_version, real_data):
     online_store.write_rows([feature_row(real_data)])
-    other = {"X-API-Key": "second-key"}
-    app = create_app(api_settings(api_rate_limit=5, api_keys=f"{API_KEY},second-key"),
+    other = {"X-API-Key": "second-key-0123456789"}
+    app = create_app(api_settings(api_rate_limit=5, api_keys=f"{API_KEY},second-key-0123456789"),
                      online_store=online_store, registry=registry)
     async with AsyncTestClient(app) as test_client:
         async def post(headers):

@@ -40,7 +40,7 @@ def server(tmp_path, redis_url, redis_prefix, real_data):
     port = free_port()
     env = {**os.environ, "RTML_HOME": str(tmp_path), "RTML_OFFLINE_URL": offline_url,
            "RTML_ONLINE_URL": redis_url, "RTML_ONLINE_PREFIX": redis_prefix,
-           "RTML_ARTIFACTS_DIR": str(tmp_path / "artifacts"), "RTML_API_KEYS": f"other-key,{API_KEY}",
+           "RTML_ARTIFACTS_DIR": str(tmp_path / "artifacts"), "RTML_API_KEYS": f"other-key-0123456789,{API_KEY}",
            "RTML_API_MODEL_POLL_S": "0.1", "RTML_LOG_LEVEL": "warning"}
     process = subprocess.Popen([sys.executable, "-m", "rtml_cli", "serve", "--port", str(port)],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
