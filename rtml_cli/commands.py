@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "features": "rtml_cli.features:features",
     "online": "rtml_cli.online:online",
     "stream": "rtml_cli.stream:stream",
+    "ingest": "rtml_cli.ingest:ingest",
+    "archive": "rtml_cli.archive:archive",
     "models": "rtml_cli.models:models",
     "serve": "rtml_cli.serve:serve",
     "demo": "rtml_cli.demo:demo",

@@ -106,8 +106,11 @@ def build_source(exchange: str, symbols: list[str], *, ws_url: str | None, rest_
 @click.option("--no-checkpoint", is_flag=True, help="Neither restore nor write checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.option("--log-format", type=click.Choice(("auto", "json", "console")), default="auto", show_default=True)
+@click.option("--source", "broker", default=None, help="nats://host:4222: consume the markets from JetStream "
+              "(the broker layout, docs/broker.md) instead of the exchange.")
+@click.option("--from-start", is_flag=True, help="With --source: rebuild from the start of the stream (cold).")
 def stream(exchange, symbols, timeframes, ws_url, rest_url, replay, speed, fmt, replay_exchange, no_book, duration,
-           max_trades, health_port, no_checkpoint, as_json, log_format) -> None:
+           max_trades, health_port, no_checkpoint, as_json, log_format, broker, from_start) -> None:
     """Stream trades into candles, features and the online store until stopped (SIGTERM/SIGINT)."""
     from rtml_stream.app import build_sidecar, parse_list
     from rtml_stream.metrics import StreamMetrics
@@ -125,6 +128,11 @@ def stream(exchange, symbols, timeframes, ws_url, rest_url, replay, speed, fmt, 
         parse_speed(speed)
     except ValueError as error:
         raise InputError(str(error)) from None
+    if broker or from_start:
+        from rtml_cli.broker_stream import stream_from_broker
+
+        return stream_from_broker(settings, broker, exchange, names, tfs, health_port=health_port, duration=duration,
+                                  from_start=from_start, as_json=as_json)
     metrics = StreamMetrics()
     source, markets = build_source(exchange, names, ws_url=ws_url, rest_url=rest_url, replay=replay, speed=speed,
                                    fmt=fmt, replay_exchange=replay_exchange, book=not no_book, metrics=metrics)

@@ -91,6 +91,35 @@ class Settings(BaseSettings):
                                          "longer one is recorded as a gap (metric, log, offline candle_gaps).")
     stream_max_backfill_age_s: float = Field(default=3600.0, gt=0, description="Oldest trade gap backfilled from "
                                              "REST after a disconnect or restart; an older one is recorded unfilled.")
+    # Message broker layout: NATS JetStream between ingest and features (docs/broker.md explains each one)
+    broker_url: str | None = Field(default=None, description="nats://host:4222: `rtml up` runs ingest, stream "
+                                   "and archive processes through JetStream instead of the single sidecar.")
+    broker_stream: str = Field(default="RTML_MARKET_DATA", description="JetStream stream of the market data.")
+    broker_max_age_s: float = Field(default=7 * 86_400.0, ge=0, description="Stream retention: oldest message "
+                                    "age kept, seconds; 0 = no limit.")
+    broker_max_bytes: int = Field(default=10 * 2**30, ge=0, description="Stream retention: bytes kept; 0 = no limit.")
+    broker_duplicate_window_s: float = Field(default=120.0, gt=0, description="JetStream duplicate window "
+                                             "(same Nats-Msg-Id dropped), seconds.")
+    broker_replicas: int = Field(default=1, ge=1, le=5, description="Stream, consumer and lease replicas "
+                                 "(3 on a JetStream cluster).")
+    broker_group: str = Field(default="features", description="Consumer group of the feature service (one per "
+                              "feature set); durable consumers are <group>_<exchange>_<symbol>.")
+    broker_lease_ttl_s: float = Field(default=3.0, gt=0, description="A dead feature service's markets are "
+                                      "taken over after this many seconds.")
+    broker_ack_wait_s: float = Field(default=900.0, gt=0, description="JetStream ack wait; at least twice the "
+                                     "longest timeframe plus 60 s is used.")
+    broker_max_ack_pending: int = Field(default=100_000, ge=1, description="Messages a consumer may hold "
+                                        "unacknowledged (the trades of open candles).")
+    broker_publish_buffer: int = Field(default=100_000, ge=1, description="Messages the ingestor buffers while "
+                                       "NATS is down; beyond it the oldest are dropped and counted.")
+    broker_book_snapshot_s: float = Field(default=10.0, gt=0, description="Seconds between full book snapshots "
+                                          "the ingestor publishes.")
+    broker_tick_s: float = Field(default=1.0, gt=0, description="While the exchange feed is quiet, the "
+                                 "ingestor publishes its clock this often (quiet candles close on it).")
+    broker_ingest_metrics_port: int = Field(default=9110, ge=0, description="/metrics and /health port of "
+                                            "`rtml ingest`; 0 = off.")
+    broker_archive_metrics_port: int = Field(default=9111, ge=0, description="/metrics and /health port of "
+                                             "`rtml archive`; 0 = off.")
 
     @property
     def resolved_checkpoint_dir(self) -> Path:

@@ -16,6 +16,7 @@ DATA = REPO_ROOT / "data"  # the real history the demo and README use (data/READ
 FIXTURES = REPO_ROOT / "tests" / "fixtures"  # real captures the tests use (tests/fixtures/README.md)
 PG_ADMIN_URL = os.environ.get("RTML_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RTML_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("RTML_TEST_NATS_URL", "nats://127.0.0.1:4222")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -108,3 +109,24 @@ def online_url(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'online.sqlite'}", "rtml"
     return request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+
+
+@pytest.fixture
+def nats_url() -> str:
+    """Real NATS with JetStream; each broker test names its own stream and deletes it afterwards."""
+    import asyncio
+
+    import nats
+
+    async def probe() -> None:
+        nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+        try:
+            await nc.jetstream().account_info()
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as error:  # noqa: BLE001
+        _unavailable("NATS JetStream", error)
+    return NATS_URL
