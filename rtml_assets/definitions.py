@@ -18,6 +18,7 @@ from rtml_assets.market_history.checks import build_market_history_checks
 from rtml_assets.market_history.markets import MarketSource, demo_markets, load_markets
 from rtml_assets.market_history.partitions import market_day_partitions
 from rtml_assets.market_history.resources import ExchangeHistoryResource
+from rtml_assets.market_history.schedules import build_market_history_schedule
 from rtml_assets.monitoring import monitoring_assets, monitoring_checks, monitoring_schedules
 from rtml_assets.resources import OfflineStoreResource
 from rtml_assets.training import (
@@ -62,7 +63,7 @@ def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None
             *training_checks,
             *monitoring_checks,
         ],
-        schedules=[*training_schedules, *monitoring_schedules],
+        schedules=[*training_schedules, *monitoring_schedules, build_market_history_schedule(markets, partitions)],
         sensors=training_sensors,
         jobs=[
             dg.define_asset_job("market_history_job", selection=dg.AssetSelection.groups("market_history"),

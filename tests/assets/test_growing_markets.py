@@ -255,3 +255,30 @@ def test_streamed_day_reconciles_with_the_exchange_rest_history(tmp_path: Path, 
     assert not check.passed and check.metadata["mismatched_candles"].value == 1
     table = check.metadata["mismatches"].value
     assert str(minute) in table and "trade_count" in table and "volume" in table
+
+
+def test_the_sync_schedule_asks_for_each_new_day_as_the_clock_moves(offline_url: str, tmp_path: Path):
+    with serve_exchange() as (url, _), dg.instance_for_test() as instance:
+        market = rest_market(url)
+        defs = definitions(tmp_path, offline_url, [market])
+        schedule = defs.resolve_schedule_def("market_history_sync")
+        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+        def tick(now: dt.datetime):
+            with dg.build_schedule_context(instance=instance, scheduled_execution_time=now,
+                                           repository_def=defs.get_repository_def()) as context:
+                return schedule.evaluate_tick(context)
+
+        first = tick(utc(2025, 11, 12, 0, 15))
+        assert [r.partition_key for r in first.run_requests] == [
+            str(partition_key(d, market)) for d in (DAY1, DAY2)]
+        job = defs.resolve_job_def(schedule.job_name)
+        for request in first.run_requests:
+            result = job.execute_in_process(instance=instance, partition_key=request.partition_key,
+                                            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}})
+            assert result.success
+            done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+            assert done == {"raw_trades", "validated_candles", "indicator_table"}  # features land for the automation
+        assert "every recent day" in tick(utc(2025, 11, 12, 6)).skip_message
+        later = tick(utc(2025, 11, 13, 0, 15))  # the clock moved a day: one new partition
+        assert [r.partition_key for r in later.run_requests] == [str(partition_key(dt.date(2025, 11, 12), market))]
