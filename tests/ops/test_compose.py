@@ -103,9 +103,11 @@ def test_service_commands_parse_with_rtml_cli():
         8000,
         2,
     )
-    for name, port in (("dagster-webserver", 3000), ("sidecar", 9108), ("api", 8000)):
+    for name, port in (("sidecar", 9108), ("api", 8000)):
         mapping = _defaults(services[name]["ports"][0])
         assert mapping == f"{port}:{port}"
+    # the Dagster UI can materialize champion_model: loopback only unless RTML_DAGSTER_BIND says otherwise
+    assert _defaults(services["dagster-webserver"]["ports"][0]) == "127.0.0.1:3000:3000"
 
 
 def test_compose_variables_are_documented():
