@@ -188,6 +188,9 @@ def describe(settings: Settings, services: list[Service], env: Mapping[str, str]
         if service.name == "api":
             where += "  (POST /v1/predict, /schema/swagger)"
         lines.append(f"  {labels.get(service.name, service.name):<15} {where}")
+    if "dagster-daemon" in {s.name for s in services}:
+        lines.append("  schedules       on: market_history_sync (new days of the open-ended markets, 00:15 UTC), "
+                     "monitoring_schedule (live skill, drift, freshness, every 15 min); switch them in the UI")
     lines.append("Ctrl-C stops everything.")
     return lines
 
