@@ -300,9 +300,11 @@ class OnlineSink(_RetryingSink):
         clock: Clock = time.monotonic,
         backoff: Backoff | None = None,
         on_rows_written: Callable[[Sequence[FeatureRow], float], None] | None = None,
+        wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
         super().__init__(max_buffer=max_buffer, max_batch=max_batch, clock=clock, backoff=backoff)
         self.store = store
+        self.wall_clock = wall_clock
         self.coalesce_s = coalesce_ms / 1000.0
         self.on_rows_written = on_rows_written
         self._rows: deque[FeatureRow] = deque()
@@ -318,10 +320,17 @@ class OnlineSink(_RetryingSink):
         return len(self._rows)
 
     def add_rows(self, rows: Iterable[FeatureRow]) -> None:
-        """Queue rows of closed candles; they are due at once."""
+        """Queue rows of closed candles; they are due at once. A row whose event time is beyond
+        now plus one timeframe (the stores refuse it) is counted as rejected and logged, not queued."""
         added = 0
+        now = self.wall_clock()
         for row in rows:
             check_row(row)  # a bad row fails here, never later in the retry loop
+            if row.event_time_ns > now + timeframe_ns(row.timeframe):
+                self.stats.count_dropped("rejected")
+                log.error("row_beyond_now_refused", exchange=row.exchange, symbol=row.symbol,
+                          timeframe=row.timeframe, event_time_ns=row.event_time_ns, now_ns=now)
+                continue
             self._rows.append(row)
             added += 1
         if added:

@@ -228,13 +228,21 @@ class KrakenRestClient(_RestClient):
         an error, never a silent hole.
         """
         found: list[Trade] = []
+        if last_id is None:  # up to the present: a page short of a full one reached it
+            cursor = since_ns
+            while True:
+                page = self.trades_page(symbol, cursor, count=1000)
+                top = found[-1].trade_id if found else first_id - 1
+                fresh = [t for t in page.trades if t.trade_id > top]
+                found.extend(fresh)
+                if len(page.trades) < 1000 or not fresh or page.last is None or page.last <= cursor:
+                    return found
+                cursor = page.last
         for trade in self.trades(symbol, since_ns):
-            if last_id is not None and trade.trade_id > last_id:
+            if trade.trade_id > last_id:
                 break
             if trade.trade_id >= first_id:
                 found.append(trade)
-        if last_id is None:
-            return found
         missing = (last_id - first_id + 1) - len(found)
         if missing:
             raise BackfillError(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -50,7 +51,14 @@ class SkipSequence:
     """Coinbase: consume a sequence number without sending (a lost message)."""
 
 
-Step = str | Verbatim | Pause | WaitSubscribe | SkipSequence
+@dataclass(frozen=True)
+class Stream:
+    """Send what ``messages()`` yields (a fresh async iterator per connection) as it comes."""
+
+    messages: Callable[[], AsyncIterator[str]]
+
+
+Step = str | Verbatim | Pause | WaitSubscribe | SkipSequence | Stream
 
 
 @dataclass
@@ -188,6 +196,9 @@ class ExchangeServer:
                     state.sequence += 1
                 elif isinstance(step, Verbatim):
                     await ws.send(step.text)
+                elif isinstance(step, Stream):
+                    async for text in step.messages():
+                        await ws.send(self.frame(state, text))
                 else:
                     await ws.send(self.frame(state, step))
             if session.end == "abort":
@@ -312,6 +323,42 @@ def kraken_rest_trades(path: Path) -> tuple[str, list[list[Any]]]:
 
 def _float_text_to_ns(value: Any) -> int:
     return int(Decimal(repr(value) if isinstance(value, float) else str(value)) * 1_000_000_000)
+
+
+class LiveTape:
+    """A local exchange's trade tape: real captured trades (price, size, side, order type) played
+    at ``per_second``, each stamped with the moment it happens (``clock``), ids counting up from
+    ``first_id``. ``rows`` is the REST view (every trade so far, Kraken REST row shape, times with
+    whole microseconds); ``stream()`` is one connection's view: Kraken WS v2 trade messages of
+    the trades made after it subscribed."""
+
+    def __init__(self, template: list[list[Any]], *, per_second: float = 40.0, first_id: int = 1_000_000,
+                 wire_symbol: str = "BTC/USDT", clock: Callable[[], float] = time.time) -> None:
+        self.template = template
+        self.per_second = per_second
+        self.first_id = first_id
+        self.wire_symbol = wire_symbol
+        self.clock = clock
+        self.rows: list[list[Any]] = []
+        self._changed = asyncio.Event()
+
+    async def play(self, count: int) -> None:
+        for i in range(count):
+            price, volume, _when, side, order_type, misc, _id = self.template[(len(self.rows)) % len(self.template)]
+            micros = int(self.clock() * 1_000_000)
+            stamp = float(f"{micros // 1_000_000}.{micros % 1_000_000:06d}")  # repr has these digits
+            self.rows.append([price, volume, stamp, side, order_type, misc, self.first_id + len(self.rows)])
+            self._changed.set()
+            self._changed = asyncio.Event()
+            await asyncio.sleep(1 / self.per_second)
+
+    async def stream(self) -> AsyncIterator[str]:
+        index = len(self.rows)
+        while True:
+            while index >= len(self.rows):
+                await self._changed.wait()
+            rows, index = self.rows[index:], len(self.rows)
+            yield kraken_ws_trade_message(rows, self.wire_symbol)
 
 
 def kraken_ws_trade_message(rows: list[list[Any]], wire_symbol: str) -> str:
