@@ -48,6 +48,8 @@ REST_SOURCES: tuple[str, ...] = RestSource.__args__
 REST_FORMATS = {"kraken-rest": (None, "kraken-rest"), "binance-rest": (None, "binance-trades", "binance-klines"),
                 "coinbase-rest": (None,)}
 """Formats a REST source takes: binance-rest reads aggTrades unless ``format: binance-klines``."""
+BINANCE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
+"""Kline intervals of Binance's REST API that divide a day."""
 
 
 def utc_today(now: dt.datetime | None = None) -> dt.date:
@@ -123,6 +125,8 @@ class MarketSource(BaseModel):
             if self.format not in REST_FORMATS[str(self.source)]:
                 allowed = ", ".join(f for f in REST_FORMATS[str(self.source)] if f) or "none"
                 raise ValueError(f"source {self.source} takes format {allowed}, not {self.format!r}")
+            if self.format == "binance-klines" and self.timeframe not in BINANCE_INTERVALS:
+                raise ValueError(f"Binance has no {self.timeframe} klines (intervals: {', '.join(BINANCE_INTERVALS)})")
         else:
             if self.format is None:
                 raise ValueError("a file source needs a format")

@@ -82,6 +82,8 @@ def test_markets_file_names_rest_sources(tmp_path: Path):
          " first_day: 2025-11-10}", "needs last_day"),
         ("{exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: kraken-ftp, first_day: 2025-11-10}",
          "needs a format"),
+        ("{exchange: binance, symbol: BTCUSDT, timeframe: 10m, source: binance-rest, format: binance-klines,"
+         " first_day: 2025-11-10}", "no 10m klines"),
     ):
         path.write_text(f"markets:\n  - {entry}\n")
         with pytest.raises(InputError, match=problem):
