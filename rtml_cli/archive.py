@@ -20,8 +20,8 @@ from rtml_core.settings import Settings
 @click.option("--log-format", type=click.Choice(("auto", "json", "console")), default="auto", show_default=True)
 def archive(source, duration, health_port, as_json, log_format) -> None:
     """Write every streamed trade into the offline store's trades table until stopped."""
-    from rtml_cli.ingest import run_until_signalled
-    from rtml_cli.stream import configure_logging
+    from rtml_cli.ingest import running
+    from rtml_cli.stream import configure_logging, run_until_signalled
     from rtml_stream.broker.build import build_archiver
     from rtml_stream.broker.jetstream import BrokerConfig
 
@@ -29,7 +29,7 @@ def archive(source, duration, health_port, as_json, log_format) -> None:
     configure_logging(settings.log_level, json_logs=None if log_format == "auto" else log_format == "json")
     config = BrokerConfig.from_settings(settings, source)
     archiver = build_archiver(settings, config, health_port=health_port)
-    summary = asyncio.run(run_until_signalled(archiver, duration_s=duration))
+    summary = asyncio.run(run_until_signalled(running(archiver, duration_s=duration)))
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -14,7 +14,7 @@ from rtml_core.settings import Settings
 def stream_from_broker(settings: Settings, url: str | None, exchange: str, symbols: list[str],
                        timeframes: list[str], *, health_port: int | None, duration: float | None, from_start: bool,
                        as_json: bool) -> None:
-    from rtml_cli.ingest import run_until_signalled
+    from rtml_cli.stream import run_until_signalled
     from rtml_stream.broker.build import build_feature_service
     from rtml_stream.broker.jetstream import BrokerConfig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
+from types import SimpleNamespace
 
 import click
 
@@ -12,23 +12,9 @@ from rtml_core.settings import Settings
 from rtml_core.symbols import normalize_symbol
 
 
-async def run_until_signalled(process, **options):
-    """Run a broker process; SIGTERM and SIGINT stop it cleanly."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
-            pass
-    try:
-        return await process.run(stop, **options)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
+def running(process, **options):
+    """``process`` with ``run(stop)`` taking these options, for ``rtml_cli.stream.run_until_signalled``."""
+    return SimpleNamespace(run=lambda stop: process.run(stop, **options))
 
 
 @click.command("ingest")
@@ -47,7 +33,7 @@ async def run_until_signalled(process, **options):
 def ingest(exchange, symbols, to, ws_url, rest_url, no_book, duration, max_trades, health_port, as_json,
            log_format) -> None:
     """Publish normalized trades and book updates to JetStream until stopped (SIGTERM/SIGINT)."""
-    from rtml_cli.stream import build_source, configure_logging
+    from rtml_cli.stream import build_source, configure_logging, run_until_signalled
     from rtml_stream.app import parse_list
     from rtml_stream.broker.build import build_ingestor
     from rtml_stream.broker.jetstream import BrokerConfig
@@ -62,7 +48,7 @@ def ingest(exchange, symbols, to, ws_url, rest_url, no_book, duration, max_trade
     source, _markets = build_source(exchange, names, ws_url=ws_url, rest_url=rest_url, replay=None, speed="max",
                                     fmt=None, replay_exchange="replay", book=not no_book, metrics=StreamMetrics())
     ingestor = build_ingestor(settings, config, source, health_port=health_port)
-    summary = asyncio.run(run_until_signalled(ingestor, duration_s=duration, max_trades=max_trades))
+    summary = asyncio.run(run_until_signalled(running(ingestor, duration_s=duration, max_trades=max_trades)))
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(default=None, description="nats://host:4222: `rtml up` runs ingest, stream "
                                    "and archive processes through JetStream instead of the single sidecar.")
     broker_stream: str = Field(default="RTML_MARKET_DATA", description="JetStream stream of the market data.")
+    broker_subject_prefix: str = Field(default="rtml", description="First token of the stream's subjects "
+                                       "(<prefix>.trades.<exchange>.<symbol>); streams on one server need their own.")
     broker_max_age_s: float = Field(default=7 * 86_400.0, ge=0, description="Stream retention: oldest message "
                                     "age kept, seconds; 0 = no limit.")
     broker_max_bytes: int = Field(default=10 * 2**30, ge=0, description="Stream retention: bytes kept; 0 = no limit.")

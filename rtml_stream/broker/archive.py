@@ -19,7 +19,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from rtml_core.schemas import Trade
-from rtml_stream.broker.codec import SUBJECT_ROOT, decode_trades
+from rtml_stream.broker.codec import decode_trades
 from rtml_stream.broker.jetstream import BrokerConfig, close, connect, ensure_stream
 from rtml_stream.broker.metrics import BrokerMetrics
 from rtml_stream.health import HealthServer
@@ -34,7 +34,7 @@ class Archiver:
         self.config = config
         self.open_store = open_store
         self.name = name
-        self.subject = subject or f"{SUBJECT_ROOT}.trades.>"
+        self.subject = subject or f"{config.subject_prefix}.trades.>"
         self.fetch_batch = fetch_batch
         self.metrics = metrics or BrokerMetrics()
         self.health_host, self.health_port = health_host, health_port
@@ -87,6 +87,7 @@ class Archiver:
         if self.health_port is not None:
             server = await HealthServer(self.metrics.registry, lambda: (self.health_reasons(), self.health_details()),
                                         host=self.health_host, port=self.health_port).start()
+            self.health_port = server.port
             log.info("health_server", url=f"http://{self.health_host}:{server.port}/health")
         deadline = asyncio.get_running_loop().call_later(duration_s, stop.set) if duration_s else None
         consumed = self.metrics.consumed.labels(self.name)

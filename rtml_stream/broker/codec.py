@@ -3,7 +3,8 @@
 One JetStream message carries the trades of one market from one exchange message
 (``TradeBatch``) or one book snapshot/diff (``BookUpdate``), msgpack-encoded with msgspec
 (Decimals as their exact strings). Subjects are ``rtml.trades.<exchange>.<symbol>`` and
-``rtml.book.<exchange>.<symbol>``; the ``Nats-Msg-Id`` of a trade batch is built from the
+``rtml.book.<exchange>.<symbol>`` (``rtml`` is ``RTML_BROKER_SUBJECT_PREFIX``: streams on one server
+cannot share subjects); the ``Nats-Msg-Id`` of a trade batch is built from the
 exchange, symbol and its first and last trade ids, so publishing the same trades again (a
 retry, a reconnect) is dropped by JetStream's duplicate window.
 """
@@ -47,23 +48,28 @@ def _token(value: str, what: str) -> str:
     return value
 
 
-def trade_subject(exchange: str, symbol: str) -> str:
-    return f"{SUBJECT_ROOT}.trades.{_token(exchange, 'exchange')}.{_token(symbol, 'symbol')}"
+def trade_subject(exchange: str, symbol: str, root: str = SUBJECT_ROOT) -> str:
+    return f"{root}.trades.{_token(exchange, 'exchange')}.{_token(symbol, 'symbol')}"
 
 
-def book_subject(exchange: str, symbol: str) -> str:
-    return f"{SUBJECT_ROOT}.book.{_token(exchange, 'exchange')}.{_token(symbol, 'symbol')}"
+def tick_subject(exchange: str, symbol: str, root: str = SUBJECT_ROOT) -> str:
+    """The feed's clock while it is quiet (a ``TradeBatch`` with no trades and ``advance_ns``)."""
+    return f"{root}.tick.{_token(exchange, 'exchange')}.{_token(symbol, 'symbol')}"
 
 
-def market_subjects(exchange: str, symbol: str) -> str:
+def book_subject(exchange: str, symbol: str, root: str = SUBJECT_ROOT) -> str:
+    return f"{root}.book.{_token(exchange, 'exchange')}.{_token(symbol, 'symbol')}"
+
+
+def market_subjects(exchange: str, symbol: str, root: str = SUBJECT_ROOT) -> str:
     """The subject filter of every message of one market (trades and book)."""
-    return f"{SUBJECT_ROOT}.*.{_token(exchange, 'exchange')}.{_token(symbol, 'symbol')}"
+    return f"{root}.*.{_token(exchange, 'exchange')}.{_token(symbol, 'symbol')}"
 
 
-def stream_subjects() -> list[str]:
+def stream_subjects(root: str = SUBJECT_ROOT) -> list[str]:
     """One wildcard over trades and book: a market's consumer filters both (``rtml.*.<exchange>.<symbol>``),
     which JetStream before 2.10 accepts only as a subset of a single stream subject."""
-    return [f"{SUBJECT_ROOT}.>"]
+    return [f"{_token(root, 'subject prefix')}.>"]
 
 
 def trade_msg_id(exchange: str, symbol: str, first_id: int, last_id: int) -> str:
@@ -106,4 +112,5 @@ def decode_book(payload: bytes) -> BookUpdate:
 
 
 def is_trade_subject(subject: str) -> bool:
-    return subject.startswith(f"{SUBJECT_ROOT}.trades.")
+    """Trades or a tick (both ``TradeBatch``); else a book update."""
+    return subject.split(".", 2)[1:2] in (["trades"], ["tick"])

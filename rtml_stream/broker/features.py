@@ -265,7 +265,7 @@ class FeatureService:
         pipeline = self.pipeline_factory()
         tf_max = max(pipeline.tf_ns) / 1e9
         await js.add_consumer(stream, ConsumerConfig(
-            durable_name=name, filter_subject=market_subjects(exchange, symbol),
+            durable_name=name, filter_subject=market_subjects(exchange, symbol, self.config.subject_prefix),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, ack_policy=AckPolicy.EXPLICIT,
             ack_wait=max(self.config.ack_wait_s, 2 * tf_max + 60), max_ack_pending=self.config.max_ack_pending,
             max_deliver=-1, num_replicas=self.config.replicas))

@@ -34,6 +34,7 @@ from rtml_stream.broker.codec import (
     encode_tick,
     encode_trades,
     tick_msg_id,
+    tick_subject,
     trade_msg_id,
     trade_subject,
 )
@@ -212,9 +213,10 @@ class Ingestor:
         for (exchange, symbol), trades in pending.items():
             self.trades += len(trades)
             self._traded_since_tick = True
-            self.publisher.add(Outgoing(trade_subject(exchange, symbol), encode_trades(exchange, symbol, trades, now),
-                                        trade_msg_id(exchange, symbol, trades[0].trade_id, trades[-1].trade_id),
-                                        "trades", len(trades)))
+            subject = trade_subject(exchange, symbol, self.config.subject_prefix)
+            msg_id = trade_msg_id(exchange, symbol, trades[0].trade_id, trades[-1].trade_id)
+            self.publisher.add(Outgoing(subject, encode_trades(exchange, symbol, trades, now), msg_id, "trades",
+                                        len(trades)))
 
     def publish_ticks(self) -> None:
         """While the feed is quiet: each market's trade subject gets the feed's clock (feed time + idle time)."""
@@ -229,13 +231,13 @@ class Ingestor:
             if advance <= self._last_tick.get(key, feed_ns):
                 continue
             self._last_tick[key] = advance
-            self.publisher.add(Outgoing(trade_subject(*key), encode_tick(*key, advance, now),
-                                        tick_msg_id(*key, advance), "tick", 0))
+            self.publisher.add(Outgoing(tick_subject(*key, self.config.subject_prefix),
+                                        encode_tick(*key, advance, now), tick_msg_id(*key, advance), "tick", 0))
 
     def _publish_book(self, update: BookUpdate) -> None:
         payload = encode_book(update)
-        self.publisher.add(Outgoing(book_subject(update.exchange, update.symbol), payload,
-                                    book_msg_id(update, payload), "book", 0))
+        subject = book_subject(update.exchange, update.symbol, self.config.subject_prefix)
+        self.publisher.add(Outgoing(subject, payload, book_msg_id(update, payload), "book", 0))
 
     def publish_book_snapshots(self) -> None:
         now = time.time_ns()

@@ -26,6 +26,7 @@ log = structlog.get_logger("rtml_stream.broker")
 class BrokerConfig:
     url: str = "nats://127.0.0.1:4222"
     stream: str = "RTML_MARKET_DATA"
+    subject_prefix: str = "rtml"
     max_age_s: float = 7 * 86_400.0  # 0: no age limit
     max_bytes: int = 10 * 2**30  # 0: no size limit
     duplicate_window_s: float = 120.0
@@ -45,7 +46,7 @@ class BrokerConfig:
             raise InputError("no broker URL: pass --source/--to nats://host:4222 or set RTML_BROKER_URL")
         if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise InputError(f"broker URL {url!r} is not a nats:// URL")
-        return cls(url=url, stream=settings.broker_stream, max_age_s=settings.broker_max_age_s,
+        return cls(url=url, stream=settings.broker_stream, subject_prefix=settings.broker_subject_prefix, max_age_s=settings.broker_max_age_s,
                    max_bytes=settings.broker_max_bytes, duplicate_window_s=settings.broker_duplicate_window_s,
                    replicas=settings.broker_replicas, group=settings.broker_group,
                    lease_ttl_s=settings.broker_lease_ttl_s, ack_wait_s=settings.broker_ack_wait_s,
@@ -55,7 +56,7 @@ class BrokerConfig:
     def stream_config(self) -> StreamConfig:
         return StreamConfig(
             name=self.stream,
-            subjects=stream_subjects(),
+            subjects=stream_subjects(self.subject_prefix),
             retention=RetentionPolicy.LIMITS,  # a log: several consumer groups read the same messages
             storage=StorageType.FILE,
             max_age=self.max_age_s or None,
@@ -113,7 +114,7 @@ async def last_trades(js, config: BrokerConfig, exchange: str, symbols: Sequence
     out = {}
     for symbol in symbols:
         try:
-            raw = await js.get_last_msg(config.stream, trade_subject(exchange, symbol))
+            raw = await js.get_last_msg(config.stream, trade_subject(exchange, symbol, config.subject_prefix))
         except NotFoundError:
             continue
         batch = decode_trades(raw.data)

@@ -75,7 +75,7 @@ def wire_symbols(symbols: Sequence[str]) -> tuple[str, ...]:
 def broker(nats_url: str):
     """A BrokerConfig on a stream of this test's own, deleted (with its lease bucket) afterwards."""
     name = f"RTMLTEST_{uuid.uuid4().hex[:10].upper()}"
-    config = BrokerConfig(url=nats_url, stream=name, lease_ttl_s=1.0, max_age_s=3600,
+    config = BrokerConfig(url=nats_url, stream=name, subject_prefix=name.lower(), lease_ttl_s=1.0, max_age_s=3600,
                           max_bytes=256 * 2**20, book_snapshot_s=1.0)
     yield config
 
@@ -92,17 +92,17 @@ def broker(nats_url: str):
     asyncio.run(cleanup())
 
 
-async def stream_trades(config: BrokerConfig, subject: str = "rtml.trades.>") -> list[Trade]:
+async def stream_trades(config: BrokerConfig) -> list[Trade]:
     """Every trade the stream holds on ``subject``, in stream order (an ephemeral ordered read)."""
     nc = await nats.connect(config.url)
     try:
         js = nc.jetstream()
-        sub = await js.subscribe(subject, stream=config.stream, ordered_consumer=True)
+        sub = await js.subscribe(f"{config.subject_prefix}.>", stream=config.stream, ordered_consumer=True)
         info = await js.stream_info(config.stream)
         out: list[Trade] = []
         for _ in range(info.state.messages):
             msg = await sub.next_msg(timeout=5)
-            if msg.subject.startswith("rtml.trades."):
+            if msg.subject.startswith(f"{config.subject_prefix}.trades."):
                 out.extend(decode_trades(msg.data).trades)
         await sub.unsubscribe()
         return out
@@ -114,7 +114,7 @@ def env_for(tmp_path: Path, config: BrokerConfig, redis_url: str, prefix: str, o
             **extra: str) -> dict[str, str]:
     env = {**os.environ, "RTML_HOME": str(tmp_path / "home"), "RTML_ONLINE_URL": redis_url,
            "RTML_ONLINE_PREFIX": prefix, "RTML_ONLINE_HISTORY": "2000", "RTML_STREAM_DAGSTER": "off",
-           "RTML_BROKER_URL": config.url, "RTML_BROKER_STREAM": config.stream, "RTML_BROKER_TICK_S": "0.2",
+           "RTML_BROKER_URL": config.url, "RTML_BROKER_STREAM": config.stream, "RTML_BROKER_SUBJECT_PREFIX": config.subject_prefix, "RTML_BROKER_TICK_S": "0.2",
            "RTML_BROKER_LEASE_TTL_S": str(config.lease_ttl_s), "RTML_BROKER_BOOK_SNAPSHOT_S": "1",
            "RTML_LOG_LEVEL": "WARNING"}
     if offline_url:

@@ -107,6 +107,11 @@ async def test_archive_raw_trades_equal_the_trades_the_exchange_sent(broker, tmp
     stop = asyncio.Event()
     task = asyncio.create_task(archiver.run(stop))
     await wait_until(lambda: archiver.trades >= len(ROWS), timeout=20, what="the archive")
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"http://127.0.0.1:{archiver.health_port}/metrics")).text
+        health = (await client.get(f"http://127.0.0.1:{archiver.health_port}/health")).json()
+    assert "rtml_broker_acknowledged_total" in metrics and "rtml_broker_consumer_lag" in metrics
+    assert health["status"] == "ok" and health["trades"] == len(ROWS)
     stop.set()
     assert (await asyncio.wait_for(task, timeout=10))["trades"] == len(ROWS)
     # a second archive run over the same stream (a redelivery, a new archive) rewrites nothing new
@@ -135,7 +140,8 @@ async def test_same_message_id_is_stored_once_and_an_outage_is_buffered_then_cau
     await ensure_stream(js, broker)
     await ensure_stream(js, broker)  # idempotent
     publisher = Publisher(js, broker.stream, metrics, max_buffer=3)
-    item = lambda: Outgoing(trade_subject("kraken", SYMBOL), encode_trades("kraken", SYMBOL, trades, 1),  # noqa: E731
+    subject = trade_subject("kraken", SYMBOL, broker.subject_prefix)
+    item = lambda: Outgoing(subject, encode_trades("kraken", SYMBOL, trades, 1),  # noqa: E731
                             trade_msg_id("kraken", SYMBOL, trades[0].trade_id, trades[-1].trade_id), "trades", 50)
     publisher.add(item())
     publisher.add(item())
@@ -147,7 +153,7 @@ async def test_same_message_id_is_stored_once_and_an_outage_is_buffered_then_cau
     # the broker unreachable: buffered up to the bound, loss past it counted, reported unhealthy
     down = Publisher(js, broker.stream, metrics, max_buffer=3, ack_timeout_s=0.2)
     for i in range(5):
-        down.add(Outgoing(trade_subject("kraken", SYMBOL), encode_trades("kraken", SYMBOL, trades[i:i + 1], 1),
+        down.add(Outgoing(subject, encode_trades("kraken", SYMBOL, trades[i:i + 1], 1),
                           trade_msg_id("kraken", SYMBOL, trades[i].trade_id, trades[i].trade_id), "trades", 1))
     assert not await down.publish_due()
     assert len(down.buffer) == 3 and down.dropped == 2 and not down.healthy
