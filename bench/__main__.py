@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["import_throughput", "candles", "features", "sources", "stream", "training_set",
+BENCHMARKS = ["import_throughput", "candles", "history_sync", "features", "sources", "stream", "training_set",
               "prediction_log", "api"]
 
 
