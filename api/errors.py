@@ -19,6 +19,8 @@ _KIND_BY_STATUS = {
 }
 
 ERROR_RESPONSES = {
+    400: ResponseSpec(ErrorBody, description="invalid_request, invalid_exchange, invalid_symbol, "
+                      "invalid_timeframe, batch_too_large"),
     401: ResponseSpec(ErrorBody, description="Missing or invalid X-API-Key"),
     404: ResponseSpec(ErrorBody, description="unknown_symbol: no online features for it"),
     409: ResponseSpec(ErrorBody, description="feature_set_mismatch, timeframe_mismatch, no_price"),

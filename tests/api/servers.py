@@ -47,7 +47,9 @@ def rtml_serve(env: dict[str, str], *, workers: int = 1, wait_for: int | None = 
             if process.poll() is not None:
                 pytest.fail(f"rtml serve exited: {process.stdout.read().decode()[-3000:]}")
             if time.monotonic() > deadline:
-                pytest.fail("rtml serve did not become ready in 90 s")
+                process.kill()
+                pytest.fail(f"rtml serve did not answer /ready {wait_for} in 90 s: "
+                            f"{process.stdout.read().decode()[-3000:]}")
             time.sleep(0.2)
         yield base, port, process
     finally:
