@@ -13,7 +13,6 @@ import dagster as dg
 
 from rtml_core.settings import Settings
 
-
 EMBEDDED_DAGSTER_YAML = """\
 # Written by rtml: Dagster's SQLite defaults for runs, events and schedules; no telemetry.
 telemetry:

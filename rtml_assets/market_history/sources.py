@@ -113,7 +113,7 @@ def frame_to_candles(frame: pd.DataFrame, exchange: str, symbol: str, timeframe:
     times = frame["time"].dt.as_unit("ns").astype("int64").tolist()
     return [
         Candle(exchange, symbol, timeframe, start, _exact(o), _exact(h), _exact(lo),
-               _exact(c), _exact(v), None if vw is None or vw != vw else _exact(vw), int(n))
+               _exact(c), _exact(v), None if vw is None or pd.isna(vw) else _exact(vw), int(n))
         for start, o, h, lo, c, v, vw, n in zip(
             times, frame["open"].tolist(), frame["high"].tolist(), frame["low"].tolist(),
             frame["close"].tolist(), frame["volume"].tolist(), frame["vwap"].tolist(),

@@ -17,7 +17,12 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from rtml_core.errors import InputError, RtmlError
 from rtml_core.ingest.binance import parse_agg_trade, parse_kline
-from rtml_core.ingest.kraken import KrakenTradesPage, decode_reply, parse_asset_pairs, parse_trades_reply
+from rtml_core.ingest.kraken import (
+    KrakenTradesPage,
+    decode_reply,
+    parse_asset_pairs,
+    parse_trades_reply,
+)
 from rtml_core.schemas import Candle, Trade
 from rtml_core.symbols import PairTable, bundled_pairs, normalize_symbol, to_exchange_symbol
 from rtml_core.timeframes import timeframe_ns

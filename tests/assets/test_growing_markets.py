@@ -40,8 +40,8 @@ def utc(*args) -> dt.datetime:
 
 
 def rest_market(url: str, **fields) -> MarketSource:
-    values = dict(exchange="kraken", symbol="BTC-USDT", timeframe="1m", source="kraken-rest", rest_url=url,
-                  first_day=DAY1)
+    values = {"exchange": "kraken", "symbol": "BTC-USDT", "timeframe": "1m", "source": "kraken-rest",
+              "rest_url": url, "first_day": DAY1}
     return MarketSource(**{**values, **fields})
 
 
@@ -76,14 +76,14 @@ def test_markets_file_names_rest_sources(tmp_path: Path):
     for entry, problem in (
         ("{exchange: binance, symbol: BTCUSDT, timeframe: 1m, source: kraken-rest, first_day: 2025-11-10}",
          "serves exchange 'kraken'"),
-        ("{exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: kraken-rest, format: binance-klines,"
-         " first_day: 2025-11-10}", "takes format kraken-rest"),
-        ("{exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: trades.json, format: kraken-rest,"
-         " first_day: 2025-11-10}", "needs last_day"),
+        (("{exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: kraken-rest, format: binance-klines,"
+          " first_day: 2025-11-10}"), "takes format kraken-rest"),
+        (("{exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: trades.json, format: kraken-rest,"
+          " first_day: 2025-11-10}"), "needs last_day"),
         ("{exchange: kraken, symbol: XBTUSD, timeframe: 1m, source: kraken-ftp, first_day: 2025-11-10}",
          "needs a format"),
-        ("{exchange: binance, symbol: BTCUSDT, timeframe: 10m, source: binance-rest, format: binance-klines,"
-         " first_day: 2025-11-10}", "no 10m klines"),
+        (("{exchange: binance, symbol: BTCUSDT, timeframe: 10m, source: binance-rest, format: binance-klines,"
+          " first_day: 2025-11-10}"), "no 10m klines"),
     ):
         path.write_text(f"markets:\n  - {entry}\n")
         with pytest.raises(InputError, match=problem):
@@ -165,7 +165,8 @@ def test_history_sync_two_days_from_kraken_rest_and_export_equals_rtml_candles(o
 def test_binance_rest_markets_fill_partitions_from_agg_trades_and_klines(offline_url: str, tmp_path: Path):
     start, end = day_start_ns(DAY1), day_start_ns(DAY2)
     rows = [r for r in kraken_rows() if start <= row_time_ns(r) < end]
-    common = dict(exchange="binance", symbol="BTC-USDT", timeframe="1m", source="binance-rest", first_day=DAY1)
+    common = {"exchange": "binance", "symbol": "BTC-USDT", "timeframe": "1m", "source": "binance-rest",
+              "first_day": DAY1}
     with serve_exchange() as (url, script):
         trades_market = MarketSource(**common, rest_url=url)
         result = run(definitions(tmp_path, offline_url, [trades_market]), ["raw_trades", "validated_candles"],

@@ -7,6 +7,8 @@
 - Binance ``/api/v3/klines`` rows and ``/api/v3/aggTrades`` objects made from the same real
   trades (one aggregate per trade, times cut to milliseconds), ``/api/v3/exchangeInfo``, and
   418/429 with ``Retry-After`` on request.
+- Coinbase Exchange ``/products/BTC-USDT/trades``: the same trades newest first, paged back by
+  ``after`` (ids below it) with ``CB-BEFORE``/``CB-AFTER`` headers, ``side`` the maker's.
 
 ``ExchangeServer.only_ids`` narrows the trades served (a day whose trades the exchange lacks).
 """
@@ -18,8 +20,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 from urllib.parse import parse_qs, urlparse
 
 from tests.ingest.realdata import KRAKEN_TRADES, kraken_rows, reference_candles, row_time_ns
@@ -59,8 +63,8 @@ def _number(value: object) -> object:
 
 class ExchangeHandler(BaseHTTPRequestHandler):
     script: Script
-    all_rows = kraken_rows()
-    klines = [
+    all_rows: ClassVar[list[list]] = kraken_rows()
+    klines: ClassVar[list[list]] = [
         [c["start_ns"] // 1_000_000, str(c["open"]), str(c["high"]), str(c["low"]), str(c["close"]),
          str(c["volume"]), c["start_ns"] // 1_000_000 + 59_999, str(c["notional"]), c["count"], "0", "0", "0"]
         for c in reference_candles(kraken_rows(), 60)
@@ -84,7 +88,7 @@ class ExchangeHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         url = urlparse(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         self.script.requests.append(self.path)
@@ -95,6 +99,8 @@ class ExchangeHandler(BaseHTTPRequestHandler):
             "/api/v3/aggTrades": self._binance_agg_trades,
             "/api/v3/exchangeInfo": self._binance_info,
         }
+        if url.path == "/products/BTC-USDT/trades":
+            return self._coinbase_trades(query)
         route = routes.get(url.path)
         if route is None or (not self.script.serve_pairs and url.path in ("/0/public/AssetPairs",
                                                                           "/api/v3/exchangeInfo")):
@@ -162,6 +168,23 @@ class ExchangeHandler(BaseHTTPRequestHandler):
                 return self._send(400, {"code": -1127, "msg": "More than 1 hours between startTime and endTime."})
             picked = [a for a in aggregates if start <= a["T"] <= end]
         self._send(200, picked[:limit])
+
+
+    def _coinbase_trades(self, query: dict[str, str]) -> None:
+        newest_first = sorted(self.rows, key=lambda r: r[6], reverse=True)
+        if "after" in query:
+            newest_first = [r for r in newest_first if r[6] < int(query["after"])]
+        page = newest_first[:min(1000, int(query.get("limit", "1000")))]
+        items = [{"time": coinbase_time(row_time_ns(r)), "trade_id": r[6], "price": str(r[0]), "size": str(r[1]),
+                  "side": "sell" if r[3] == "b" else "buy"} for r in page]  # the maker's side
+        headers = {"CB-BEFORE": str(page[0][6]), "CB-AFTER": str(page[-1][6])} if page else {}
+        self._send(200, items, headers)
+
+
+def coinbase_time(time_ns: int) -> str:
+    """ISO 8601 UTC with microseconds, as Coinbase writes trade times."""
+    seconds, rest = divmod(time_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{rest // 1000:06d}Z"
 
 
 @contextmanager
