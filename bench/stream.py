@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="paced trades per second for the lag run")
     parser.add_argument("--lag-seconds", type=float, default=20.0, help="duration of each paced lag run")
     parser.add_argument("--passes", type=int, default=3, help="file replays in the long memory run")
+    parser.add_argument("--no-broker", action="store_true", help="skip the NATS JetStream (broker layout) section")
     args = parser.parse_args()
     import structlog
 
@@ -265,6 +266,10 @@ def main() -> None:
             common = common_throughput(raw, prefix + ":common")
             raw_lag = messages(trades[: int(args.rate * lag_seconds) + 1])
             common_l = common_lag(raw_lag, prefix + ":commonlag", args.rate, lag_seconds)
+            if not args.no_broker:  # the broker layout: bench/stream_broker.py
+                from bench.stream_broker import broker_runs
+
+                broker = broker_runs(trades, REDIS_URL, prefix, TIMEFRAMES, rate=args.rate, lag_seconds=lag_seconds)
         finally:
             removed = cleanup(prefix)
 
@@ -297,6 +302,10 @@ def main() -> None:
                                  zip(("start", "mid", "end"), picks)))
         print(f"  samples: {', '.join(f'{mb:.0f}' for _, mb in rss)} MB  "
               f"(median {statistics.median(mb for _, mb in rss):.1f})")
+    if not args.no_broker:
+        from bench.stream_broker import print_broker
+
+        print_broker(broker, rate(memory_only), lag["lags_ms"], args.rate, percentile)
     print(f"\nredis keys removed: {removed}")
 
 

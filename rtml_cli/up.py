@@ -1,6 +1,7 @@
 """``rtml up``: the whole system in one command, under honcho's process manager.
 
-Starts the Dagster webserver and daemon, the streaming sidecar and the prediction API as child
+Starts the Dagster webserver and daemon, the streaming sidecar (or, with ``RTML_BROKER_URL`` set,
+the broker layout's ingest, stream and archive processes: docs/broker.md) and the prediction API as child
 processes (``honcho.manager.Manager``: each in its own session, output forwarded line by line
 with a ``time name |`` prefix; when one stops, or on Ctrl-C/SIGTERM, all get SIGTERM and,
 after ``STOP_GRACE_S`` seconds, SIGKILL). The sidecar replaying a finite file may finish on its own
@@ -156,10 +157,42 @@ def plan_stack(settings: Settings, options: UpOptions, environ: Mapping[str, str
                 env=api_env, url=f"http://{url_host}:{options.api_port}",
                 health=f"http://{url_host}:{options.api_port}/health"),
     ]
-    unknown = set(options.services) - {s.name for s in services}
+    if settings.broker_url:
+        services = _broker_layout(settings, options, services, url_host)
+    unknown = set(options.services) - {s.name for s in services} - ({"sidecar"} if settings.broker_url else set())
     if unknown:
         raise InputError(f"unknown service(s) {', '.join(sorted(unknown))}")
-    return [s for s in services if s.name in options.services], env
+    wanted = set(options.services) | (set(BROKER_SERVICES) if "sidecar" in options.services else set())
+    return [s for s in services if s.name in wanted], env
+
+
+BROKER_SERVICES = ("ingest", "stream", "archive")
+
+
+def _broker_layout(settings: Settings, options: UpOptions, services: list[Service], url_host: str) -> list[Service]:
+    """RTML_BROKER_URL set: ingest -> NATS JetStream -> stream (features) and archive, instead of the sidecar
+    (docs/broker.md); ``--only sidecar`` keeps all three."""
+    if options.exchange == "replay":
+        raise InputError("RTML_BROKER_URL is set: the broker layout ingests a live exchange "
+                         "(--exchange kraken|binance|coinbase), or unset it to replay through the sidecar")
+    python, url = sys.executable, settings.broker_url
+    ingest_port = settings.broker_ingest_metrics_port or 9110
+    archive_port = settings.broker_archive_metrics_port or 9111
+    market = ["--exchange", options.exchange, "--symbols", options.symbols]
+    health = {name: f"http://{url_host}:{port}/health" for name, port in
+              (("ingest", ingest_port), ("stream", options.stream_port), ("archive", archive_port))}
+    broker = [
+        Service("ingest", (python, "-m", "rtml_cli", "ingest", *market, "--to", url, "--health-port", str(ingest_port)),
+                url=health["ingest"], health=health["ingest"]),
+        Service("stream", (python, "-m", "rtml_cli", "stream", "--source", url, *market,
+                           "--health-port", str(options.stream_port)), url=health["stream"], health=health["stream"]),
+        Service("archive", (python, "-m", "rtml_cli", "archive", "--source", url, "--health-port", str(archive_port)),
+                url=health["archive"], health=health["archive"]),
+    ]
+    out = []
+    for service in services:
+        out.extend(broker if service.name == "sidecar" else [service])
+    return out
 
 
 def redact_online(url: str) -> str:
@@ -182,7 +215,10 @@ def describe(settings: Settings, services: list[Service], env: Mapping[str, str]
         f"  online store    {online}",
         f"  dagster home    {env['DAGSTER_HOME']} ({pg})",
     ]
-    labels = {"dagster-webserver": "Dagster UI", "sidecar": "sidecar health", "api": "prediction API"}
+    labels = {"dagster-webserver": "Dagster UI", "sidecar": "sidecar health", "api": "prediction API",
+              "ingest": "ingest health", "stream": "features health", "archive": "archive health"}
+    if settings.broker_url:
+        lines.append(f"  broker          {settings.broker_url} (stream {settings.broker_stream})")
     for service in services:
         where = service.url or "(no port)"
         if service.name == "api":
@@ -245,6 +281,22 @@ def preflight(settings: Settings) -> None:
         raise RtmlError(f"online store {online_url} is not usable: {error}") from None
     if not reachable:
         raise RtmlError(f"online store {online_url} does not answer")
+    if settings.broker_url:
+        import asyncio
+
+        import nats
+
+        async def probe() -> None:
+            nc = await nats.connect(settings.broker_url, connect_timeout=3, allow_reconnect=False)
+            try:
+                await nc.jetstream().account_info()
+            finally:
+                await nc.close()
+
+        try:
+            asyncio.run(probe())
+        except Exception as error:  # noqa: BLE001 - any failure: one clear line
+            raise RtmlError(f"broker {settings.broker_url} is not usable (NATS with JetStream): {error!r}") from None
 
 
 def run_stack(services: list[Service], env: Mapping[str, str], output=None) -> int:

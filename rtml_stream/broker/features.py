@@ -119,6 +119,7 @@ class FeatureService:
         self.leases: Leases | None = None
         self.health_server: HealthServer | None = None
         self._commit_lock = asyncio.Lock()
+        self.lag_samples_ns: deque[int] = deque(maxlen=200_000)  # publish -> processed, per trade message
 
     # -- outputs to the sinks (same order and rules as the sidecar) --------------------------------
     def _emit(self, pipeline: Pipeline) -> None:
@@ -151,7 +152,7 @@ class FeatureService:
         consumed = self.metrics.consumed.labels(feed.name)
         redelivered = self.metrics.redelivered.labels(feed.name)
         ack_now = []
-        now = time.time_ns()
+        published: list[int] = []
         for msg in msgs:
             meta = msg.metadata
             if meta.num_delivered > 1:
@@ -168,7 +169,9 @@ class FeatureService:
                         pipeline.advance(batch.advance_ns)  # the feed was quiet up to then
                     state = pipeline.markets.get(feed.market)
                     last = state.last_trade_id if state is not None else None
-                    trades = batch.trades if last is None else [t for t in batch.trades if t.trade_id > last]
+                    trades = batch.trades
+                    if last is not None and trades and trades[0].trade_id <= last:  # ids ascend in a batch
+                        trades = [t for t in trades if t.trade_id > last]
                     self.duplicates += len(batch.trades) - len(trades)
                     newest = _NEVER
                     if trades:
@@ -176,7 +179,8 @@ class FeatureService:
                         newest = max(t.time_ns for t in trades)
                         self.trades += len(trades)
                     feed.unacked.append((newest, msg))
-                    self.metrics.added_lag.observe(max(0, now - batch.published_ns) / 1e9)
+                    if trades:
+                        published.append(batch.published_ns)
                 else:
                     update = decode_book(msg.data)
                     if update.is_snapshot or feed.book_ready:
@@ -189,7 +193,13 @@ class FeatureService:
                     log.error("message_failed", consumer=feed.name, seq=seq, error=repr(error))
                 feed.unacked.append((_NEVER, msg))
         if pipeline.has_output:
-            self._emit(pipeline)
+            self._emit(pipeline)  # closed candles' rows are written online here
+        if published:
+            done = time.time_ns()
+            for published_ns in published:
+                lag = max(0, done - published_ns)
+                self.lag_samples_ns.append(lag)
+                self.metrics.added_lag.observe(lag / 1e9)
         return ack_now
 
     def closed_until(self, market: Market) -> int:
@@ -323,11 +333,25 @@ class FeatureService:
             await self.leases.release(market)
         log.info("market_released", market=f"{market[0]}:{market[1]}", instance=self.instance)
 
+    async def _fetch(self, psub) -> list:
+        """Wait for the next message, then take what is already there (``num_pending`` of the last
+        one says how much): a lone message is processed at once, a backlog in batches."""
+        msgs = await psub.fetch(1, timeout=1.0)
+        limit = self.options.fetch_batch
+        pending = msgs[-1].metadata.num_pending
+        while pending and len(msgs) < limit:
+            more = await psub.fetch(min(pending, limit - len(msgs)), timeout=1.0)
+            if not more:
+                break
+            msgs.extend(more)
+            pending = more[-1].metadata.num_pending
+        return msgs
+
     async def _run_feed(self, feed: _Feed) -> None:
         batch = self.options.fetch_batch
         while True:
             try:
-                msgs = await feed.psub.fetch(batch, timeout=0.25)
+                msgs = await self._fetch(feed.psub)
             except (TimeoutError, NatsTimeoutError):
                 feed.caught_up = True
                 continue

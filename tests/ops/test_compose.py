@@ -16,8 +16,9 @@ from rtml_core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
-SERVICES = {"postgres", "redis", "dagster-webserver", "dagster-daemon", "sidecar", "api"}
-RTML_SERVICES = SERVICES - {"postgres", "redis"}
+BROKER_SERVICES = {"nats", "ingest", "features", "archive"}  # profile "broker" (docs/broker.md)
+SERVICES = {"postgres", "redis", "dagster-webserver", "dagster-daemon", "sidecar", "api"} | BROKER_SERVICES
+RTML_SERVICES = SERVICES - {"postgres", "redis", "nats"}
 READ_BY_DAGSTER_YAML = {"RTML_DAGSTER_PG_URL"}
 
 
@@ -54,7 +55,12 @@ def test_services_and_environment_match_settings_and_dagster_yaml():
         assert not unknown, f"{name} sets variables rtml does not read: {unknown}"
         assert dagster_env <= set(env), f"{name} lacks what dagster.yaml reads"
         assert env["DAGSTER_HOME"] == "/opt/dagster/home"
-        assert set(services[name]["depends_on"]) == {"postgres", "redis"}
+        assert set(services[name]["depends_on"]) == {"postgres", "redis"} | ({"nats"} & BROKER_SERVICES
+                                                                           if name in BROKER_SERVICES else set())
+    for name in BROKER_SERVICES:  # the broker layout is an option: nothing of it starts without the profile
+        assert services[name]["profiles"] == ["broker"]
+        if name != "nats":
+            assert services[name]["environment"]["RTML_BROKER_URL"] == "nats://nats:4222"
     env = services["api"]["environment"]
     offline = sa.make_url(_defaults(env["RTML_OFFLINE_URL"]))
     dagster_pg = sa.make_url(_defaults(env["RTML_DAGSTER_PG_URL"]))
