@@ -18,21 +18,12 @@ import xgboost as xgb
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
+from bench.peers.config import FEATURES, HORIZON_S, PREFIX, REDIS_URL, RESIDUAL_STD, TIMEFRAME, PredictRequest
+
 app = FastAPI()
-r = redis.Redis.from_url(os.environ["PEER_REDIS_URL"], decode_responses=True)
+r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
 model = xgb.XGBRegressor()
 model.load_model(os.environ["PEER_MODEL_PATH"])
-FEATURES = os.environ["PEER_FEATURE_NAMES"].split(",")
-RESIDUAL_STD = float(os.environ["PEER_RESIDUAL_STD"])
-HORIZON_S = int(os.environ["PEER_HORIZON_S"])
-TIMEFRAME = os.environ["PEER_TIMEFRAME"]
-PREFIX = os.environ["PEER_FEATURES_KEY_PREFIX"]
-
-
-class PredictRequest(BaseModel):
-    symbol: str
-    exchange: str = "kraken"
-    timeframe: str | None = None
 
 
 class PredictResponse(BaseModel):

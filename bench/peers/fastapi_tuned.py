@@ -18,29 +18,21 @@ import onnxruntime
 import redis.asyncio
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import ORJSONResponse
-from pydantic import BaseModel
+
+from bench.peers.config import FEATURES, HORIZON_S, PREFIX, REDIS_URL, RESIDUAL_STD, TIMEFRAME, PredictRequest
 
 app = FastAPI(default_response_class=ORJSONResponse)
-r = redis.asyncio.Redis.from_url(os.environ["PEER_REDIS_URL"], decode_responses=True, max_connections=64)
+r = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True, max_connections=64)
 _options = onnxruntime.SessionOptions()
 _options.intra_op_num_threads = 1
 _options.inter_op_num_threads = 1
 session = onnxruntime.InferenceSession(os.environ["PEER_ONNX_PATH"], _options, providers=["CPUExecutionProvider"])
 OUTPUT = [session.get_outputs()[0].name]
 INPUT = session.get_inputs()[0].name
-FEATURES = os.environ["PEER_FEATURE_NAMES"].split(",")
-RESIDUAL_STD = float(os.environ["PEER_RESIDUAL_STD"])
-HORIZON_S = int(os.environ["PEER_HORIZON_S"])
-TIMEFRAME = os.environ["PEER_TIMEFRAME"]
-PREFIX = os.environ["PEER_FEATURES_KEY_PREFIX"]
+from bench.peers.config import FEATURES, HORIZON_S, PREFIX, REDIS_URL, RESIDUAL_STD, TIMEFRAME, PredictRequest
 
-
-class PredictRequest(BaseModel):
-    symbol: str
-    exchange: str = "kraken"
-    timeframe: str | None = None
-
-
+app = FastAPI(default_response_class=ORJSONResponse)
+r = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True, max_connections=64)
 @app.post("/v1/predict")
 async def predict(req: PredictRequest):
     timeframe = req.timeframe or TIMEFRAME
