@@ -50,6 +50,7 @@ from rtml_stream.sources.base import Source
 log = structlog.get_logger("rtml_stream")
 
 _CLOSE_LAG_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_STALLED_WRITE_S = 1.0  # /health: a store write taking longer is reported (it runs off the loop)
 _KEEP_CAPTURES = 8  # checkpoint captures waiting for the stores (older ones are superseded)
 
 
@@ -318,10 +319,13 @@ class Sidecar:
             last = self.metrics.value("last_message_time", exchange=self.source.exchange)
             if last and time.time() - last > self.options.stale_after_s:
                 reasons.append(f"no message from {self.source.exchange} for {time.time() - last:.0f} s")
-        if not self.online_sink.healthy:
-            reasons.append(f"online store failing: {self.online_sink.stats.last_error}")
-        if self.offline_sink is not None and not self.offline_sink.healthy:
-            reasons.append(f"offline store failing: {self.offline_sink.stats.last_error}")
+        for name, sink in (("online", self.online_sink), ("offline", self.offline_sink)):
+            if sink is None:
+                continue
+            if not sink.healthy:
+                reasons.append(f"{name} store failing: {sink.stats.last_error}")
+            elif sink.write_seconds() > _STALLED_WRITE_S:
+                reasons.append(f"{name} store not answering for {sink.write_seconds():.1f} s")
         return reasons
 
     def health_details(self) -> dict:

@@ -97,6 +97,7 @@ class _RetryingSink:
         self.stats = SinkStats()
         self.added: dict[str, int] = {}  # items given, per kind (marks for the checkpoints)
         self._inflight: dict[str, int] = {}  # items of the batch being written, per kind
+        self._write_started: float | None = None
         self._retry_at = float("-inf")
         self._wakeup: asyncio.Event | None = None
 
@@ -142,11 +143,17 @@ class _RetryingSink:
         return {kind: n - queued.get(kind, 0) - self._inflight.get(kind, 0) for kind, n in self.added.items()}
 
     def _write_tracked(self, batch) -> None:
-        self._inflight = self._kinds(batch)
+        self._write_started = self.clock()
         try:
             self._write(batch)
         finally:
-            self._inflight = {}
+            self._write_started = None
+
+    def write_seconds(self) -> float:
+        """How long the write in progress has taken so far (0 when none is): a store that
+        accepts and never answers shows here before its timeout fails the write."""
+        started = self._write_started
+        return 0.0 if started is None else max(0.0, self.clock() - started)
 
     @property
     def healthy(self) -> bool:
@@ -208,28 +215,36 @@ class _RetryingSink:
         """Write everything due at ``now`` (in ``max_batch`` chunks); False if a write failed."""
         now = self.clock() if now is None else now
         while (batch := self._take(now)) is not None:
+            self._inflight = self._kinds(batch)  # taken out of the buffer: not settled until written
             try:
                 self._write_tracked(batch)
             except InputError as error:  # the store refuses the data itself: retrying cannot help
+                self._inflight = {}
                 self._rejected(batch, error)
                 continue
             except Exception as error:  # noqa: BLE001 - any store failure is buffered and retried
+                self._inflight = {}
                 self._failed(batch, error, now)
                 return False
+            self._inflight = {}
             self._succeeded(batch, now)
         return True
 
     async def flush(self) -> bool:
         """``flush_sync`` with the store calls in a worker thread (the event loop keeps running)."""
         while (batch := self._take(self.clock())) is not None:
+            self._inflight = self._kinds(batch)  # taken out of the buffer: not settled until written
             try:
                 await asyncio.to_thread(self._write_tracked, batch)
             except InputError as error:
+                self._inflight = {}
                 self._rejected(batch, error)
                 continue
             except Exception as error:  # noqa: BLE001
+                self._inflight = {}
                 self._failed(batch, error, self.clock())
                 return False
+            self._inflight = {}
             self._succeeded(batch, self.clock())
         return True
 

@@ -6,11 +6,19 @@ production defaults (allowed lateness 2 s, gap filling on, RTML_STREAM_MAX_FUTUR
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from decimal import Decimal
 from itertools import islice
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -40,6 +48,7 @@ from tests.stream.wsservers import (
 )
 
 PAIR, ROWS = kraken_rest_trades(DATA / "kraken_xbtusdt_trades_rest.json")
+REPO = Path(__file__).resolve().parents[2]
 MARKET = ("kraken", "BTC-USDT")
 NS = 1_000_000_000
 
@@ -79,6 +88,12 @@ def assert_candles_and_rows_equal_batch(store, trades: list[Trade], timeframe: s
     ok = ~np.isnan(b)
     np.testing.assert_allclose(a[ok], b[ok], rtol=1e-9, atol=0)
     return len(within)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def settings_for(tmp_path, redis_url, redis_prefix, offline_url, **extra) -> Settings:
@@ -241,4 +256,74 @@ def test_one_trade_a_year_ahead_is_malformed_and_changes_nothing(redis_url, redi
     latest = store.read_latest("replay", "ES-USD", "1m")
     assert latest.event_time_ns == shifted[-1].event_time_ns <= time.time_ns() + 60 * NS
     assert sink.stats.dropped_by_kind.get("rejected", 0) >= 1
+    store.close()
+
+
+# --- the sidecar killed (SIGKILL) and restarted from its checkpoint mid-run ------------------------
+
+def _sidecar_process(env: dict, server_url: str, rest_url: str, port: int, log: Path) -> subprocess.Popen:
+    with log.open("a") as stderr:  # a file, never a pipe nobody reads (a full pipe would block the process)
+        return subprocess.Popen(
+            [sys.executable, "-m", "rtml_stream", "--exchange", "kraken", "--symbols", "BTC-USDT", "--ws-url",
+             server_url, "--rest-url", rest_url, "--no-book", "--timeframes", "5s,15s", "--health-port", str(port),
+             "--json"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+async def _health(port: int) -> dict | None:
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"http://127.0.0.1:{port}/health", timeout=1)).json()
+    except httpx.HTTPError:
+        return None
+
+
+async def test_sigkill_and_a_restart_from_the_checkpoint_leave_the_candles_of_no_restart(
+        tmp_path, redis_url, redis_prefix, fresh_postgres_url) -> None:
+    tape = LiveTape(ROWS, per_second=40)
+    server = KrakenServer([Session([Stream(tape.stream)]) for _ in range(50)])
+    await server.start()
+    env = {**os.environ, "RTML_HOME": str(tmp_path / "home"), "RTML_ONLINE_URL": redis_url,
+           "RTML_ONLINE_PREFIX": redis_prefix, "RTML_OFFLINE_URL": fresh_postgres_url,
+           "RTML_STREAM_DAGSTER": "off", "RTML_STREAM_CHECKPOINT_INTERVAL_S": "1"}
+    checkpoint = tmp_path / "home" / "checkpoints" / "kraken" / "BTC-USDT.ckpt"
+    port = free_port()
+    with LocalHttpServer({"/0/public/Trades": kraken_trades_route(PAIR, tape.rows)}) as rest:
+        log = tmp_path / "sidecar.log"
+        first = _sidecar_process(env, server.url, rest.url, port, log)
+        try:
+            async with asyncio.timeout(60):
+                while not any(m.get("method") == "subscribe" for m in server.received):
+                    assert first.poll() is None, log.read_text()[-3000:]
+                    await asyncio.sleep(0.05)
+            playing = asyncio.create_task(tape.play(720))  # 18 s of trades
+            await asyncio.sleep(7)
+            await wait_for_value(checkpoint.exists, timeout=10)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            killed_at = len(tape.rows)
+            await asyncio.sleep(2)
+            second = _sidecar_process(env, server.url, rest.url, port, log)
+            try:
+                await playing
+                await asyncio.sleep(5 + 2 + 2)  # the idle clock closes the last 5 s window
+                health = await _health(port)
+                second.send_signal(signal.SIGTERM)
+                out, _ = await asyncio.to_thread(second.communicate, timeout=60)
+            finally:
+                if second.poll() is None:
+                    second.kill()
+        finally:
+            if first.poll() is None:
+                first.kill()
+            await server.kill()
+    assert second.returncode == 0, log.read_text()[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["started"] == {"kraken:BTC-USDT": "checkpoint"}
+    assert summary["late_trades"] == 0 and health is not None and health["late_trades"] == 0
+    assert 100 < killed_at < len(tape.rows) - 100
+    store = open_offline_store(fresh_postgres_url)
+    version = Pipeline(("5s",)).version
+    trades = tape_trades(tape.rows)
+    assert assert_candles_and_rows_equal_batch(store, trades, "5s", version) >= 3
+    assert_candles_and_rows_equal_batch(store, trades, "15s", version)
     store.close()
