@@ -6,7 +6,8 @@
   last row is readable in Redis);
 - added lag at a paced rate (one trade per message, like a live feed): from the ingest side
   handing a message to JetStream to the feature service having processed it and written the
-  rows it closed (p50, p99).
+  rows it closed (p50, p99), beside the floor of the client and server alone (publish -> pull
+  fetch of a small message in one event loop).
 
 Each measurement uses a stream of its own (deleted after); needs NATS with JetStream
 (``RTML_BENCH_NATS_URL``, default nats://127.0.0.1:4222).
@@ -147,13 +148,55 @@ def _run(trades, redis_url: str, prefix: str, timeframes, *, per_message: int, r
         asyncio.run(_delete(name))
 
 
+async def _floor(rate: float, duration_s: float) -> list[float]:
+    """The floor under the added lag: nats-py publishing one small message at ``rate`` and a pull
+    consumer fetching it, one event loop, nothing else (ms)."""
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    name = f"RTMLBENCH_{uuid.uuid4().hex[:8].upper()}"
+    nc, pub = await nats.connect(NATS_URL), await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    await js.add_stream(name=name, subjects=[f"{name.lower()}.>"])
+    try:
+        await js.add_consumer(name, ConsumerConfig(durable_name="floor", ack_policy=AckPolicy.EXPLICIT))
+        psub = await js.pull_subscribe_bind(durable="floor", stream=name)
+        n = int(rate * duration_s)
+        lags: list[float] = []
+
+        async def consume() -> None:
+            while len(lags) < n:
+                try:
+                    msgs = await psub.fetch(1, timeout=1.0)
+                except Exception:  # noqa: BLE001 - a timeout while idle
+                    continue
+                for msg in msgs:
+                    lags.append((time.perf_counter_ns() - int(msg.data)) / 1e6)
+                    await msg.ack()
+
+        task = asyncio.create_task(consume())
+        started = time.perf_counter()
+        for i in range(n):
+            wait = started + i / rate - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await pub.jetstream().publish(f"{name.lower()}.x", str(time.perf_counter_ns()).encode())
+        await asyncio.wait_for(task, 30)
+        return lags
+    finally:
+        await js.delete_stream(name)
+        await nc.close()
+        await pub.close()
+
+
 def broker_runs(trades, redis_url: str, prefix: str, timeframes, *, rate: float, lag_seconds: float,
                 per_message: int = 100) -> dict:
     """Publish-only and consume-only rates, the end-to-end rate, the added lag at ``rate``."""
     split = _run(trades, redis_url, prefix + ":bsplit", timeframes, per_message=per_message, publish_first=True)
     e2e = _run(trades, redis_url, prefix + ":be2e", timeframes, per_message=per_message)
     paced = _run(trades, redis_url, prefix + ":blag", timeframes, per_message=1, rate=rate, duration_s=lag_seconds)
-    return {"split": split, "e2e": e2e, "lag": paced, "per_message": per_message}
+    floor = asyncio.run(_floor(rate, lag_seconds))
+    return {"split": split, "e2e": e2e, "lag": paced, "floor": floor, "per_message": per_message}
 
 
 def print_broker(runs: dict, sidecar_rate: float, sidecar_lags_ms: list[float], rate: float, percentile) -> None:
@@ -177,6 +220,9 @@ def print_broker(runs: dict, sidecar_rate: float, sidecar_lags_ms: list[float], 
           f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     print(f"{'publish -> processed (rows written) in the service':<52} {lag['trades']:>9,} {len(lags):>7} "
           f"{percentile(lags, 50):>8.3f} {percentile(lags, 99):>8.3f} {max(lags, default=float('nan')):>8.3f}")
+    floor = runs["floor"]
+    print(f"{'(floor: nats-py publish -> pull fetch, nothing else)':<52} {'':>9} {len(floor):>7} "
+          f"{percentile(floor, 50):>8.3f} {percentile(floor, 99):>8.3f} {max(floor, default=float('nan')):>8.3f}")
     print(f"{'(sidecar, closing trade -> row in Redis, same run)':<52} {'':>9} {len(sidecar_lags_ms):>7} "
           f"{percentile(sidecar_lags_ms, 50):>8.3f} {percentile(sidecar_lags_ms, 99):>8.3f} "
           f"{max(sidecar_lags_ms, default=float('nan')):>8.3f}")

@@ -69,8 +69,12 @@ class BrokerConfig:
 async def connect(config: BrokerConfig, *, name: str, on_state=None) -> nats.NATS:
     """A client that reconnects forever; ``on_state(connected: bool)`` follows the connection."""
 
+    client: dict = {}
+
     async def disconnected():
-        log.warning("broker_disconnected", url=config.url)
+        nc = client.get("nc")
+        if nc is None or not nc.is_closed:  # a close of ours is no outage
+            log.warning("broker_disconnected", url=config.url)
         if on_state is not None:
             on_state(False)
 
@@ -85,6 +89,7 @@ async def connect(config: BrokerConfig, *, name: str, on_state=None) -> nats.NAT
     nc = await nats.connect(config.url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                             connect_timeout=5, allow_reconnect=True, disconnected_cb=disconnected,
                             reconnected_cb=reconnected, error_cb=error)
+    client["nc"] = nc
     if on_state is not None:
         on_state(True)
     return nc

@@ -94,6 +94,23 @@ async def test_online_rows_through_jetstream_equal_the_batch_rows(broker, tmp_pa
     info = await nc.jetstream().consumer_info(broker.stream, f"features_kraken_{SYMBOL}")
     await nc.close()
     assert 0 < info.ack_floor.stream_seq < len(ROWS) // 50
+
+    # --from-start: the same rows rebuilt from the log alone (cold state, the consumer at the stream's start)
+    rebuilt = open_online_store(redis_url, f"{redis_prefix}:rebuilt", history=2000)
+    again = FeatureService(broker, lambda: Pipeline(TIMEFRAMES, allowed_lateness_ns=LATENESS_NS),
+                           OnlineSink(rebuilt, coalesce_ms=20), [("kraken", SYMBOL)],
+                           offline_sink=StreamOfflineSink(offline, flush_interval_s=0.05),
+                           offline_store_factory=lambda: offline,
+                           options=FeatureServiceOptions(coalesce_ms=20, commit_interval_s=0.05, from_start=True))
+    stop = asyncio.Event()
+    task = asyncio.create_task(again.run(stop))
+    await wait_until(lambda: again.trades == len(ROWS), timeout=20, what="the rebuild from the start")
+    stop.set()
+    result = await asyncio.wait_for(task, timeout=20)
+    assert result["history"][0] == ("take", f"kraken:{SYMBOL}") and result["feature_rows"] == len(expected.rows)
+    for tf in TIMEFRAMES:
+        assert rows_equal(online_rows(rebuilt, "kraken", SYMBOL, tf), [r for r in expected.rows if r.timeframe == tf])
+    rebuilt.close()
     store.close()
     offline.close()
 
