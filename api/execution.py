@@ -62,13 +62,20 @@ def execution_payload(
     timeframe_s: int,
     params: ExecutionParams,
     live_spread_bps: float | None = None,
+    model_kind: str = "",
 ) -> Execution:
-    """Side, size, stop and target for one prediction (see docs/api.md, "Execution payload")."""
+    """Side, size, stop and target for one prediction (see docs/api.md, "Execution payload").
+
+    A baseline champion (``baseline_zero``, ``baseline_mean10``) claims no edge: always hold."""
     spread = live_spread_bps if _finite(live_spread_bps) is not None else params.spread_bps
     edge_bps = abs(math.expm1(predicted_return)) * 1e4
     cost_bps = 2.0 * params.fee_bps + spread
     volatility = annualized_volatility(realized_vol, timeframe_s)
     atr = _finite(atr)
+    if model_kind.startswith("baseline"):
+        return Execution("hold", 0.0, None, None, edge_bps, cost_bps, spread, volatility, atr,
+                         f"the champion of this market is the {model_kind} baseline: no model has beaten "
+                         "the random walk significantly, so no trade")
     if edge_bps <= cost_bps:
         return Execution("hold", 0.0, None, None, edge_bps, cost_bps, spread, volatility, atr,
                          f"expected move {edge_bps:.2f} bps does not cover costs {cost_bps:.2f} bps")

@@ -56,11 +56,12 @@ class Prediction(msgspec.Struct, frozen=True):
     price: float
     predicted_price: float
     predicted_return: float  # log return over horizon_s
-    prob_up: float
+    prob_up: float  # calibrated P(log return over H > 0); a flat move counts as not-up
     horizon_s: int
     stale: bool
     execution: ExecutionPayload
     inference_path: str
+    model_kind: str = ""  # baseline_zero | baseline_mean10 | lasso | xgboost: what answered
 
 
 class BatchItemError(msgspec.Struct, frozen=True):
@@ -97,6 +98,8 @@ class ModelInfo(msgspec.Struct, frozen=True):
     residual_std: float | None = None
     metrics: dict[str, Any] = {}
     details: dict[str, Any] = {}
+    exchange: str | None = None
+    symbol: str | None = None
 
 
 class ChampionInfo(msgspec.Struct, frozen=True):
@@ -111,6 +114,10 @@ class ChampionInfo(msgspec.Struct, frozen=True):
     inference_path: str
     inference_max_abs_diff: float | None
     loaded_at: str
+    exchange: str | None = None  # the champion's market: exchange, symbol, timeframe and horizon_s
+    symbol: str | None = None
+    calibration: dict[str, Any] | None = None  # the prob_up calibrator (None: Normal(predicted, residual_std))
+    served_fit: str | None = None  # which fit the served artifact is, against its holdout metrics
 
 
 class ModelList(msgspec.Struct, frozen=True):

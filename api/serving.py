@@ -123,15 +123,31 @@ class PredictionService:
 
     def target(self, model: ServedModel | None, symbol: str, exchange: str | None,
                timeframe: str | None) -> tuple[str, str, str]:
-        key = (symbol, exchange, timeframe, model.timeframe if model else None)
+        """(exchange, symbol, timeframe) of a request; without a timeframe, the timeframe of the
+        champion of that exchange and symbol, or else the one timeframe every champion shares
+        (RTML_API_DEFAULT_TIMEFRAME when that is ambiguous)."""
+        key = (symbol, exchange, timeframe, model.marker if model else None)
         resolved = self._targets.get(key)
         if resolved is not None:
             return resolved
         exchange = checked_exchange(exchange or self.settings.api_default_exchange)
-        timeframe = timeframe or (model.timeframe if model and model.timeframe
-                                  else self.settings.api_default_timeframe)
+        symbol = canonical_symbol(symbol)
+        if not timeframe:  # the symbol's one served timeframe, else the one all champions share
+            markets = model.markets if model else {}
+            served = {tf for (ex, sym, tf) in markets if (ex, sym) == (exchange, symbol)} or {tf for *_, tf in markets}
+            timeframe = served.pop() if len(served) == 1 else self.settings.api_default_timeframe
         self.timeframe_s(timeframe)
-        return _remember(self._targets, key, (exchange, canonical_symbol(symbol), timeframe))
+        return _remember(self._targets, key, (exchange, symbol, timeframe))
+
+    def market_champion(self, served: ServedModel, exchange: str, symbol: str, timeframe: str) -> ServedModel:
+        """The champion of exchange/symbol/timeframe in the bundle read at request start; 404
+        ``no_model_for_market`` when that market has none (never another market's model)."""
+        model = served.for_market(exchange, symbol, timeframe)
+        if model is None:
+            raise ApiError(404, "no_model_for_market",
+                           f"no model is trained for {exchange} {symbol} {timeframe}: train it with "
+                           f"rtml train --exchange {exchange} --symbol {symbol} --timeframe {timeframe}")
+        return model
 
     def timeframe_s(self, timeframe: str) -> int:
         seconds = self._timeframe_s.get(timeframe)
@@ -206,19 +222,16 @@ class PredictionService:
     # -- the prediction -----------------------------------------------------------------
     async def predict(self, symbol: str, exchange: str | None = None, timeframe: str | None = None,
                       source: str = "http") -> Prediction:
-        model = self.champion()
-        exchange, symbol, timeframe = self.target(model, symbol, exchange, timeframe)
-        if model.timeframe and timeframe != model.timeframe:
-            raise ApiError(409, "timeframe_mismatch",
-                           f"model {model.version} was trained on {model.timeframe} candles, "
-                           f"not {timeframe}")
-        market = await self.read_market(exchange, symbol, timeframe)
+        served = self.champion()
+        exchange, symbol, timeframe = self.target(served, symbol, exchange, timeframe)
+        market = await self.read_market(exchange, symbol, timeframe)  # 404 unknown_symbol first
+        model = self.market_champion(served, exchange, symbol, timeframe)
         return self.predict_row(model, market.row, market.live, source)  # the bundle read at the start
 
     def predict_row(self, model: ServedModel, row: FeatureRow, live: Mapping[str, float] | None = None,
                     source: str = "http") -> Prediction:
         """Checks version, freshness and warm-up, then predicts with ``model`` (read once by the caller)."""
-        if row.feature_set_version != model.feature_set_version:
+        if model.feature_names and row.feature_set_version != model.feature_set_version:
             raise ApiError(409, "feature_set_mismatch",
                            f"model {model.version} needs feature set {model.feature_set_version}; "
                            f"the online row for {row.symbol} is {row.feature_set_version}")
@@ -257,7 +270,7 @@ class PredictionService:
             price=price, predicted_return=predicted_return,
             realized_vol=values.get("realized_vol_20"), atr=values.get("atr_14"),
             timeframe_s=self.timeframe_s(row.timeframe), params=self.params,
-            live_spread_bps=spread,
+            live_spread_bps=spread, model_kind=model.kind,
         )
         self.metrics.prediction_counter(source).inc()
         event_time, event_time_ms_ns = self.event_time(row.event_time_ns)
@@ -266,7 +279,11 @@ class PredictionService:
             execution.expected_edge_bps, execution.cost_bps, execution.spread_bps,
             execution.volatility_annualized, execution.atr, execution.reason,
         )
-        up = prob_up(predicted_return, model.residual_std)
+        calibrator = model.calibrator
+        if calibrator is not None:  # fitted on the validation folds; flat counts as not-up
+            up = calibrator.prob_up(predicted_return, values.get(calibrator.activity) if calibrator.activity else None)
+        else:  # a version registered before calibration: Normal(predicted, residual_std)
+            up = prob_up(predicted_return, model.residual_std)
         predicted_price = price * math.exp(predicted_return)
         prediction = Prediction(
             symbol=row.symbol, exchange=row.exchange, timeframe=row.timeframe,
@@ -274,7 +291,7 @@ class PredictionService:
             feature_event_time=event_time, feature_age_ms=round(age_ms, 3),
             price=price, predicted_price=predicted_price, predicted_return=predicted_return,
             prob_up=up, horizon_s=model.horizon_s, stale=stale, execution=payload,
-            inference_path=predictor.path,
+            inference_path=predictor.path, model_kind=model.kind,
         )
         if self.prediction_log is not None:
             self._log(LoggedPrediction(

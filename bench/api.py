@@ -80,9 +80,9 @@ def train_and_register(home: Path, trees: int, depth: int):
     meta = registry.register(
         kind="xgboost", artifact=xgboost_to_ubj(model), artifact_format="ubj", feature_names=FEATURES,
         feature_set_version=FEATURE_SET, timeframe="30m", horizon_s=1800, training_rows=cut,
-        training_set_hash="bench", metrics={}, residual_std=residual_std,
+        training_set_hash="bench", metrics={}, residual_std=residual_std, exchange="kraken", symbol="BTC-USD",
     )
-    registry.promote(meta.version, "bench")
+    registry.promote(meta.version, "bench", force=True)
     model_path = home / "peer_model.ubj"
     model_path.write_bytes(xgboost_to_ubj(model))
     registry.close()

@@ -21,13 +21,7 @@ from rtml_assets.market_history.resources import ExchangeHistoryResource
 from rtml_assets.market_history.schedules import build_market_history_schedule
 from rtml_assets.monitoring import monitoring_assets, monitoring_checks, monitoring_schedules
 from rtml_assets.resources import OfflineStoreResource
-from rtml_assets.training import (
-    training_assets,
-    training_checks,
-    training_resources,
-    training_schedules,
-    training_sensors,
-)
+from rtml_assets.training import build_training_assets, build_training_schedules, training_resources
 from rtml_core.features import DEFAULT_FEATURE_SET, FeatureSet
 from rtml_core.settings import Settings
 from rtml_stream.dagster_report import online_features_spec
@@ -53,14 +47,16 @@ def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None
     partitions = market_day_partitions(markets)
     raw_trades, validated_candles = build_market_history_assets(markets, partitions)
     (indicator_table,) = build_feature_assets(markets, partitions, feature_set, validated_candles)
+    training = build_training_assets(markets)
+    training_jobs, training_schedules, training_sensors = build_training_schedules(training.partitions)
     offline_store = offline_store_resource(settings)
     return dg.Definitions(
-        assets=[raw_trades, validated_candles, indicator_table, *training_assets, online_features_spec(),
+        assets=[raw_trades, validated_candles, indicator_table, *training.assets, online_features_spec(),
                 *monitoring_assets],
         asset_checks=[
             *build_market_history_checks(markets, validated_candles),
             *build_feature_checks(markets, indicator_table, feature_set),
-            *training_checks,
+            *training.checks,
             *monitoring_checks,
         ],
         schedules=[*training_schedules, *monitoring_schedules, build_market_history_schedule(markets, partitions)],
@@ -72,6 +68,7 @@ def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None
             dg.define_asset_job("features_job", selection=dg.AssetSelection.groups("features"),
                                 partitions_def=partitions,
                                 description="Recompute the indicator table for chosen days and markets."),
+            *training_jobs,
         ],
         resources={
             "offline_store": offline_store,

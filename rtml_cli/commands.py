@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "rtml_cli.ingest:ingest",
     "archive": "rtml_cli.archive:archive",
     "models": "rtml_cli.models:models",
+    "train": "rtml_cli.train:train",
     "serve": "rtml_cli.serve:serve",
     "demo": "rtml_cli.demo:demo",
     "up": "rtml_cli.up:up",

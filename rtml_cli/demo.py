@@ -179,49 +179,32 @@ def features_step(demo: Demo) -> list[str]:
     return lines
 
 
-TRAINING_ASSETS = ["training_set", "baseline_model", "lasso_model", "xgboost_model",
-                   "candidate_model", "champion_model"]
 DEMO_TRAINING_MARKET = DEMO_MARKET
-"""The demo trains on the market whose real ticks the sidecar then replays: ES 1m, H = 60 s."""
+"""The market whose real ticks the sidecar then replays (ES 1m, H = 60 s); every other bundled
+market with enough history is trained too, each judged against its own baselines."""
 
 
 def training_step(demo: Demo) -> list[str]:
-    """Build the point-in-time training set, train and evaluate the models, promote the champion."""
-    exchange, symbol, timeframe = DEMO_TRAINING_MARKET
-    market = next((m for m in demo.markets if is_demo_market(m)), None)
-    if market is None:
-        return [SKIPPED]
-    config = {"ops": {"training_set": {"config": {
-        "exchange": exchange, "symbol": symbol, "timeframe": timeframe, "horizon_s": 60}}}}
-    outcome = demo.materialize("training", market, TRAINING_ASSETS, run_config=config)
-    dataset = outcome.metadata.get("training_set", {})
-    lines = [f"training set {exchange} {symbol} {timeframe} H=60s: {dataset.get('rows', '-')} rows, "
-             f"{dataset.get('dropped_for_gaps', '-')} dropped for gaps, hash {str(dataset.get('content_hash', '-'))[:12]}"]
-    lines.append(f"{'model':<10} {'version':>7} {'MAE':>9} {'RMSE':>9} {'dir.acc':>8} "
-                 f"{'skill/mean10':>13} {'skill/zero':>11}")
-    for name in ("baseline_model", "lasso_model", "xgboost_model"):
-        meta = outcome.metadata.get(name, {})
-        lines.append(
-            f"{name.removesuffix('_model'):<10} {str(meta.get('model_version', '-')):>7} "
-            f"{_num(meta.get('mae_price')):>9} {_num(meta.get('rmse_price')):>9} {_num(meta.get('directional_accuracy')):>8} "
-            f"{_num(meta.get('skill_vs_mean10')):>13} {_num(meta.get('skill_vs_zero')):>11}"
-        )
-    champion = outcome.metadata.get("champion_model")
-    if champion:
-        lines.append(f"champion: version {champion.get('champion_version')} ({champion.get('kind')}): "
-                     f"{champion.get('note')}")
-    else:
-        why = [c for c in outcome.checks if c.name == "check_candidate_beats_baseline"]
-        lines.append("champion unchanged: " + (str(why[0].metadata.get("reason", "candidate did not pass"))
-                                               if why else "no candidate"))
-    lines.append(f"{outcome.checks_line()}  [{outcome.seconds:.1f}s]")
-    if outcome.error:
-        lines.append(f"error: {outcome.error}")
+    """Train every market with enough history (its own partition, horizon one candle): the baselines,
+    Lasso, XGBoost, the gate's verdict on the candidate and the market's champion, as they are."""
+    from rtml_cli.train import check_training_input, report_lines, run_training
+
+    lines = []
+    if not any(is_demo_market(m) for m in demo.markets):
+        lines.append(SKIPPED)
+    with demo.progress(demo.markets, "training") as markets:
+        for market in markets:
+            try:
+                request = check_training_input(demo.settings, market, None)
+            except InputError as error:
+                lines.append(f"{market.key}: not trained: {error}")
+                continue
+            report = run_training(demo.defs, demo.instance, market, request.horizon_s,
+                                  tags={"rtml/demo_step": "training"})
+            lines.extend(report_lines(report))
+            if not report.success:
+                demo.failures.append(f"training: {market.key}: {report.error or 'run failed'}")
     return lines
-
-
-def _num(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 DEMO_STEPS: list[DemoStep] = [

@@ -1,13 +1,19 @@
-"""The model registry: versions, their metrics and lineage, and the champion.
+"""The model registry: versions, their metrics, verdicts and lineage, and one champion per market.
 
-Metadata lives in the offline store's database (tables ``model_versions`` and
-``model_promotions``, SQLite or PostgreSQL); artifacts live in a directory, named by their
-sha256 and verified against it on every load. Artifacts are never pickles: XGBoost's own
-UBJSON, or JSON for linear models.
+Metadata lives in the offline store's database (tables ``model_versions``,
+``model_promotions``, ``model_verdicts`` and ``model_audit``, SQLite or PostgreSQL);
+artifacts live in a directory, named by their sha256 and verified against it on every load.
+Artifacts are never pickles: XGBoost's own UBJSON, JSON for linear models and baselines.
 
-The champion is the version of the newest promotion; ``champion_epoch()`` (the id of that
-promotion, strictly increasing) is a one-row query the API polls to hot-swap on promotion
-and rollback alike.
+Every version belongs to one market, (exchange, symbol, timeframe) and a horizon H, and the
+registry keeps one champion per market: the version of that market's newest promotion.
+``promote`` is the only way to change a champion, for the Dagster asset, the CLI and
+everything else, and it re-checks the version's recorded verdict (``record_verdict``): a
+failed or unjudged version is refused unless forced with a reason; a rollback to a former
+champion of the same market and a market's first champion being its zero-return baseline
+are allowed. Every promotion and refusal is written to the audit table (who, when, why).
+``champion_epoch()`` (the id of the newest promotion of any market, strictly increasing) is
+a one-row query the API polls to hot-swap on promotion and rollback alike.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from rtml_core.errors import InputError, RtmlError
-from rtml_core.stores.offline_tables import Migration, apply_migrations, create_tables
+from rtml_core.stores.offline_tables import Migration, add_columns, apply_migrations, create_tables
 
 REGISTRY_METADATA = sa.MetaData()
 
@@ -54,6 +60,8 @@ model_versions = sa.Table(
     sa.Column("residual_std", sa.Float, nullable=False),
     sa.Column("run_id", sa.String(64)),
     sa.Column("code_version", sa.String(64)),
+    sa.Column("calibration", sa.Text),  # JSON: the prob_up calibrator (None: registered before it existed)
+    sa.Column("served_fit", sa.Text),  # which fit the artifact is, against the metrics
 )
 
 model_promotions = sa.Table(
@@ -65,9 +73,41 @@ model_promotions = sa.Table(
     sa.Column("promoted_at_ns", sa.BigInteger, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("exchange", sa.String(64)),
+    sa.Column("symbol", sa.String(32)),
+    sa.Column("timeframe", sa.String(16)),
+    sa.Column("horizon_s", sa.Integer),
+    sa.Column("action", sa.String(16)),  # promote | initial | rollback | force (None: before verdicts)
 )
 
-REGISTRY_TABLES = (model_versions, model_promotions)
+model_verdicts = sa.Table(
+    "model_verdicts",
+    REGISTRY_METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("version", sa.Integer, sa.ForeignKey("model_versions.version"), nullable=False, index=True),
+    sa.Column("judged_at_ns", sa.BigInteger, nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("champion_version", sa.Integer),  # the champion it was judged against
+    sa.Column("details", sa.Text, nullable=False),  # JSON: test, statistics, p-values, margin
+)
+
+model_audit = sa.Table(
+    "model_audit",
+    REGISTRY_METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at_ns", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # promote | initial | rollback | force | refused
+    sa.Column("version", sa.Integer, nullable=False, index=True),
+    sa.Column("exchange", sa.String(64)),
+    sa.Column("symbol", sa.String(32)),
+    sa.Column("timeframe", sa.String(16)),
+    sa.Column("horizon_s", sa.Integer),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
+REGISTRY_TABLES = (model_versions, model_promotions, model_verdicts, model_audit)
 
 
 class ArtifactChecksumError(RtmlError):
@@ -76,6 +116,29 @@ class ArtifactChecksumError(RtmlError):
 
 class UnknownVersion(InputError):
     """No model version with that number."""
+
+
+class PromotionRefused(RtmlError):
+    """The gate refused a promotion: the version failed, was never judged, or was judged
+    against another champion. ``reason`` says which."""
+
+    def __init__(self, version: int, reason: str) -> None:
+        super().__init__(f"model version {version} is not promoted: {reason}")
+        self.version = version
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Market:
+    """(exchange, symbol, timeframe) and the horizon H: what a version and a champion belong to."""
+
+    exchange: str | None
+    symbol: str | None
+    timeframe: str
+    horizon_s: int
+
+    def label(self) -> str:
+        return f"{self.exchange} {self.symbol} {self.timeframe} H={self.horizon_s}s"
 
 
 @dataclass(frozen=True)
@@ -101,6 +164,12 @@ class ModelVersion:
     residual_std: float
     run_id: str | None
     code_version: str | None
+    calibration: dict | None = None
+    served_fit: str | None = None
+
+    @property
+    def market(self) -> Market:
+        return Market(self.exchange, self.symbol, self.timeframe, self.horizon_s)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -119,6 +188,11 @@ class Promotion:
     promoted_at_ns: int
     reason: str
     actor: str
+    exchange: str | None = None
+    symbol: str | None = None
+    timeframe: str | None = None
+    horizon_s: int | None = None
+    action: str | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "promoted_at": _iso(self.promoted_at_ns)}
@@ -137,6 +211,10 @@ class LoadedModel:
     timeframe: str
     metrics: dict
     predictor: object = field(repr=False)
+    exchange: str | None = None
+    symbol: str | None = None
+    calibration: dict | None = None
+    served_fit: str | None = None
 
     def predict(self, features: pd.DataFrame | np.ndarray | Sequence[float]) -> np.ndarray:
         """Predicted log return per row; a frame is reordered to ``feature_names`` by column name."""
@@ -144,6 +222,8 @@ class LoadedModel:
             missing = [n for n in self.feature_names if n not in features.columns]
             if missing:
                 raise InputError(f"model version {self.version} needs features {missing} that the frame lacks")
+            if not self.feature_names:
+                return self.predictor.predict(np.zeros((len(features), 0)))
             X = features.loc[:, list(self.feature_names)].to_numpy(np.float64)
         else:
             X = np.asarray(features, dtype=np.float64)
@@ -193,15 +273,55 @@ def code_version() -> str:
     return text
 
 
+def _market_promotions(conn) -> None:
+    """Step 2: promotions name their market (filled from their version); verdicts and audit."""
+    add_columns("model_versions", sa.Column("calibration", sa.Text), sa.Column("served_fit", sa.Text))(conn)
+    add_columns("model_promotions", sa.Column("exchange", sa.String(64)), sa.Column("symbol", sa.String(32)),
+                sa.Column("timeframe", sa.String(16)), sa.Column("horizon_s", sa.Integer),
+                sa.Column("action", sa.String(16)))(conn)
+    create_tables(model_verdicts, model_audit)(conn)
+    source = sa.select(model_versions).where(model_versions.c.version == model_promotions.c.version)
+    conn.execute(model_promotions.update().where(model_promotions.c.timeframe.is_(None)).values(
+        exchange=source.with_only_columns(model_versions.c.exchange).scalar_subquery(),
+        symbol=source.with_only_columns(model_versions.c.symbol).scalar_subquery(),
+        timeframe=source.with_only_columns(model_versions.c.timeframe).scalar_subquery(),
+        horizon_s=source.with_only_columns(model_versions.c.horizon_s).scalar_subquery(),
+    ))
+
+
 REGISTRY_COMPONENT = "registry"
 REGISTRY_MIGRATIONS: list[Migration] = [
     Migration(1, "model versions and promotions", create_tables(model_versions, model_promotions)),
+    Migration(2, "one champion per market, verdicts and the audit table", _market_promotions),
 ]
 """The registry's own migration steps (component ``registry`` of the offline store's schema)."""
 
 
+def _who() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"[:128]
+
+
+def _same_market(table: sa.Table, market: Market, *, any_horizon: bool = False):
+    """A WHERE clause for ``market`` (NULL exchange/symbol compared as NULL)."""
+    clauses = []
+    for name in ("exchange", "symbol", "timeframe", "horizon_s"):
+        value = getattr(market, name)
+        if name == "horizon_s" and any_horizon and value is None:
+            continue
+        column = table.c[name]
+        clauses.append(column.is_(None) if value is None else column == value)
+    return sa.and_(*clauses)
+
+
 class ModelRegistry:
-    """Model versions and the champion, on any SQLAlchemy engine the offline store uses."""
+    """Model versions and one champion per market, on any SQLAlchemy engine the offline store uses."""
 
     def __init__(self, store_or_engine, artifacts_dir: str | os.PathLike):
         """``store_or_engine``: an offline store, a SQLAlchemy Engine, or an offline-store URL."""
@@ -245,11 +365,17 @@ class ModelRegistry:
         train_end_ns: int | None = None,
         run_id: str | None = None,
         code_version_: str | None = None,
+        calibration: Mapping | None = None,
+        served_fit: str | None = None,
     ) -> ModelVersion:
         """Store the artifact (content-addressed) and its metadata in one transaction."""
-        if kind not in ("lasso", "xgboost"):
-            raise InputError(f"unknown model kind {kind!r}; known: lasso, xgboost")
-        if not feature_names:
+        from rtml_core.training.models import KINDS
+
+        if kind not in KINDS:
+            raise InputError(f"unknown model kind {kind!r}; known: {', '.join(KINDS)}")
+        if not exchange or not symbol:
+            raise InputError("a model version belongs to one market: exchange and symbol are required")
+        if not feature_names and kind != "baseline_zero":
             raise InputError("a model needs at least one feature name")
         if not np.isfinite(residual_std) or residual_std <= 0:
             raise InputError(f"residual_std must be a positive number, got {residual_std!r}")
@@ -277,6 +403,8 @@ class ModelRegistry:
             "residual_std": float(residual_std),
             "run_id": run_id,
             "code_version": code_version_ if code_version_ is not None else code_version(),
+            "calibration": None if calibration is None else json.dumps(_json_ready(dict(calibration)), sort_keys=True),
+            "served_fit": served_fit,
         }
         try:
             with self.engine.begin() as connection:
@@ -288,7 +416,6 @@ class ModelRegistry:
                 (self.artifacts_dir / file_name).unlink(missing_ok=True)
             raise
         return self.get(version)
-
     def _write_artifact(self, file_name: str, artifact: bytes) -> bool:
         """Write atomically (temp file + rename); False when identical bytes are already there."""
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
@@ -307,38 +434,105 @@ class ModelRegistry:
             raise
         return True
 
-    def promote(self, version: int, reason: str, *, actor: str = "manual") -> Promotion:
-        """Make ``version`` the champion (also how a rollback is done); history is kept."""
-        if not reason.strip():
-            raise InputError("a promotion needs a reason")
+
+    def record_verdict(self, version: int, verdict: Mapping) -> None:
+        """Record the gate's verdict on ``version`` (``rtml_core.training.gate.Verdict.to_dict()``:
+        passed, reason, champion_version, the test and its numbers). The newest one counts."""
+        self.get(version)
         with self.engine.begin() as connection:
-            exists = connection.execute(
-                sa.select(model_versions.c.version).where(model_versions.c.version == int(version))
-            ).first()
-            if exists is None:
-                raise UnknownVersion(f"no model version {version}")
-            current = connection.execute(
-                sa.select(model_promotions.c.version).order_by(model_promotions.c.epoch.desc()).limit(1)
-            ).scalar()
+            connection.execute(model_verdicts.insert().values(
+                version=int(version), judged_at_ns=time.time_ns(), passed=bool(verdict["passed"]),
+                reason=str(verdict["reason"]), champion_version=verdict.get("champion_version"),
+                details=json.dumps(_json_ready(dict(verdict)), sort_keys=True),
+            ))
+
+    def verdict(self, version: int) -> dict | None:
+        """The newest recorded verdict on ``version`` (None: never judged)."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(model_verdicts).where(model_verdicts.c.version == int(version))
+                .order_by(model_verdicts.c.id.desc()).limit(1)
+            ).mappings().first()
+        if row is None:
+            return None
+        return {**json.loads(row["details"]), "passed": bool(row["passed"]), "reason": row["reason"],
+                "champion_version": row["champion_version"], "judged_at": _iso(row["judged_at_ns"])}
+
+    def promote(self, version: int, reason: str, *, actor: str | None = None, force: bool = False) -> Promotion:
+        """Make ``version`` its market's champion, if the gate allows it; the one code path.
+
+        Allowed: a recorded verdict that passed against the market's current champion; a
+        rollback to a former champion of the same market; the zero-return baseline as a
+        market's first champion; anything with ``force=True`` and a reason (recorded as forced).
+        Refused (``PromotionRefused``, written to the audit table): everything else.
+        """
+        if not reason or not reason.strip():
+            raise InputError("a promotion needs a reason")
+        actor = actor or _who()
+        meta = self.get(version)
+        market = meta.market
+        current = self.champion_of(market)
+        if current is not None and current.version == meta.version:
+            raise PromotionRefused(meta.version, f"it is already the champion of {market.label()}")
+        action, why = self._allowed(meta, market, current, force)
+        if action is None:
+            self._audit(actor, "refused", meta, f"{why} (asked: {reason})")
+            raise PromotionRefused(meta.version, why)
+        now = time.time_ns()
+        with self.engine.begin() as connection:
             epoch = connection.execute(
                 model_promotions.insert()
                 .values(
-                    version=int(version),
-                    previous_version=current,
-                    promoted_at_ns=time.time_ns(),
-                    reason=reason,
-                    actor=actor,
+                    version=meta.version, previous_version=current.version if current else None,
+                    promoted_at_ns=now, reason=reason, actor=actor, exchange=market.exchange,
+                    symbol=market.symbol, timeframe=market.timeframe, horizon_s=market.horizon_s, action=action,
                 )
                 .returning(model_promotions.c.epoch)
             ).scalar_one()
+            connection.execute(model_audit.insert().values(
+                at_ns=now, actor=actor, action=action, version=meta.version, exchange=market.exchange,
+                symbol=market.symbol, timeframe=market.timeframe, horizon_s=market.horizon_s,
+                reason=f"{reason} [{why}]",
+            ))
         return next(p for p in self.promotions() if p.epoch == epoch)
+
+    def _allowed(self, meta: ModelVersion, market: Market, current: ModelVersion | None,
+                 force: bool) -> tuple[str | None, str]:
+        if force:
+            return "force", "forced past the gate"
+        if any(p.version == meta.version for p in self.promotions(market)):
+            return "rollback", f"version {meta.version} was champion of {market.label()} before"
+        if current is None and meta.kind == "baseline_zero":
+            return "initial", "the zero-return baseline is a market's first champion"
+        verdict = self.verdict(meta.version)
+        if verdict is None:
+            return None, "it was never judged by the promotion gate (train it with rtml train, or --force --reason)"
+        if not verdict["passed"]:
+            return None, f"it failed the promotion gate: {verdict['reason']}"
+        judged_against = verdict.get("champion_version")
+        if (current.version if current else None) != judged_against:
+            return None, (f"it was judged against champion {judged_against}, but the champion of "
+                          f"{market.label()} is now {current.version if current else 'none'}: judge it again")
+        return "promote", "passed the promotion gate: " + verdict["reason"]
+
+    def _audit(self, actor: str, action: str, meta: ModelVersion, reason: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(model_audit.insert().values(
+                at_ns=time.time_ns(), actor=actor, action=action, version=meta.version, exchange=meta.exchange,
+                symbol=meta.symbol, timeframe=meta.timeframe, horizon_s=meta.horizon_s, reason=reason,
+            ))
 
     # ---- reading -------------------------------------------------------------------------
 
-    def list(self) -> list[ModelVersion]:
+    def list(self, exchange: str | None = None, symbol: str | None = None,
+             timeframe: str | None = None) -> list[ModelVersion]:
+        """Every version, oldest first; optionally only those of one exchange/symbol/timeframe."""
+        query = sa.select(model_versions).order_by(model_versions.c.version)
+        for name, value in (("exchange", exchange), ("symbol", symbol), ("timeframe", timeframe)):
+            if value is not None:
+                query = query.where(model_versions.c[name] == value)
         with self.engine.connect() as connection:
-            rows = connection.execute(sa.select(model_versions).order_by(model_versions.c.version)).mappings()
-            return [_version(row) for row in rows]
+            return [_version(row) for row in connection.execute(query).mappings()]
 
     def get(self, version: int) -> ModelVersion:
         with self.engine.connect() as connection:
@@ -349,23 +543,65 @@ class ModelRegistry:
             raise UnknownVersion(f"no model version {version}")
         return _version(row)
 
-    def promotions(self) -> list[Promotion]:
-        """Every promotion, oldest first."""
+    def promotions(self, market: Market | None = None) -> list[Promotion]:
+        """Every promotion (of ``market`` when given), oldest first."""
+        query = sa.select(model_promotions).order_by(model_promotions.c.epoch)
+        if market is not None:
+            query = query.where(_same_market(model_promotions, market))
         with self.engine.connect() as connection:
-            rows = connection.execute(sa.select(model_promotions).order_by(model_promotions.c.epoch)).mappings()
-            return [Promotion(**row) for row in rows]
+            return [Promotion(**row) for row in connection.execute(query).mappings()]
+
+    def audit(self, version: int | None = None) -> list[dict]:
+        """The audit table (who, when, what, why), oldest first; of ``version`` when given."""
+        query = sa.select(model_audit).order_by(model_audit.c.id)
+        if version is not None:
+            query = query.where(model_audit.c.version == int(version))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [{**dict(row), "at": _iso(row["at_ns"])} for row in rows]
 
     def champion_epoch(self) -> int:
-        """Id of the newest promotion (0 before any): changes on every promotion and rollback."""
+        """Id of the newest promotion of any market (0 before any): changes on every promotion and rollback."""
         with self.engine.connect() as connection:
             return int(connection.execute(sa.select(sa.func.max(model_promotions.c.epoch))).scalar() or 0)
 
-    def champion(self) -> ModelVersion | None:
+    def champion_of(self, market: Market) -> ModelVersion | None:
+        """The champion of one market (newest promotion of its horizon; of any horizon when None)."""
+        with self.engine.connect() as connection:
+            version = connection.execute(
+                sa.select(model_promotions.c.version)
+                .where(_same_market(model_promotions, market, any_horizon=True))
+                .order_by(model_promotions.c.epoch.desc()).limit(1)
+            ).scalar()
+        return None if version is None else self.get(version)
+
+    def champion(self, exchange: str | None = None, symbol: str | None = None, timeframe: str | None = None,
+                 horizon_s: int | None = None) -> ModelVersion | None:
+        """The champion of a market when one is named; without arguments the most recently
+        promoted champion of any market."""
+        if timeframe is not None:
+            return self.champion_of(Market(exchange, symbol, timeframe, horizon_s))
         with self.engine.connect() as connection:
             version = connection.execute(
                 sa.select(model_promotions.c.version).order_by(model_promotions.c.epoch.desc()).limit(1)
             ).scalar()
         return None if version is None else self.get(version)
+
+    def champions(self) -> dict[Market, tuple[int, ModelVersion]]:
+        """Every market's champion with the epoch of its promotion."""
+        newest = (sa.select(sa.func.max(model_promotions.c.epoch))
+                  .group_by(model_promotions.c.exchange, model_promotions.c.symbol, model_promotions.c.timeframe,
+                            model_promotions.c.horizon_s))
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(model_promotions.c.epoch, model_promotions.c.version)
+                .where(model_promotions.c.epoch.in_(newest)).order_by(model_promotions.c.epoch)
+            ).all()
+        out = {}
+        for epoch, version in rows:
+            meta = self.get(version)
+            out[meta.market] = (int(epoch), meta)
+        return out
 
     def load_model(self, version: int) -> LoadedModel:
         """Read the artifact, verify its sha256, and build the predictor (no pickle anywhere)."""
@@ -393,6 +629,10 @@ class ModelRegistry:
             timeframe=meta.timeframe,
             metrics=meta.metrics,
             predictor=predictor_from_artifact(meta.kind, raw),
+            exchange=meta.exchange,
+            symbol=meta.symbol,
+            calibration=meta.calibration,
+            served_fit=meta.served_fit,
         )
 
     def load_champion(self) -> LoadedModel | None:
@@ -411,4 +651,5 @@ def _version(row: Mapping) -> ModelVersion:
     values["feature_names"] = tuple(json.loads(values["feature_names"]))
     values["metrics"] = json.loads(values["metrics"])
     values["params"] = json.loads(values["params"])
+    values["calibration"] = json.loads(values["calibration"]) if values.get("calibration") else None
     return ModelVersion(**values)

@@ -108,7 +108,8 @@ async def _stream(socket: WebSocket, service: PredictionService, hub: UpdateHub,
                 message = await service.predict(symbol, exchange, timeframe, "stream")
             else:
                 market = await service.read_market(exchange, symbol, timeframe)  # live spread/price
-                message = service.predict_row(service.champion(), row, market.live, "stream")
+                model = service.market_champion(service.champion(), exchange, symbol, timeframe)
+                message = service.predict_row(model, row, market.live, "stream")
         except ApiError as error:
             message = ErrorBody(error.status_code, error.kind, error.detail)
         await socket.send_data(encoder.encode(message).decode())

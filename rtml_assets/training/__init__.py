@@ -1,23 +1,22 @@
-"""Training domain: training sets, models, evaluation, promotion and retraining.
+"""Training domain: training sets, models, evaluation, the gate, promotion and retraining,
+one Dagster partition per market.
 
 Wiring in definitions.py::
 
-    assets=[..., *training_assets], asset_checks=[..., *training_checks],
-    schedules=training_schedules, sensors=training_sensors,
+    training = build_training_assets(markets)
+    jobs, schedules, sensors = build_training_schedules(training.partitions)
+    assets=[..., *training.assets], asset_checks=[..., *training.checks],
     resources={..., **training_resources(offline_store, str(settings.resolved_artifacts_dir))}
 """
 
-from rtml_assets.training.assets import TRAINING_ASSETS as training_assets
-from rtml_assets.training.checks import TRAINING_CHECKS as training_checks
+from rtml_assets.training.assets import TrainingAssets, build_training_assets
 from rtml_assets.training.resources import ModelRegistryResource, training_resources
-from rtml_assets.training.schedules import TRAINING_SCHEDULES as training_schedules
-from rtml_assets.training.schedules import TRAINING_SENSORS as training_sensors
+from rtml_assets.training.schedules import build_training_schedules
 
 __all__ = [
     "ModelRegistryResource",
-    "training_assets",
-    "training_checks",
+    "TrainingAssets",
+    "build_training_assets",
+    "build_training_schedules",
     "training_resources",
-    "training_schedules",
-    "training_sensors",
 ]

@@ -1,7 +1,7 @@
 """Run configuration of the training pipeline, shown and editable in the Dagster launchpad.
 
-Defaults are what the schedule and the automation use: the feature series with the most rows
-whose timeframe fits the default 60 s horizon, its whole stored range, a small, fast search.
+Defaults are what the schedule and the automation use: the partition's market, a horizon of one
+candle, its whole stored range, a small, fast search, a 5% significance gate.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from rtml_core.training.tuning import SearchSpace
 
 
 class TrainingConfig(dg.Config):
-    """Which market, which range, which horizon: the training set's definition."""
+    """Which range and horizon of the partition's market: the training set's definition."""
 
-    exchange: str | None = Field(default=None, description="Exchange; empty: the feature series with the most rows.")
-    symbol: str | None = Field(default=None, description="BASE-QUOTE symbol; empty: as exchange.")
-    timeframe: str | None = Field(default=None, description="Candle timeframe (1m, 30m, ...); empty: as exchange.")
-    horizon_s: int = Field(default=60, description="Prediction horizon H in seconds (>= the timeframe).")
+    horizon_s: int | None = Field(
+        default=None, description="Prediction horizon H in seconds (>= the timeframe); empty: one candle.")
     start: str | None = Field(default=None, description="First sample time (ISO 8601, UTC); empty: first stored row.")
     end: str | None = Field(default=None, description="End of the range, exclusive (ISO 8601, UTC); empty: last row.")
     feature_set_version: str | None = Field(
@@ -67,14 +65,14 @@ class TuningConfig(dg.Config):
 
 
 class PromotionConfig(dg.Config):
-    """When a candidate may replace the champion."""
+    """When a candidate may replace its market's champion (the gate, rtml_core.training.gate)."""
 
     margin: float = Field(
         default=0.0,
-        description="Required skill against the mean-of-last-10 baseline on the holdout "
-        "(1 - MAE_model / MAE_baseline must exceed this).",
+        description="Required skill against the zero-return baseline and against the current champion on the "
+        "holdout (1 - loss_candidate / loss_reference must exceed this; loss: squared error of the log return).",
     )
-    require_beat_zero_return: bool = Field(
-        default=False,
-        description="Also require skill above the margin against the zero-return baseline.",
+    p_value: float = Field(
+        default=0.05,
+        description="The one-sided Diebold-Mariano p-value (HAC variance) against each reference must be below this.",
     )

@@ -23,7 +23,7 @@ import pandas as pd
 
 from rtml_core.timeframes import NS, timeframe_seconds
 from rtml_core.training.datasets import BASELINE_WINDOW
-from rtml_core.training.evaluation import evaluate
+from rtml_core.training.evaluation import evaluate_mae_price as evaluate
 
 PREDICTION_COLUMNS = ("feature_time", "model_version", "horizon_s", "price", "predicted_return")
 METRIC_COLUMNS = (

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from rtml_core.errors import InputError
+from rtml_core.training.gate import LOSS
 from rtml_core.training.models import mean_last_10_return, zero_return
 
 
@@ -71,16 +72,21 @@ def _direction_hits(predicted: np.ndarray, realized: np.ndarray) -> float:
 
 
 def price_metrics(predicted_return: np.ndarray, frame: pd.DataFrame) -> dict[str, float]:
-    """MAE and RMSE of the predicted price, directional accuracy, residual std of the return."""
+    """Errors of the return (the judged loss: squared error) and of the price, directional
+    accuracy, residual std of the return."""
     price = frame["price"].to_numpy(np.float64)
     realized_price = frame["target_price"].to_numpy(np.float64)
     realized = frame["target"].to_numpy(np.float64)
     predicted_price = price * np.exp(predicted_return)
     error = predicted_price - realized_price
+    mse = float(np.mean((predicted_return - realized) ** 2))
     return {
+        "loss": mse,
+        "mse_return": mse,
+        "rmse_return": float(np.sqrt(mse)),
+        "mae_return": float(np.mean(np.abs(predicted_return - realized))),
         "mae_price": float(np.mean(np.abs(error))),
         "rmse_price": float(np.sqrt(np.mean(error**2))),
-        "mae_return": float(np.mean(np.abs(predicted_return - realized))),
         "directional_accuracy": _direction_hits(predicted_return, realized),
         "residual_std": float(np.std(realized - predicted_return, ddof=1)) if len(realized) > 1 else float("nan"),
     }
@@ -89,8 +95,28 @@ def price_metrics(predicted_return: np.ndarray, frame: pd.DataFrame) -> dict[str
 def evaluate(predicted_return: np.ndarray, frame: pd.DataFrame) -> dict[str, float]:
     """Model metrics on ``frame`` (the holdout) plus both baselines' and the skill against each.
 
-    Skill = 1 - MAE_model / MAE_baseline on the predicted price (> 0: better than the baseline).
+    ``loss`` is the judged loss, the mean squared error of the log return (what every model is
+    fitted on). Skill = 1 - loss_model / loss_baseline (> 0: better than the baseline). MAE and
+    RMSE of the return and of the price are reported beside.
     """
+    model = price_metrics(predicted_return, frame)
+    mean10 = price_metrics(mean_last_10_return(frame), frame)
+    zero = price_metrics(zero_return(frame), frame)
+    out = dict(model)
+    out["loss_name"] = LOSS
+    out["n_rows"] = float(len(frame))
+    for name, values in (("baseline_mean10", mean10), ("baseline_zero", zero)):
+        for key in ("loss", "rmse_return", "mae_return", "mae_price", "rmse_price"):
+            out[f"{name}_{key}"] = values[key]
+    out["baseline_mean10_directional_accuracy"] = mean10["directional_accuracy"]
+    out["skill_vs_mean10"] = _skill(model["loss"], mean10["loss"])
+    out["skill_vs_zero"] = _skill(model["loss"], zero["loss"])
+    return out
+
+
+def evaluate_mae_price(predicted_return: np.ndarray, frame: pd.DataFrame) -> dict[str, float]:
+    """Live monitoring's scores: the price metrics with skill = 1 - MAE_price_model / MAE_price_baseline
+    (what ``rtml_core.monitoring.live`` reports; training judges on ``evaluate``'s loss instead)."""
     model = price_metrics(predicted_return, frame)
     mean10 = price_metrics(mean_last_10_return(frame), frame)
     zero = price_metrics(zero_return(frame), frame)
@@ -106,7 +132,7 @@ def evaluate(predicted_return: np.ndarray, frame: pd.DataFrame) -> dict[str, flo
     return out
 
 
-def _skill(model_mae: float, baseline_mae: float) -> float:
-    if baseline_mae == 0:
-        return 0.0 if model_mae == 0 else float("-inf")
-    return 1.0 - model_mae / baseline_mae
+def _skill(model_loss: float, baseline_loss: float) -> float:
+    if baseline_loss == 0:
+        return 0.0 if model_loss == 0 else float("-inf")
+    return 1.0 - model_loss / baseline_loss

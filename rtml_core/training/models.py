@@ -1,7 +1,13 @@
 """The models: two baselines, Lasso (scaled features) and XGBoost, and their safe artifacts.
 
-Every model predicts the log return from t to t + H. Artifacts are never pickles: XGBoost's
-own UBJSON, and Lasso as JSON of the scaler's mean/scale plus coefficients and intercept.
+Every model predicts the log return from t to t + H and is fitted on its squared error (the
+loss it is judged by, ``rtml_core.training.gate.LOSS``). Artifacts are never pickles:
+XGBoost's own UBJSON, Lasso as JSON of the scaler's mean/scale plus coefficients and
+intercept, the baselines as a JSON document naming them.
+
+The baselines are registered models too: ``baseline_zero`` (the random walk: return 0, every
+market's first champion) and ``baseline_mean10`` (the mean of the last 10 closes as the price
+at t + H; served from the ``close`` and ``sma_10`` features).
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import pandas as pd
 
 from rtml_core.errors import InputError
 
-KINDS = ("lasso", "xgboost")
+KINDS = ("baseline_zero", "baseline_mean10", "lasso", "xgboost")
+BASELINE_KINDS = ("baseline_zero", "baseline_mean10")
+MEAN10_FEATURES = ("close", "sma_10")
+"""What ``baseline_mean10`` reads from a feature row: the close and the mean of the last 10 closes."""
 
 
 def mean_last_10_return(frame: pd.DataFrame) -> np.ndarray:
@@ -121,8 +130,43 @@ def xgboost_importances(model, n_features: int) -> np.ndarray:
     return np.array([scores.get(f"f{i}", 0.0) for i in range(n_features)], dtype=np.float64)
 
 
+def baseline_artifact(kind: str) -> bytes:
+    """The JSON document a baseline is registered with (no fitted parameters)."""
+    if kind not in BASELINE_KINDS:
+        raise InputError(f"{kind!r} is not a baseline; baselines: {', '.join(BASELINE_KINDS)}")
+    return json.dumps({"format": "rtml-baseline-v1", "kind": kind}, sort_keys=True).encode()
+
+
+def baseline_feature_names(kind: str) -> tuple[str, ...]:
+    return () if kind == "baseline_zero" else MEAN10_FEATURES
+
+
+class ZeroPredictor:
+    """The random walk: predicts a log return of 0 for every row."""
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.zeros(len(np.atleast_2d(X)))
+
+
+class Mean10Predictor:
+    """``log(sma_10 / close)`` from rows ordered as ``MEAN10_FEATURES``."""
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        return np.log(X[:, 1] / X[:, 0])
+
+
+def _baseline_from_artifact(kind: str, raw: bytes):
+    doc = json.loads(raw)
+    if doc.get("format") != "rtml-baseline-v1" or doc.get("kind") != kind:
+        raise InputError(f"baseline artifact is not a {kind} document: {doc!r}")
+    return ZeroPredictor() if kind == "baseline_zero" else Mean10Predictor()
+
+
 def predictor_from_artifact(kind: str, raw: bytes):
     """The predictor for an artifact's bytes (checksum already verified by the caller)."""
+    if kind in BASELINE_KINDS:
+        return _baseline_from_artifact(kind, raw)
     if kind == "lasso":
         return LinearPredictor.from_json(raw)
     if kind == "xgboost":

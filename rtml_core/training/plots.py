@@ -55,3 +55,25 @@ def feature_importance_png(names: Sequence[str], importances: np.ndarray, title:
 def markdown_image(png: bytes, alt: str) -> str:
     """Markdown embedding a PNG as a base64 data URI (renders in Dagster's metadata panel)."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def reliability_png(prob_up: np.ndarray, realized_return: np.ndarray, title: str, bins: int = 10) -> bytes:
+    """Reliability diagram: mean prob_up against the realized share of up moves per bin."""
+    from matplotlib.figure import Figure
+
+    from rtml_core.training.calibration import reliability_table
+
+    table = reliability_table(prob_up, realized_return, bins)
+    figure = Figure(figsize=(4.5, 4))
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], color="grey", linewidth=1, label="perfectly calibrated")
+    if table:
+        predicted, realized, rows = zip(*table)
+        axes.plot(predicted, realized, marker="o", label="holdout bins (equal rows)")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("mean prob_up")
+    axes.set_ylabel("realized share up (flat = not up)")
+    axes.legend(loc="upper left")
+    axes.set_title(title)
+    return _png(figure)

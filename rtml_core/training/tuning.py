@@ -46,6 +46,10 @@ class TuningResult:
     best_params: dict
     best_score: float  # mean validation RMSE of the return over the folds
     trials: list[dict] = field(default_factory=list)
+    oof_rows: np.ndarray = field(default_factory=lambda: np.arange(0))
+    """Rows (of the arrays tuned on) of the validation folds, in fold order."""
+    oof_predicted: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """The best parameters' out-of-fold predictions of ``oof_rows``: what the calibrator is fitted on."""
 
 
 def purged_time_folds(
@@ -74,12 +78,32 @@ def _rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-def _cv_score(fit: Callable, X: np.ndarray, y: np.ndarray, folds) -> float:
-    scores = []
+def _cv_score(fit: Callable, X: np.ndarray, y: np.ndarray, folds) -> tuple[float, np.ndarray]:
+    """Mean validation RMSE over the folds and the out-of-fold predictions (fold order)."""
+    scores, predictions = [], []
     for train, val in folds:
         model = fit(X[train], y[train])
-        scores.append(_rmse(model.predict(X[val]), y[val]))
-    return float(np.mean(scores))
+        predicted = np.asarray(model.predict(X[val]), dtype=np.float64)
+        predictions.append(predicted)
+        scores.append(_rmse(predicted, y[val]))
+    return float(np.mean(scores)), np.concatenate(predictions)
+
+
+def _best(trials: list[dict], folds) -> TuningResult:
+    best = min(trials, key=lambda trial: trial["rmse"])
+    rows = np.concatenate([val for _, val in folds])
+    public = [{"params": t["params"], "rmse": t["rmse"]} for t in trials]
+    return TuningResult(best_params=best["params"], best_score=best["rmse"], trials=public,
+                        oof_rows=rows, oof_predicted=best["oof"])
+
+
+def validation_predictions(predict: Callable[[np.ndarray], np.ndarray], times_ns: np.ndarray,
+                           n_folds: int, gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, predictions) of a model without parameters (a baseline) on the same validation folds
+    the tuned models are calibrated on; ``predict(rows)`` predicts rows of the tuned arrays."""
+    folds = purged_time_folds(times_ns, n_folds, gap_ns)
+    rows = np.concatenate([val for _, val in folds])
+    return rows, np.asarray(predict(rows), dtype=np.float64)
 
 
 def tune_lasso(
@@ -89,10 +113,9 @@ def tune_lasso(
     folds = purged_time_folds(times_ns, space.n_folds, gap_ns)
     trials = []
     for alpha in space.lasso_alphas:
-        score = _cv_score(lambda a, b, alpha=alpha: fit_lasso(a, b, alpha=alpha), X, y, folds)
-        trials.append({"params": {"alpha": float(alpha)}, "rmse": score})
-    best = min(trials, key=lambda trial: trial["rmse"])
-    return TuningResult(best_params=best["params"], best_score=best["rmse"], trials=trials)
+        score, oof = _cv_score(lambda a, b, alpha=alpha: fit_lasso(a, b, alpha=alpha), X, y, folds)
+        trials.append({"params": {"alpha": float(alpha)}, "rmse": score, "oof": oof})
+    return _best(trials, folds)
 
 
 def tune_xgboost(
@@ -106,13 +129,12 @@ def tune_xgboost(
     trials = []
     for params in draws:
         params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
-        score = _cv_score(
+        score, oof = _cv_score(
             lambda a, b, p=params: fit_xgboost(a, b, params=p, nthread=space.nthread, seed=space.seed),
             X, y, folds,
         )
-        trials.append({"params": params, "rmse": score})
-    best = min(trials, key=lambda trial: trial["rmse"])
-    return TuningResult(best_params=best["params"], best_score=best["rmse"], trials=trials)
+        trials.append({"params": params, "rmse": score, "oof": oof})
+    return _best(trials, folds)
 
 
 def params_summary(params: Mapping) -> str:

@@ -90,7 +90,7 @@ def register_lasso(registry: ModelRegistry, data: RealData) -> int:
         kind="lasso", artifact=lasso_to_json(model, FEATURES), artifact_format="json",
         feature_names=FEATURES, feature_set_version=FEATURE_SET, timeframe=TIMEFRAME,
         horizon_s=HORIZON_S, training_rows=data.train.stop, training_set_hash="test-lasso",
-        metrics={}, residual_std=float(np.std(residual)),
+        metrics={}, residual_std=float(np.std(residual)), exchange=EXCHANGE, symbol="BTC-USD",
     ).version
 
 
@@ -113,7 +113,7 @@ def registry(tmp_path: Path, real_data: RealData) -> ModelRegistry:
 @pytest.fixture
 def champion_version(registry: ModelRegistry, real_data: RealData) -> int:
     version = register_xgboost(registry, real_data)
-    registry.promote(version, "test champion")
+    registry.promote(version, "test champion", force=True)
     return version
 
 

@@ -36,7 +36,7 @@ def deployment(tmp_path, redis_url, redis_prefix, real_data, **env) -> dict[str,
     """A registry with a champion, the online row of BTC-USD, and the server's environment."""
     offline_url = f"sqlite:///{tmp_path / 'offline.sqlite'}"
     registry = ModelRegistry(offline_url, tmp_path / "artifacts")
-    registry.promote(register_xgboost(registry, real_data), "abuse test")
+    registry.promote(register_xgboost(registry, real_data), "abuse test", force=True)
     registry.close()
     store = open_online_store(redis_url, redis_prefix)
     store.write_rows([feature_row(real_data, -1, age_s=1)])
@@ -247,7 +247,7 @@ async def test_a_champion_that_fails_to_load_keeps_the_old_one_and_shows_in_read
         assert (await client.get("/ready")).json()["reasons"] == []
         broken = register_xgboost(registry, real_data, seed=3, depth=2)
         (registry.artifacts_dir / registry.get(broken).artifact_file).write_bytes(b"not the registered bytes")
-        registry.promote(broken, "a promotion whose artifact was tampered with")
+        registry.promote(broken, "a promotion whose artifact was tampered with", force=True)
         deadline = time.monotonic() + 10
         while "champion_load_failed" not in (await client.get("/ready")).json()["reasons"]:
             assert time.monotonic() < deadline

@@ -48,7 +48,8 @@ async def test_bad_requests_are_4xx_with_clear_messages(client):
     assert_error(await post({"symbol": "BTC-USD", "timeframe": "7x"}), 400, "invalid_request")
     assert_error(await post({"symbol": "BTC-USD-EUR"}), 400, "invalid_request")
     assert_error(await post(["BTC-USD"]), 400, "invalid_request")
-    assert_error(await post({"symbol": "BTC-USD", "timeframe": "1m"}), 409, "timeframe_mismatch")
+    # the champion is BTC-USD 30m's; BTC-USD 1m has neither a model nor an online row
+    assert_error(await post({"symbol": "BTC-USD", "timeframe": "1m"}), 404, "unknown_symbol")
     assert_error(await post({"symbol": "B" * 4000}), 413, "payload_too_large")
     assert_error(await post({"symbols": ["BTC-USD"] * 60}, path="/v1/predict/batch"), 400, "batch_too_large")
     assert_error(await post({"symbols": []}, path="/v1/predict/batch"), 400, "invalid_request")
@@ -121,14 +122,14 @@ async def test_stale_features_refused_or_flagged(online_store, registry, champio
 
 
 async def test_feature_set_mismatch_and_warm_up_refused(online_store, registry, champion_version, real_data):
-    online_store.write_rows([feature_row(real_data, version="another-set"),
-                             feature_row(real_data, symbol="ETH-USD", rsi_14=math.nan)])
+    online_store.write_rows([feature_row(real_data, version="another-set")])
     async with AsyncTestClient(create_app(api_settings(), online_store=online_store,
                                           registry=registry)) as test_client:
         body = assert_error(await test_client.post("/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS),
                             409, "feature_set_mismatch")
         assert FEATURE_SET in body["detail"] and "another-set" in body["detail"]
-        body = assert_error(await test_client.post("/v1/predict", json={"symbol": "ETH-USD"}, headers=HEADERS),
+        online_store.write_rows([feature_row(real_data, age_s=1.0, rsi_14=math.nan)])  # the champion's market
+        body = assert_error(await test_client.post("/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS),
                             503, "features_warming_up")
         assert "rsi_14" in body["detail"]
 

@@ -15,7 +15,9 @@ from tests.api.conftest import FEATURES, HEADERS, api_settings, feature_row, phi
 async def test_requests_during_swaps_never_fail_or_mix_models(online_store, registry, real_data):
     first = register_xgboost(registry, real_data, seed=0, depth=2)
     second = register_xgboost(registry, real_data, seed=1, depth=5)
-    registry.promote(first, "initial")
+    registry.promote(first, "initial", force=True)
+    registry.promote(second, "second", force=True)
+    registry.promote(first, "back to the first (a rollback from here on)")
     row = feature_row(real_data, -1)
     online_store.write_rows([row])
     x = np.array([[row.values[n] for n in FEATURES]])

@@ -64,9 +64,9 @@ async def test_exchange_spelling_batch_features_models_health_metrics(online_sto
                                   headers=HEADERS)
         assert batch.status_code == 200, batch.text
         body = batch.json()
-        assert [p["symbol"] for p in body["predictions"]] == ["BTC-USD", "ETH-USD"]
-        assert body["errors"] == [{"symbol": "DOGE-USD", "status_code": 404, "error": "unknown_symbol",
-                                   "detail": body["errors"][0]["detail"]}]
+        assert [p["symbol"] for p in body["predictions"]] == ["BTC-USD"]  # one champion per market
+        assert [(e["symbol"], e["status_code"], e["error"]) for e in body["errors"]] == [
+            ("ETH-USD", 404, "no_model_for_market"), ("DOGE-USD", 404, "unknown_symbol")]
 
         features = await client.get("/v1/features/BTC-USD", headers=HEADERS)
         assert features.status_code == 200
@@ -101,7 +101,7 @@ async def test_lasso_champion_is_served_by_its_own_predict(online_store, registr
     from tests.api.conftest import register_lasso
 
     version = register_lasso(registry, real_data)
-    registry.promote(version, "lasso test")
+    registry.promote(version, "lasso test", force=True)
     row = feature_row(real_data, -3)
     online_store.write_rows([row])
     async with AsyncTestClient(create_app(api_settings(), online_store=online_store,

@@ -34,7 +34,7 @@ def server(tmp_path, redis_url, redis_prefix, real_data):
     registry = ModelRegistry(offline_url, tmp_path / "artifacts")
     first = register_xgboost(registry, real_data, seed=0, depth=2)
     second = register_xgboost(registry, real_data, seed=1, depth=4)
-    registry.promote(first, "server test")
+    registry.promote(first, "server test", force=True)
     store = open_online_store(redis_url, redis_prefix)
     store.write_rows([feature_row(real_data, -1)])
     port = free_port()
@@ -79,7 +79,7 @@ async def test_real_server_predicts_streams_and_hot_swaps(server, real_data):
         assert (await client.post("/v1/predict", json={"symbol": "BTC-USD"},
                                   headers={"X-API-Key": "nope"})).status_code == 401
 
-        registry.promote(second, "promoted while serving")
+        registry.promote(second, "promoted while serving", force=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             body = (await client.post("/v1/predict", json={"symbol": "BTC-USD"})).json()

@@ -22,7 +22,9 @@ def test_demo_imports_validates_and_computes_features(tmp_path: Path, monkeypatc
     assert "[1] market history" in out and "[2] features" in out
     # history of the real ES ticks up to 2013-09-02; the stream replays 2013-09-03's ticks
     assert "66,321 trades -> 1,433 candles" in out
-    assert "[3] training" in out and "champion: version 1" in out
+    assert "[3] training" in out and "cme_ES-USD_1m H=60s:" in out and "unknown_BTC-USD_30m H=1800s:" in out
+    assert "kraken_BTC-USDT_1m: not trained: too little history" in out  # 411 candles: too few to judge
+    assert out.count("test: Diebold-Mariano") == 2 and out.count("  champion: ") == 2
     assert "replayed 433,679 real ticks of 2013-09-03 -> 832 candles, 832 feature rows (0 late)" in out
     assert "[5] prediction" in out and "/v1/predict" in out and "-> 200" in out
     assert "1,000 trades -> 411 candles" in out  # the real Kraken trades, gaps filled
@@ -41,6 +43,18 @@ def test_demo_imports_validates_and_computes_features(tmp_path: Path, monkeypatc
     assert rows[("candles", "unknown", "BTC-USD")] == 35_019
     assert rows[("features", "kraken", "BTC-USDT")] == 411
     assert ("trades", "unknown", "BTC-USD") not in rows  # a candle-only market
+    from rtml_core.registry import ModelRegistry
+
+    registry = ModelRegistry(f"sqlite:///{(tmp_path / 'home' / 'offline.sqlite').resolve()}",
+                             tmp_path / "home" / "artifacts")
+    try:  # one champion per trained market, each of its own market; the baselines are registered models
+        champions = {(m.exchange, m.symbol, m.timeframe): v for m, (_, v) in registry.champions().items()}
+        assert set(champions) == {("cme", "ES-USD", "1m"), ("unknown", "BTC-USD", "30m")}
+        assert all((v.exchange, v.symbol, v.timeframe) == key for key, v in champions.items())
+        kinds = {(v.exchange, v.kind) for v in registry.list()}
+        assert {("cme", "baseline_zero"), ("cme", "baseline_mean10"), ("unknown", "baseline_zero")} <= kinds
+    finally:
+        registry.close()
     assert (tmp_path / "home" / "dagster_home" / "dagster.yaml").exists()
 
 

@@ -64,7 +64,7 @@ def served(tmp_path_factory):
         residual_std=model.metrics["residual_std"], exchange="gym", symbol="BTC-USD",
         train_start_ns=training.start.value, train_end_ns=training.end.value,
     )
-    registry.promote(version.version, "test")
+    registry.promote(version.version, "test", force=True)
     champion = registry.load_champion()
     live = features.iloc[TRAIN_ROWS:].reset_index(drop=True)
     predicted = champion.predict(live)
