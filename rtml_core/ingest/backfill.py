@@ -46,7 +46,7 @@ class TransientError(BackfillError):
     """A reply worth retrying (5xx, a dropped connection)."""
 
 
-class _RestClient:
+class RestClient:
     """Pacing, retries, the HTTP client and the pair list shared by the exchanges."""
 
     exchange = ""
@@ -172,7 +172,7 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-class KrakenRestClient(_RestClient):
+class KrakenRestClient(RestClient):
     """Kraken ``/0/public/Trades``: pages of up to 1,000 trades following the ``last`` cursor."""
 
     exchange = "kraken"
@@ -257,7 +257,7 @@ class KrakenRestClient(_RestClient):
         return found
 
 
-class BinanceRestClient(_RestClient):
+class BinanceRestClient(RestClient):
     """Binance ``/api/v3/klines`` (by ``startTime``) and ``/api/v3/aggTrades`` (by ``fromId``),
     ``limit=1000`` per request."""
 
@@ -272,7 +272,7 @@ class BinanceRestClient(_RestClient):
 
     def _fetch_pairs(self) -> PairTable:
         response = self._get_once("/api/v3/exchangeInfo", {})
-        info = _json(response)
+        info = reply_json(response)
         symbols = info.get("symbols") if isinstance(info, dict) else None
         if not isinstance(symbols, list):
             raise InputError("exchangeInfo has no 'symbols' list", source=str(response.url))
@@ -308,7 +308,7 @@ class BinanceRestClient(_RestClient):
 
     def _agg_page(self, params: dict) -> list:
         response = self._get("/api/v3/aggTrades", params)
-        rows = _json(response)
+        rows = reply_json(response)
         if not isinstance(rows, list):
             raise InputError(f"expected a list of aggregate trades, got {str(rows)[:200]}", source=str(response.url))
         return rows
@@ -329,7 +329,7 @@ class BinanceRestClient(_RestClient):
                 "/api/v3/klines", {**params, "startTime": str(start), "endTime": str(end_ms)}
             )
             source = str(response.url)
-            rows = _json(response)
+            rows = reply_json(response)
             if not isinstance(rows, list):
                 raise InputError(f"expected a list of klines, got {str(rows)[:200]}", source=source)
             for index, row in enumerate(rows):
@@ -341,7 +341,7 @@ class BinanceRestClient(_RestClient):
             start = int(rows[-1][0]) + step_ms
 
 
-def _json(response: httpx.Response) -> object:
+def reply_json(response: httpx.Response) -> object:
     try:
         return response.json()
     except ValueError:

@@ -162,43 +162,56 @@ def test_history_sync_two_days_from_kraken_rest_and_export_equals_rtml_candles(o
     assert result.exit_code == 2 and "--since '11/10/2025' is not a UTC day" in result.stderr
 
 
-def test_binance_rest_markets_fill_partitions_from_agg_trades_and_klines(offline_url: str, tmp_path: Path):
-    start, end = day_start_ns(DAY1), day_start_ns(DAY2)
-    rows = [r for r in kraken_rows() if start <= row_time_ns(r) < end]
-    common = {"exchange": "binance", "symbol": "BTC-USDT", "timeframe": "1m", "source": "binance-rest",
-              "first_day": DAY1}
-    with serve_exchange() as (url, script):
-        trades_market = MarketSource(**common, rest_url=url)
-        result = run(definitions(tmp_path, offline_url, [trades_market]), ["raw_trades", "validated_candles"],
-                     day=DAY1, market=trades_market)
-        assert result.success
-        assert all(c.passed for name, c in check_results(result).items() if "gaps" not in name)
-        store = open_offline_store(offline_url)
-        try:
-            trades = store.read_trades("binance", "BTC-USDT", start, end)
-            candles = store.read_candles("binance", "BTC-USDT", "1m", start, end, exact=True)
-        finally:
-            store.close()
-        assert list(trades["trade_id"]) == [r[6] for r in rows]  # one aggregate per recorded trade
-        ms_trades = [msgspec.structs.replace(t, time_ns=t.time_ns // 1_000_000 * 1_000_000)
-                     for t in read_trades(KRAKEN_TRADES, "kraken-rest") if start <= t.time_ns < end]
-        expected = build_candles(ms_trades, "1m")
-        assert [(c.open, c.high, c.low, c.close, c.volume, c.trade_count) for c in expected] == list(
-            candles[["open", "high", "low", "close", "volume", "trade_count"]].itertuples(index=False, name=None))
+FIELDS = ["open", "high", "low", "close", "volume", "trade_count"]
 
-        klines_market = MarketSource(**common, format="binance-klines", rest_url=url)
-        result = run(definitions(tmp_path, offline_url, [klines_market]), ["raw_trades", "validated_candles"],
-                     day=DAY1, market=klines_market)
-        assert result.success
-        assert len(script.paths("/api/v3/klines")) == 1
+
+def _stored_day(offline_url: str, exchange: str, start: int, end: int):
+    """The stored trades and 1m candles (exact) of one exchange's BTC-USDT in ``[start, end)``."""
     store = open_offline_store(offline_url)
     try:
-        klines = store.read_candles("binance", "BTC-USDT", "1m", start, end, exact=True)
+        return (store.read_trades(exchange, "BTC-USDT", start, end),
+                store.read_candles(exchange, "BTC-USDT", "1m", start, end, exact=True))
     finally:
         store.close()
-    reference = reference_candles(rows, 60)
-    assert list(klines[["open", "high", "low", "close", "volume", "trade_count"]].itertuples(index=False, name=None)) \
-        == [(c["open"], c["high"], c["low"], c["close"], c["volume"], c["count"]) for c in reference]
+
+
+@pytest.mark.parametrize(("source", "unit_ns"), [("binance-rest", 1_000_000), ("coinbase-rest", 1_000)],
+                         ids=["binance-aggTrades", "coinbase-trades"])
+def test_rest_trade_sources_fill_a_day_with_the_candles_of_their_trades(offline_url: str, tmp_path: Path,
+                                                                        source: str, unit_ns: int):
+    start, end = day_start_ns(DAY1), day_start_ns(DAY2)
+    exchange = source.removesuffix("-rest")
+    with serve_exchange() as (url, _):
+        market = MarketSource(exchange=exchange, symbol="BTC-USDT", timeframe="1m", source=source, rest_url=url,
+                              first_day=DAY1)
+        result = run(definitions(tmp_path, offline_url, [market]), ["raw_trades", "validated_candles"],
+                     day=DAY1, market=market)
+    assert result.success
+    assert all(c.passed for name, c in check_results(result).items() if "gaps" not in name)
+    trades, candles = _stored_day(offline_url, exchange, start, end)
+    # the recorded trades at the exchange's time resolution (Binance ms, Coinbase µs)
+    served = [msgspec.structs.replace(t, time_ns=t.time_ns // unit_ns * unit_ns)
+              for t in read_trades(KRAKEN_TRADES, "kraken-rest") if start <= t.time_ns < end]
+    assert list(trades["trade_id"]) == [t.trade_id for t in served]
+    assert list(trades["side"]) == [t.side for t in served]  # taker sides, whatever the exchange reports
+    assert [tuple(getattr(c, f) for f in FIELDS) for c in build_candles(served, "1m")] == list(
+        candles[FIELDS].itertuples(index=False, name=None))
+
+
+def test_binance_klines_market_stores_the_exchange_candles(offline_url: str, tmp_path: Path):
+    start, end = day_start_ns(DAY1), day_start_ns(DAY2)
+    with serve_exchange() as (url, script):
+        market = MarketSource(exchange="binance", symbol="BTC-USDT", timeframe="1m", source="binance-rest",
+                              format="binance-klines", rest_url=url, first_day=DAY1)
+        result = run(definitions(tmp_path, offline_url, [market]), ["raw_trades", "validated_candles"],
+                     day=DAY1, market=market)
+        assert result.success
+        assert len(script.paths("/api/v3/klines")) == 1
+    trades, klines = _stored_day(offline_url, "binance", start, end)
+    assert trades.empty  # a candle source writes no trades
+    reference = reference_candles([r for r in kraken_rows() if start <= row_time_ns(r) < end], 60)
+    assert list(klines[FIELDS].itertuples(index=False, name=None)) == [
+        (c["open"], c["high"], c["low"], c["close"], c["volume"], c["count"]) for c in reference]
 
 
 async def _stream_day(offline_url: str, tmp_path: Path, rows: list[list]) -> int:
@@ -285,3 +298,4 @@ def test_the_sync_schedule_asks_for_each_new_day_as_the_clock_moves(offline_url:
         assert "every recent day" in tick(utc(2025, 11, 12, 6)).skip_message
         later = tick(utc(2025, 11, 13, 0, 15))  # the clock moved a day: one new partition
         assert [r.partition_key for r in later.run_requests] == [str(partition_key(dt.date(2025, 11, 12), market))]
+

@@ -24,6 +24,7 @@ from rtml_core.ingest.backfill import (
     KrakenRestClient,
     RateLimited,
 )
+from rtml_core.ingest.coinbase import CoinbaseRestClient
 from rtml_core.stores.offline import open_offline_store
 from tests.ingest.exchanges import REAL_LAST, Script, serve_exchange
 from tests.ingest.realdata import KRAKEN_TRADES, kraken_rows, reference_candles, row_time_ns
@@ -212,3 +213,23 @@ def test_binance_agg_trades_page_by_from_id_within_the_window(exchange):
     assert {(t.exchange, t.symbol) for t in trades} == {("binance", "BTC-USDT")}
     pages = script.paths("/api/v3/aggTrades")
     assert "startTime" in pages[0] and all("fromId" in p for p in pages[1:]) and len(pages) >= 8
+
+
+def test_coinbase_trades_of_a_day_by_id_bisection_and_after_pages(exchange):
+    url, script = exchange
+    rows = kraken_rows()
+    start, end = row_time_ns(rows[100]) // 1000 * 1000, row_time_ns(rows[900]) // 1000 * 1000
+    client = CoinbaseRestClient(url, min_interval_s=0)
+    client.limit = 200
+    with client:
+        trades = list(client.trades("BTC-USDT", start, end))
+    expected = [r for r in rows if start <= row_time_ns(r) // 1000 * 1000 < end]
+    assert [t.trade_id for t in trades] == [r[6] for r in expected]
+    assert [(t.price, t.size, t.side) for t in trades] == [
+        (Decimal(r[0]), Decimal(r[1]), "buy" if r[3] == "b" else "sell") for r in expected]  # taker side
+    assert [t.time_ns for t in trades] == [row_time_ns(r) // 1000 * 1000 for r in expected]
+    assert {(t.exchange, t.symbol) for t in trades} == {("coinbase", "BTC-USDT")}
+    pages = script.paths("/products/BTC-USDT/trades")
+    assert sum("limit=1&" in p or p.endswith("limit=1") for p in pages) <= 26  # log2 of the newest id
+    with CoinbaseRestClient(url, min_interval_s=0) as client:
+        assert list(client.trades("BTC-USDT", 0, row_time_ns(rows[0]) // 1000 * 1000)) == []
