@@ -133,6 +133,6 @@ def judge(candidate: np.ndarray, realized: np.ndarray, references: dict[str, np.
         reason = "; ".join(failures) + ": the champion stays"
     else:
         reason = "beats " + " and ".join(
-            f"{c.reference} (skill {c.skill:+.4f}, DM {c.statistic:+.2f}, p = {c.p_value:.4f})" for c in comparisons
+            f"{c.reference} (skill {c.skill:+.4f}, DM {c.statistic:+.2f}, p = {c.p_value:.2g})" for c in comparisons
         ) + f" on the same {comparisons[0].n} holdout rows"
     return Verdict(not failures, reason, TEST_NAME, comparisons, champion_version, config.margin, config.p_value)

@@ -67,7 +67,8 @@ def real_data() -> RealData:
     return _REAL
 
 
-def register_xgboost(registry: ModelRegistry, data: RealData, *, seed: int = 0, depth: int = 3) -> int:
+def register_xgboost(registry: ModelRegistry, data: RealData, *, seed: int = 0, depth: int = 3,
+                     symbol: str = "BTC-USD") -> int:
     X = data.features.loc[:, FEATURES].to_numpy(np.float64)
     model = fit_xgboost(X[data.train], data.target[data.train],
                         params={"n_estimators": 20, "max_depth": depth, "learning_rate": 0.1},
@@ -78,7 +79,7 @@ def register_xgboost(registry: ModelRegistry, data: RealData, *, seed: int = 0, 
         feature_set_version=FEATURE_SET, timeframe=TIMEFRAME, horizon_s=HORIZON_S,
         training_rows=data.train.stop, training_set_hash=f"test-{seed}-{depth}",
         metrics={"holdout_rmse": float(np.sqrt(np.mean(residual**2)))},
-        residual_std=float(np.std(residual)), exchange=EXCHANGE, symbol="BTC-USD",
+        residual_std=float(np.std(residual)), exchange=EXCHANGE, symbol=symbol,
     ).version
 
 
