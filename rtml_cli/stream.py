@@ -65,17 +65,15 @@ def build_source(exchange: str, symbols: list[str], *, ws_url: str | None, rest_
     options: dict = {"metrics": metrics}
     if ws_url:
         options["url"] = ws_url
+    if rest_url:
+        options["rest_url"] = rest_url
     if exchange == "kraken":
         from rtml_stream.sources.kraken import KrakenSource
 
-        if rest_url:
-            options["rest_url"] = rest_url
         source = KrakenSource(symbols, channels=("trade", "book") if book else ("trade",), **options)
     elif exchange == "binance":
         from rtml_stream.sources.binance import BinanceSource
 
-        if rest_url:
-            options["rest_url"] = rest_url
         source = BinanceSource(symbols, channels=("trade", "depth") if book else ("trade",), **options)
     else:
         from rtml_stream.sources.coinbase import CoinbaseSource
@@ -90,7 +88,7 @@ def build_source(exchange: str, symbols: list[str], *, ws_url: str | None, rest_
 @click.option("--symbols", required=True, help="Comma-separated symbols, e.g. BTC-USD,ETH-USD (replay: the file's).")
 @click.option("--timeframes", default=None, help="Comma-separated timeframes (default RTML_STREAM_TIMEFRAMES, 1m,5m).")
 @click.option("--ws-url", default=None, help="WebSocket URL instead of the exchange's public one.")
-@click.option("--rest-url", default=None, help="REST URL (Kraken gap backfill, Binance depth snapshots).")
+@click.option("--rest-url", default=None, help="REST URL (trade gap backfill; Binance depth snapshots).")
 @click.option("--replay", "replay", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Trades file to replay (ticks CSV/.csv.gz, Kraken REST JSON, Binance trades CSV).")
 @click.option("--speed", default="max", show_default=True, help="Replay speed: max (or 0), 1 = real time, N = N x.")

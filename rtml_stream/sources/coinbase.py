@@ -6,13 +6,20 @@ subscribed again for a fresh snapshot (the book is dropped until it arrives). A 
 goes backwards is a duplicate and is skipped.
 
 In ``market_trades`` the ``side`` is the maker's, so the taker's side is the opposite.
+
+Trade ids are sequential per product: after a reconnect (or a restart told the last id) the
+trades since the last one seen are fetched from the public REST trades endpoint
+(``GET /products/{product_id}/trades``, newest first, paged with ``after``) before any live
+trade, and an id that skips later is filled the same way (``CoinbaseTradesBackfill``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
+from typing import Literal
 
+import httpx
 import msgspec
 
 from rtml_core.book import OrderBook
@@ -30,6 +37,7 @@ from rtml_stream.sources.base import (
 )
 
 DEFAULT_URL = "wss://advanced-trade-ws.coinbase.com"
+DEFAULT_REST_URL = "https://api.exchange.coinbase.com"
 CHANNELS = ("market_trades", "level2", "heartbeats")
 _TAKER = {"BUY": "sell", "SELL": "buy", "buy": "sell", "sell": "buy"}  # from the maker's side
 
@@ -70,6 +78,69 @@ class _TradesEvent(msgspec.Struct):
     trades: list[_Trade]
 
 
+class _RestTrade(msgspec.Struct):
+    trade_id: int
+    price: Decimal
+    size: Decimal
+    side: str
+    time: str
+
+
+_rest_trades = msgspec.json.Decoder(list[_RestTrade])
+
+TradeBackfill = Callable[[str, int, int | None], Awaitable[list[Trade]]]
+"""``backfill(symbol, first_id, last_id)`` -> the trades with ids in [first_id, last_id] (None: to the newest)."""
+
+
+class CoinbaseTradesBackfill:
+    """Missing trades by id from Coinbase Exchange's public ``GET /products/{id}/trades``: newest
+    first, ``after=<id>`` pages to older trades (the ``CB-AFTER`` cursor), 1,000 a page. Bounded
+    by ``max_pages`` (a longer gap is returned short and recorded unfilled by the source)."""
+
+    page = 1000
+
+    def __init__(self, rest_url: str = DEFAULT_REST_URL, client: httpx.AsyncClient | None = None,
+                 timeout: float = 10.0, max_pages: int = 100) -> None:
+        self.rest_url = rest_url.rstrip("/")
+        self._client = client
+        self._owns_client = client is None
+        self.timeout = timeout
+        self.max_pages = max_pages
+
+    async def __call__(self, symbol: str, first_id: int, last_id: int | None) -> list[Trade]:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout, headers={"User-Agent": "rtml"})
+        product = to_exchange_symbol("coinbase", symbol)
+        params: dict[str, int] = {"limit": self.page}
+        if last_id is not None:
+            params["after"] = last_id + 1  # trades older than this id
+        found: dict[int, Trade] = {}
+        for _ in range(self.max_pages):
+            response = await self._client.get(f"{self.rest_url}/products/{product}/trades", params=params)
+            response.raise_for_status()
+            rows = _rest_trades.decode(response.content)
+            if not rows:
+                break
+            for row in rows:
+                if row.trade_id >= first_id and (last_id is None or row.trade_id <= last_id):
+                    taker = _TAKER.get(row.side)
+                    if taker is None:
+                        raise Malformed("wrong_types", f"side {row.side!r}")
+                    found[row.trade_id] = Trade("coinbase", symbol, row.trade_id, parse_rfc3339_ns(row.time),
+                                                row.price, row.size, taker)
+            oldest = min(row.trade_id for row in rows)
+            if oldest <= first_id:
+                break
+            cursor = response.headers.get("cb-after")
+            params["after"] = int(cursor) if cursor and cursor.isdigit() else oldest
+        return [found[i] for i in sorted(found)]
+
+    async def aclose(self) -> None:
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
 _envelope = msgspec.json.Decoder(_Envelope)
 _l2_events = msgspec.json.Decoder(list[_L2Event])
 _trade_events = msgspec.json.Decoder(list[_TradesEvent])
@@ -86,6 +157,9 @@ class CoinbaseSource(WebSocketSource):
         symbols: Sequence[str],
         *,
         url: str = DEFAULT_URL,
+        rest_url: str = DEFAULT_REST_URL,
+        trade_backfill: TradeBackfill | None | Literal["default"] = "default",
+        backfill_attempts: int = 3,
         channels: Sequence[str] = ("market_trades", "level2"),
         depth: int | None = None,
         metrics: StreamMetrics | None = None,
@@ -116,6 +190,22 @@ class CoinbaseSource(WebSocketSource):
         self._canonical = {to_exchange_symbol("coinbase", s): s for s in self.symbols}
         self._has_snapshot: set[str] = set()
         self._expected_sequence: int | None = None
+        self.trade_backfill: TradeBackfill | None = (
+            CoinbaseTradesBackfill(rest_url) if trade_backfill == "default" else trade_backfill
+        )
+        self.backfill_attempts = max(1, backfill_attempts)
+
+    async def fetch_missing_trades(
+        self, symbol: str, first_id: int, last_id: int | None, since_ns: int
+    ) -> list[Trade] | None:
+        if self.trade_backfill is None:
+            return None
+        return await self.trade_backfill(symbol, first_id, last_id)
+
+    async def close(self) -> None:
+        await super().close()
+        if isinstance(self.trade_backfill, CoinbaseTradesBackfill):
+            await self.trade_backfill.aclose()
 
     def _request(self, kind: str, channel: str) -> dict:
         message: dict = {"type": kind, "product_ids": self._products, "channel": channel}

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import socket
 from collections.abc import AsyncIterator, Callable
+from itertools import islice
+from pathlib import Path
+
+import httpx
 
 from rtml_core.schemas import BookUpdate, Trade
 from rtml_stream.sources.base import Event, ReconnectPolicy
@@ -45,3 +51,25 @@ async def wait_for_value(condition: Callable[[], bool], *, timeout: float = 5.0)
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.005)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def health(port: int) -> dict | None:
+    """The sidecar's /health document, None while it does not answer."""
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"http://127.0.0.1:{port}/health", timeout=1)).json()
+    except httpx.HTTPError:
+        return None
+
+
+def first_lines(source: Path, target: Path, n: int) -> Path:
+    """The header and first ``n`` rows of a gzipped CSV as a plain CSV (unchanged)."""
+    with gzip.open(source, "rt") as reader, target.open("w") as writer:
+        writer.writelines(islice(reader, n + 1))
+    return target

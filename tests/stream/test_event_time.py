@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,6 @@ from decimal import Decimal
 from itertools import islice
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -35,7 +33,7 @@ from rtml_stream.pipeline import Pipeline
 from rtml_stream.sinks import OnlineSink
 from rtml_stream.sources.kraken import KrakenSource
 from tests.conftest import DATA
-from tests.stream.helpers import FAST_RECONNECT, wait_for_value
+from tests.stream.helpers import FAST_RECONNECT, free_port, health, wait_for_value
 from tests.stream.wsservers import (
     KrakenServer,
     LiveTape,
@@ -90,12 +88,6 @@ def assert_candles_and_rows_equal_batch(store, trades: list[Trade], timeframe: s
     return len(within)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def settings_for(tmp_path, redis_url, redis_prefix, offline_url, **extra) -> Settings:
     return Settings(home=tmp_path / "home", online_url=redis_url, online_prefix=redis_prefix, offline_url=offline_url,
                     stream_dagster="off", **extra)
@@ -121,7 +113,7 @@ async def test_a_5s_outage_across_a_boundary_leaves_the_candles_of_no_outage(tmp
         sidecar = build_sidecar(settings, source, [MARKET], timeframes=["5s", "15s"], health_port=-1)
         stop = asyncio.Event()
         running = asyncio.create_task(sidecar.run(stop))
-        await wait_for_value(lambda: source.idle.live, timeout=10)  # subscribed: every trade from now on
+        await wait_for_value(lambda: tape.listeners >= 1, timeout=10)  # subscribed: every trade from now on
         playing = asyncio.create_task(tape.play(560))  # 14 s of trades
         await asyncio.sleep(3)
         await seconds_before_boundary(5, 1.0, 1.5)  # the outage spans the next 5 s boundary
@@ -198,7 +190,7 @@ async def test_a_machine_clock_10s_off_the_feed_makes_no_trade_late(skew_s, tmp_
         sidecar.pipeline.wall_clock = lambda: time.time_ns() + skew_s * NS  # the machine's clock, skewed
         stop = asyncio.Event()
         running = asyncio.create_task(sidecar.run(stop))
-        await wait_for_value(lambda: server.connection_count >= 1 and source.idle.live, timeout=10)
+        await wait_for_value(lambda: tape.listeners >= 1, timeout=10)
         await tape.play(300)  # 6 s
         await wait_for_value(lambda: sidecar.pipeline.trades_in >= len(tape.rows), timeout=10)
         await asyncio.sleep(2 + 2 + 0.5)
@@ -269,14 +261,6 @@ def _sidecar_process(env: dict, server_url: str, rest_url: str, port: int, log: 
              "--json"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
-async def _health(port: int) -> dict | None:
-    try:
-        async with httpx.AsyncClient() as client:
-            return (await client.get(f"http://127.0.0.1:{port}/health", timeout=1)).json()
-    except httpx.HTTPError:
-        return None
-
-
 async def test_sigkill_and_a_restart_from_the_checkpoint_leave_the_candles_of_no_restart(
         tmp_path, redis_url, redis_prefix, fresh_postgres_url) -> None:
     tape = LiveTape(ROWS, per_second=40)
@@ -292,7 +276,7 @@ async def test_sigkill_and_a_restart_from_the_checkpoint_leave_the_candles_of_no
         first = _sidecar_process(env, server.url, rest.url, port, log)
         try:
             async with asyncio.timeout(60):
-                while not any(m.get("method") == "subscribe" for m in server.received):
+                while tape.listeners < 1:
                     assert first.poll() is None, log.read_text()[-3000:]
                     await asyncio.sleep(0.05)
             playing = asyncio.create_task(tape.play(720))  # 18 s of trades
@@ -306,7 +290,7 @@ async def test_sigkill_and_a_restart_from_the_checkpoint_leave_the_candles_of_no
             try:
                 await playing
                 await asyncio.sleep(5 + 2 + 2)  # the idle clock closes the last 5 s window
-                health = await _health(port)
+                health_document = await health(port)
                 second.send_signal(signal.SIGTERM)
                 out, _ = await asyncio.to_thread(second.communicate, timeout=60)
             finally:
@@ -319,7 +303,7 @@ async def test_sigkill_and_a_restart_from_the_checkpoint_leave_the_candles_of_no
     assert second.returncode == 0, log.read_text()[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["started"] == {"kraken:BTC-USDT": "checkpoint"}
-    assert summary["late_trades"] == 0 and health is not None and health["late_trades"] == 0
+    assert summary["late_trades"] == 0 and health_document is not None and health_document["late_trades"] == 0
     assert 100 < killed_at < len(tape.rows) - 100
     store = open_offline_store(fresh_postgres_url)
     version = Pipeline(("5s",)).version

@@ -5,11 +5,9 @@ that is down (health 503, keeps consuming), symbols split between processes, Dag
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +32,7 @@ from rtml_stream.sinks import OnlineSink
 from rtml_stream.sources.kraken import KrakenSource
 from rtml_stream.sources.replay import ReplaySource
 from tests.conftest import DATA
-from tests.stream.helpers import FAST_RECONNECT, wait_for_value
+from tests.stream.helpers import FAST_RECONNECT, first_lines, free_port, wait_for_value
 from tests.stream.wsservers import (
     KrakenServer,
     LocalHttpServer,
@@ -53,10 +51,7 @@ PYTHON = sys.executable
 @pytest.fixture(scope="module")
 def es_slice(tmp_path_factory) -> Path:
     """The first 20,000 real ES ticks as a plain CSV (header + rows, unchanged)."""
-    path = tmp_path_factory.mktemp("ticks") / "es_20k.csv"
-    with gzip.open(ES_TICKS, "rt") as source, path.open("w") as target:
-        target.writelines(islice(source, 20_001))
-    return path
+    return first_lines(ES_TICKS, tmp_path_factory.mktemp("ticks") / "es_20k.csv", 20_000)
 
 
 def expected_rows(path: Path, timeframes=("1m", "5m"), lateness_ns=2_000_000_000):
@@ -72,12 +67,6 @@ def env_for(tmp_path: Path, online: tuple[str, str] | None = None, **extra) -> d
         env["RTML_ONLINE_URL"], env["RTML_ONLINE_PREFIX"] = online
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_rtml_stream_replay_writes_online_and_offline_and_online_get_reads_it(es_slice, tmp_path, online_url,

@@ -14,7 +14,7 @@ from rtml_stream.metrics import StreamMetrics
 from rtml_stream.sources.coinbase import CoinbaseSource
 from tests.conftest import FIXTURES
 from tests.stream.helpers import FAST_RECONNECT, take, wait_for_value
-from tests.stream.wsservers import CoinbaseServer, Session, SkipSequence, Verbatim, WaitSubscribe
+from tests.stream.wsservers import CoinbaseServer, LocalHttpServer, Session, SkipSequence, Verbatim, WaitSubscribe
 
 CAPTURE = (FIXTURES / "coinbase_l2_data_capture.jsonl").read_text().splitlines()
 L2_SNAPSHOT, L2_REST = CAPTURE[0], CAPTURE[1:]
@@ -74,6 +74,7 @@ def _source(url: str, metrics: StreamMetrics, **kwargs) -> CoinbaseSource:
         "idle_timeout": 1.0,
         "reconnect": FAST_RECONNECT,
         "ping_interval": None,
+        "trade_backfill": None,
     }
     options.update(kwargs)
     return CoinbaseSource(["BTC-USD"], **options)
@@ -228,3 +229,40 @@ async def test_malformed_messages_are_counted_and_skipped() -> None:
     assert count("update_before_snapshot") == 1
     assert count("stale_sequence") == 1
     assert metrics.total("reconnects") == 0
+
+
+def rest_trades_route(trades: list[tuple[int, str, str, str]]):
+    """``GET /products/BTC-USD/trades?limit=&after=`` as Coinbase Exchange answers: newest first,
+    ``after`` = only trades older than that id, the ``CB-AFTER`` cursor in a header (not modelled:
+    the client falls back to the oldest id of the page)."""
+
+    def route(query: dict) -> tuple[int, bytes]:
+        limit = int(query.get("limit", ["1000"])[0])
+        after = int(query["after"][0]) if "after" in query else None
+        rows = [{"time": f"2026-08-24T22:34:{13 + i % 40:02d}.{i:06d}Z", "trade_id": i, "price": price,
+                 "size": size, "side": side.lower()} for i, price, size, side in reversed(trades)
+                if after is None or i < after]
+        return 200, json.dumps(rows[:limit]).encode()
+
+    return route
+
+
+async def test_a_reconnect_catches_up_from_the_rest_trades_endpoint_before_live_trades() -> None:
+    trades = [(i, "78856.00", "0.1", "BUY" if i % 3 else "SELL") for i in range(1, 41)]
+    metrics = StreamMetrics()
+    server = CoinbaseServer(
+        [Session([market_trades(trades[:10])], end="abort"), Session([market_trades(trades[30:])])],
+        expected_channels=("market_trades", "heartbeats"),
+    )
+    with LocalHttpServer({"/products/BTC-USD/trades": rest_trades_route(trades)}) as rest:
+        async with server:
+            source = _source(server.url, metrics, channels=("market_trades",), trade_backfill="default",
+                             rest_url=rest.url)
+            got = await take(source.events(), 40, timeout=10)
+            await source.close()
+    assert [t.trade_id for t in got] == list(range(1, 41))
+    assert [t.side for t in got[10:13]] == ["sell", "buy", "sell"]  # the taker's side: the maker's opposite
+    assert got[20].time_ns == got[20].time_ns // 1_000_000_000 * 1_000_000_000 + 21_000
+    assert metrics.value("trades_backfilled", exchange="coinbase", symbol="BTC-USD") == 30
+    assert metrics.value("gaps_unfilled", exchange="coinbase", symbol="BTC-USD") == 0
+    assert rest.requests and all(path == "/products/BTC-USD/trades" for path, _ in rest.requests)

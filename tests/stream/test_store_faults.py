@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-import pytest
 from sqlalchemy.engine import make_url
 
 from rtml_core.ingest import read_trades
@@ -30,7 +27,7 @@ from rtml_stream.app import build_sidecar
 from rtml_stream.pipeline import Pipeline
 from rtml_stream.sources.replay import ReplaySource
 from tests.conftest import DATA
-from tests.stream.helpers import wait_for_value
+from tests.stream.helpers import first_lines, free_port, health, wait_for_value
 
 ES_TICKS = DATA / "es_futures_ticks_2013-09.csv.gz"
 REPO = Path(__file__).resolve().parents[2]
@@ -92,12 +89,6 @@ class TcpSwitch:
             self._writers.discard(writer)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def es_ticks(n: int) -> list:
     return list(islice(read_trades(ES_TICKS, "ticks-csv", exchange="replay", symbol="ES-USD"), n))
 
@@ -151,25 +142,9 @@ async def test_a_hung_redis_never_stalls_the_loop_and_every_row_arrives_afterwar
 
 # --- SIGTERM while PostgreSQL is down, then a restart with it up ---------------------------------
 
-@pytest.fixture(scope="module")
-def es_slice(tmp_path_factory) -> Path:
-    """The first 20,000 real ES ticks as a plain CSV (header + rows, unchanged)."""
-    path = tmp_path_factory.mktemp("ticks") / "es_20k.csv"
-    with gzip.open(ES_TICKS, "rt") as source, path.open("w") as target:
-        target.writelines(islice(source, 20_001))
-    return path
-
-
-async def _health(port: int) -> dict | None:
-    try:
-        async with httpx.AsyncClient() as client:
-            return (await client.get(f"http://127.0.0.1:{port}/health", timeout=1)).json()
-    except httpx.HTTPError:
-        return None
-
-
-async def test_sigterm_with_postgresql_down_loses_nothing_after_a_restart(es_slice, tmp_path, redis_url,
-                                                                          redis_prefix, fresh_postgres_url) -> None:
+async def test_sigterm_with_postgresql_down_loses_nothing_after_a_restart(tmp_path, redis_url, redis_prefix,
+                                                                          fresh_postgres_url) -> None:
+    es_slice = first_lines(ES_TICKS, tmp_path / "es_20k.csv", 20_000)
     real = make_url(fresh_postgres_url)
     switch = await TcpSwitch(real.host or "127.0.0.1", real.port or 5432).start()
     through = real.set(host="127.0.0.1", port=switch.port).render_as_string(hide_password=False)
@@ -185,16 +160,16 @@ async def test_sigterm_with_postgresql_down_loses_nothing_after_a_restart(es_sli
                                  stderr=stderr, text=True)
     try:
         async with asyncio.timeout(90):
-            while (health := await _health(port)) is None or health["trades"] < 6_000:
+            while (status := await health(port)) is None or status["trades"] < 6_000:
                 assert first.poll() is None, log.read_text()[-3000:]
                 await asyncio.sleep(0.1)
             switch.switch("down")  # PostgreSQL goes away with rows still to write
-            down_at = health["trades"]
-            while (health := await _health(port)) is None or health["trades"] < down_at + 3_000 \
-                    or health["offline"]["healthy"]:
+            down_at = status["trades"]
+            while (status := await health(port)) is None or status["trades"] < down_at + 3_000 \
+                    or status["offline"]["healthy"]:
                 assert first.poll() is None, log.read_text()[-3000:]
                 await asyncio.sleep(0.1)
-        assert health["offline"]["pending"] > 0
+        assert status["offline"]["pending"] > 0
         first.send_signal(signal.SIGTERM)
         out, _ = await asyncio.to_thread(first.communicate, timeout=60)
     finally:

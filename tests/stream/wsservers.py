@@ -340,6 +340,7 @@ class LiveTape:
         self.wire_symbol = wire_symbol
         self.clock = clock
         self.rows: list[list[Any]] = []
+        self.listeners = 0  # connections streaming the tape so far
         self._changed = asyncio.Event()
 
     async def play(self, count: int) -> None:
@@ -354,6 +355,7 @@ class LiveTape:
 
     async def stream(self) -> AsyncIterator[str]:
         index = len(self.rows)
+        self.listeners += 1
         while True:
             while index >= len(self.rows):
                 await self._changed.wait()
