@@ -266,12 +266,17 @@ class WebSocketSource(Source):
     async def handle(self, raw: bytes) -> Sequence[Event]:
         """Turn one message into events; raise ``Malformed`` to count and skip it."""
 
+    trade_backfill: Callable[..., Any] | None = None
+    """``async (symbol, first_id, last_id) -> list[Trade]`` (REST), used by the default hook."""
+
     async def fetch_missing_trades(
         self, symbol: str, first_id: int, last_id: int | None, since_ns: int
     ) -> list[Trade] | None:
         """Trades ``first_id..last_id`` (``last_id`` None: up to now) from the exchange's REST API;
         None: no backfill configured."""
-        return None
+        if self.trade_backfill is None:
+            return None
+        return await self.trade_backfill(symbol, first_id, last_id)
 
     # --- the feed's clock ----------------------------------------------------------------------
 

@@ -338,13 +338,6 @@ class BinanceSource(WebSocketSource):
         )
         return [trade]  # sequenced (duplicates, id gaps) by the session loop
 
-    async def fetch_missing_trades(
-        self, symbol: str, first_id: int, last_id: int | None, since_ns: int
-    ) -> list[Trade] | None:
-        if self.trade_backfill is None:
-            return None
-        return await self.trade_backfill(symbol, first_id, last_id)
-
     async def _on_depth(self, diff: _Depth) -> list[Event]:
         symbol = self._symbol(diff.s)
         state = self.depth_state[symbol]

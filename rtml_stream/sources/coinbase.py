@@ -195,13 +195,6 @@ class CoinbaseSource(WebSocketSource):
         )
         self.backfill_attempts = max(1, backfill_attempts)
 
-    async def fetch_missing_trades(
-        self, symbol: str, first_id: int, last_id: int | None, since_ns: int
-    ) -> list[Trade] | None:
-        if self.trade_backfill is None:
-            return None
-        return await self.trade_backfill(symbol, first_id, last_id)
-
     async def close(self) -> None:
         await super().close()
         if isinstance(self.trade_backfill, CoinbaseTradesBackfill):
