@@ -155,6 +155,35 @@ def test_streaming_builder_fills_gaps_and_heartbeats_close_quiet_minutes(kraken_
     assert builder.peek() is None and builder.open_windows == 0
 
 
+def test_a_gap_longer_than_max_fill_candles_is_recorded_not_filled(kraken_trades):
+    """A jump of a year (one far trade, or a timer) costs one record, not 525,600 flat candles;
+    a short gap is still filled."""
+    gaps = []
+    builder = CandleBuilder("kraken", "BTC-USDT", "1m", fill_gaps=True, max_fill_candles=1440,
+                            on_gap=lambda a, b: gaps.append((a, b)))
+    first = [c for t in kraken_trades for c in builder.add(t)]
+    assert first == build_candles(kraken_trades, "1m", fill_gaps=True)[:len(first)]  # short gaps filled
+    last = kraken_trades[-1]
+    year = 365 * 24 * 60 * 60 * NS
+    far = Trade("kraken", "BTC-USDT", last.trade_id + 1, last.time_ns + year, last.price, last.size, "buy")
+    closed = builder.add(far)
+    assert len(closed) == 1 and closed[0].trade_count > 0  # the window that was open, nothing flat
+    assert closed[0].start_ns == last.time_ns - last.time_ns % (60 * NS)
+    assert builder.gaps == 1 and len(gaps) == 1
+    start, end = gaps[0]
+    assert start == closed[0].start_ns + 60 * NS and end == far.time_ns - far.time_ns % (60 * NS)
+    assert builder.flush()[0].start_ns == end  # the far trade's own candle follows, no flat ones
+    # exactly at the bound: filled
+    builder = CandleBuilder("kraken", "BTC-USDT", "1m", fill_gaps=True, max_fill_candles=3)
+    t0 = kraken_trades[0]
+    base = t0.time_ns - t0.time_ns % (60 * NS)
+    builder.add(t0)
+    later = Trade("kraken", "BTC-USDT", t0.trade_id + 1, base + 4 * 60 * NS, t0.price, t0.size, "sell")
+    assert [c.trade_count for c in builder.add(later)] == [1, 0, 0, 0]
+    assert [c.trade_count for c in builder.flush()] == [1]
+    assert builder.gaps == 0
+
+
 def test_incremental_candles_close_when_the_watermark_passes_their_end(kraken_trades):
     builder = CandleBuilder("kraken", "BTC-USDT", "5m")
     seen: list[Candle] = []

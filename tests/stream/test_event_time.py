@@ -311,3 +311,34 @@ async def test_sigkill_and_a_restart_from_the_checkpoint_leave_the_candles_of_no
     assert assert_candles_and_rows_equal_batch(store, trades, "5s", version) >= 3
     assert_candles_and_rows_equal_batch(store, trades, "15s", version)
     store.close()
+
+
+# --- a gap too long to fill ----------------------------------------------------------------------
+
+def test_a_gap_longer_than_max_fill_candles_is_recorded_offline_not_filled(offline_url) -> None:
+    from rtml_stream.corrections import StreamOfflineSink, read_gaps
+
+    ticks = list(islice(read_trades(DATA / "es_futures_ticks_2013-09.csv.gz", "ticks-csv", exchange="replay",
+                                    symbol="ES-USD"), 4_000))
+    days = 3 * 24 * 3600 * NS  # 4,320 one-minute windows without a trade: more than the 1,440 filled
+    later = [Trade(t.exchange, t.symbol, t.trade_id, t.time_ns + days, t.price, t.size, t.side) for t in ticks[2_000:]]
+    pipeline = Pipeline(("1m",), allowed_lateness_ns=2 * NS, wall_clock=lambda: later[-1].time_ns)
+    pipeline.on_trades(ticks[:2_000])
+    pipeline.on_trades(later)
+    pipeline.flush_open()
+    out = pipeline.drain()
+    assert pipeline.gaps == 1 and len(out.gaps) == 1 and out.gaps[0].candles > 1_440
+    expected = build_candles(ticks[:2_000], "1m", fill_gaps=True) + build_candles(later, "1m", fill_gaps=True)
+    assert out.candles == expected  # both sides exact, nothing flat across the gap
+    assert len(out.rows) == len(out.candles)
+    store = open_offline_store(offline_url)
+    sink = StreamOfflineSink(store)
+    sink.add_candles(out.candles)
+    sink.add_gaps(out.gaps)
+    assert sink.flush_sync(now=sink.clock() + 60)
+    (recorded,) = read_gaps(store, "replay", "ES-USD")
+    gap = out.gaps[0]
+    assert (recorded["timeframe"], recorded["from_ns"], recorded["to_ns"], recorded["candles"]) == (
+        "1m", gap.from_ns, gap.to_ns, gap.candles)
+    assert sink.settled() == {"candles": len(out.candles), "gaps": 1}
+    store.close()
