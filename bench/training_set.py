@@ -172,16 +172,13 @@ def model_report(quick: bool) -> list[tuple]:
         ts = build_training_set(features, candles, timeframe=timeframe, horizon_s=horizon,
                                 feature_set_version=DEFAULT_FEATURE_SET.version)
         plan = EvaluationPlan()
-        base = evaluate_baseline(ts, plan)["metrics"]
-        rows.append((label, f"H={horizon}s", "mean of last 10", base["mae_price"], base["rmse_price"],
-                     base["directional_accuracy"], base["skill_vs_mean10"], base["skill_vs_zero"], int(base["n_rows"])))
-        rows.append((label, f"H={horizon}s", "zero return", base["baseline_zero_mae_price"],
-                     base["baseline_zero_rmse_price"], 0.5, 1 - base["baseline_zero_mae_price"] / base["mae_price"],
-                     0.0, int(base["n_rows"])))
-        for kind in ("lasso", "xgboost"):
-            m = train_model(ts, kind, space, plan).metrics
-            rows.append((label, f"H={horizon}s", kind, m["mae_price"], m["rmse_price"], m["directional_accuracy"],
-                         m["skill_vs_mean10"], m["skill_vs_zero"], int(m["n_rows"])))
+        for kind in ("baseline_mean10", "baseline_zero", "lasso", "xgboost"):
+            model = (evaluate_baseline(ts, kind, plan, space) if kind.startswith("baseline")
+                     else train_model(ts, kind, space, plan))
+            m = model.metrics
+            rows.append((label, f"H={horizon}s", kind, m["loss"], m["rmse_return"], m["mae_return"],
+                         m["skill_vs_mean10"], m["skill_vs_zero"], m["brier"], m["brier_base_rate"],
+                         int(m["n_rows"])))
     return rows
 
 
@@ -206,9 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     _print_table(("what", "time", "notes"), build_benchmark(rows, naive_rows=min(rows, 20_000)))
     if not args.skip_models:
         print("\n## Part 2: walk-forward holdout (last 20% of rows) on the bundled real history\n")
-        print("skill = 1 - MAE_model / MAE_baseline on the predicted price; > 0 beats that baseline.\n")
-        _print_table(("market", "horizon", "model", "MAE price", "RMSE price", "dir. accuracy",
-                      "skill vs mean10", "skill vs zero", "holdout rows"), model_report(args.quick))
+        print("loss = mean squared error of the log return (what every model is fitted on and judged by); "
+              "skill = 1 - loss_model / loss_baseline, > 0 beats that baseline; Brier of the calibrated prob_up "
+              "against the constant base rate.\n")
+        _print_table(("market", "horizon", "model", "loss (MSE)", "RMSE return", "MAE return", "skill vs mean10",
+                      "skill vs zero", "Brier", "Brier base rate", "holdout rows"), model_report(args.quick))
 
 
 if __name__ == "__main__":

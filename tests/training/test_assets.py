@@ -8,9 +8,11 @@ from decimal import Decimal
 import dagster as dg
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
 from rtml_assets.resources import OfflineStoreResource
 from rtml_assets.training import build_training_assets, build_training_schedules, training_resources
+from rtml_cli.main import cli
 from rtml_core.errors import InputError
 from rtml_core.registry import Market, ModelRegistry
 from rtml_core.schemas import Candle
@@ -131,6 +133,17 @@ def test_pipeline_registers_baselines_models_and_judges_the_candidate(sqlite_url
     assert "failed the promotion gate" in event.materialization.metadata["note"].value
     assert registry.champion_epoch() == epoch
     assert registry.audit()[-1]["action"] == "refused"
+
+    # ... and so does the command line without --force
+    failed_version = next(
+        e.materialization.metadata["model_version"].value for e in again.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == "candidate_model")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RTML_OFFLINE_URL", sqlite_url)
+        patch.setenv("RTML_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+        refused = CliRunner().invoke(cli, ["models", "promote", str(failed_version)])
+    assert refused.exit_code == 1 and "failed the promotion gate" in refused.output, refused.output
+    assert registry.champion_epoch() == epoch
 
 
 @pytest.mark.parametrize(
