@@ -189,14 +189,41 @@ async def _floor(rate: float, duration_s: float) -> list[float]:
         await pub.close()
 
 
+async def _lag_in_process(trades, redis_url: str, prefix: str, timeframes, rate: float, duration_s: float) -> list:
+    """The added lag with the feature service in the publishing process (no second process to wake)."""
+    from rtml_core.stores.online import open_online_store
+    from rtml_stream.broker.features import FeatureService, FeatureServiceOptions
+    from rtml_stream.pipeline import Pipeline
+    from rtml_stream.sinks import OnlineSink
+
+    name = f"RTMLBENCH_{uuid.uuid4().hex[:8].upper()}"
+    store = open_online_store(redis_url, prefix, history=100)
+    service = FeatureService(_config(name), lambda: Pipeline(timeframes, allowed_lateness_ns=0),
+                             OnlineSink(store, coalesce_ms=100), [MARKET], options=FeatureServiceOptions())
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        while not service.feeds:
+            await asyncio.sleep(0.01)
+        await _publish(name, trades, 1, rate, duration_s)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await task
+        store.close()
+        await _delete(name)
+    return list(service.lag_samples_ns)
+
+
 def broker_runs(trades, redis_url: str, prefix: str, timeframes, *, rate: float, lag_seconds: float,
                 per_message: int = 100) -> dict:
     """Publish-only and consume-only rates, the end-to-end rate, the added lag at ``rate``."""
     split = _run(trades, redis_url, prefix + ":bsplit", timeframes, per_message=per_message, publish_first=True)
     e2e = _run(trades, redis_url, prefix + ":be2e", timeframes, per_message=per_message)
     paced = _run(trades, redis_url, prefix + ":blag", timeframes, per_message=1, rate=rate, duration_s=lag_seconds)
+    inproc = asyncio.run(_lag_in_process(trades, redis_url, prefix + ":binproc", timeframes, rate, lag_seconds))
     floor = asyncio.run(_floor(rate, lag_seconds))
-    return {"split": split, "e2e": e2e, "lag": paced, "floor": floor, "per_message": per_message}
+    return {"split": split, "e2e": e2e, "lag": paced, "inproc": inproc, "floor": floor, "per_message": per_message}
 
 
 def print_broker(runs: dict, sidecar_rate: float, sidecar_lags_ms: list[float], rate: float, percentile) -> None:
@@ -220,6 +247,9 @@ def print_broker(runs: dict, sidecar_rate: float, sidecar_lags_ms: list[float], 
           f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     print(f"{'publish -> processed (rows written) in the service':<52} {lag['trades']:>9,} {len(lags):>7} "
           f"{percentile(lags, 50):>8.3f} {percentile(lags, 99):>8.3f} {max(lags, default=float('nan')):>8.3f}")
+    inproc = [ns / 1e6 for ns in runs["inproc"]]
+    print(f"{'same, the service in the publishing process':<52} {'':>9} {len(inproc):>7} "
+          f"{percentile(inproc, 50):>8.3f} {percentile(inproc, 99):>8.3f} {max(inproc, default=float('nan')):>8.3f}")
     floor = runs["floor"]
     print(f"{'(floor: nats-py publish -> pull fetch, nothing else)':<52} {'':>9} {len(floor):>7} "
           f"{percentile(floor, 50):>8.3f} {percentile(floor, 99):>8.3f} {max(floor, default=float('nan')):>8.3f}")
