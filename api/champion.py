@@ -94,7 +94,7 @@ class ChampionSource(Protocol):
 class ChampionHolder:
     """One reference to the current ``ServedModel``; readers never lock."""
 
-    __slots__ = ("current", "swaps", "last_error")
+    __slots__ = ("current", "last_error", "swaps")
 
     def __init__(self) -> None:
         self.current: ServedModel | None = None
@@ -151,7 +151,6 @@ async def poll_champion(
 def served_from_loaded(loaded, marker: Hashable, real_rows=None) -> ServedModel:
     """A ``ServedModel`` from the registry's ``LoadedModel``: tree models get a compiled path."""
     from api.inference import python_predictor, tree_predictor
-
     from rtml_core.training.calibration import Calibrator
 
     booster = getattr(loaded.predictor, "booster", None)

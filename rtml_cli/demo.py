@@ -22,7 +22,6 @@ from rtml_assets.market_history.markets import MarketSource
 from rtml_assets.market_history.partitions import range_tags
 from rtml_assets.selections import without_freshness
 from rtml_cli.demo_live import (
-    DEMO_MARKET,
     SKIPPED,
     history_markets,
     is_demo_market,
@@ -177,11 +176,6 @@ def features_step(demo: Demo) -> list[str]:
             if outcome.error:
                 lines.append(f"{'':<22} error: {outcome.error}")
     return lines
-
-
-DEMO_TRAINING_MARKET = DEMO_MARKET
-"""The market whose real ticks the sidecar then replays (ES 1m, H = 60 s); every other bundled
-market with enough history is trained too, each judged against its own baselines."""
 
 
 def training_step(demo: Demo) -> list[str]:

@@ -78,7 +78,11 @@ def find_market(markets: Sequence, exchange: str, symbol: str, timeframe: str):
 def check_training_input(settings, market, horizon_s: int | None, min_rows: int = 200):
     """Resolve the training request against the stored feature rows (raises InputError: unknown
     feature rows, horizon shorter than a candle, too little history) without training anything."""
-    from rtml_assets.training.assets import default_feature_set_version, load_training_set, resolve_request
+    from rtml_assets.training.assets import (
+        default_feature_set_version,
+        load_training_set,
+        resolve_request,
+    )
     from rtml_assets.training.config import TrainingConfig
     from rtml_core.stores.offline import open_offline_store
 
@@ -185,7 +189,7 @@ def report_lines(report: TrainingReport) -> list[str]:
                      f"{'skill/mean10':>12} {'DM p/zero':>9} {'Brier':>7} {'Brier base':>10}")
         for kind, m in report.models.items():
             lines.append(
-                f"  {kind:<16} {str(m.get('model_version', '-')):>7} {_num(m.get('loss')):>10} "
+                f"  {kind:<16} {m.get('model_version', '-')!s:>7} {_num(m.get('loss')):>10} "
                 f"{_num(m.get('rmse_return')):>9} {_num(m.get('mae_return')):>9} "
                 f"{_num(m.get('skill_vs_zero'), signed=True):>10} {_num(m.get('skill_vs_mean10'), signed=True):>12} "
                 f"{_num(m.get('p_value_vs_zero'), 3):>9} {_num(m.get('brier'), 4):>7} "

@@ -142,5 +142,5 @@ def reliability_table(prob: np.ndarray, realized: np.ndarray, bins: int = 10) ->
     out = []
     for chunk in np.array_split(order, min(bins, max(len(order), 1))):
         if len(chunk):
-            out.append((float(prob[chunk].mean()), float(y[chunk].mean()), int(len(chunk))))
+            out.append((float(prob[chunk].mean()), float(y[chunk].mean()), len(chunk)))
     return out

@@ -11,9 +11,14 @@ import pandas as pd
 
 from rtml_core.errors import InputError
 from rtml_core.timeframes import NS
+from rtml_core.training.calibration import (
+    Calibrator,
+    activity_feature,
+    fit_calibrator,
+    probability_metrics,
+)
 from rtml_core.training.datasets import TrainingSet
 from rtml_core.training.evaluation import evaluate, split_holdout, walk_forward_predict
-from rtml_core.training.calibration import Calibrator, activity_feature, fit_calibrator, probability_metrics
 from rtml_core.training.models import (
     BASELINE_KINDS,
     baseline_artifact,

@@ -68,7 +68,7 @@ def reliability_png(prob_up: np.ndarray, realized_return: np.ndarray, title: str
     axes = figure.add_subplot()
     axes.plot([0, 1], [0, 1], color="grey", linewidth=1, label="perfectly calibrated")
     if table:
-        predicted, realized, rows = zip(*table)
+        predicted, realized, _ = zip(*table)
         axes.plot(predicted, realized, marker="o", label="holdout bins (equal rows)")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1)

@@ -15,7 +15,15 @@ from rtml_core.registry import ModelRegistry
 from rtml_core.training.calibration import fit_calibrator
 from rtml_core.training.models import baseline_artifact, fit_lasso, lasso_to_json
 from tests.api.conftest import (
-    EXCHANGE, FEATURE_SET, FEATURES, HEADERS, HORIZON_S, TIMEFRAME, RealData, api_settings, feature_row,
+    EXCHANGE,
+    FEATURE_SET,
+    FEATURES,
+    HEADERS,
+    HORIZON_S,
+    TIMEFRAME,
+    RealData,
+    api_settings,
+    feature_row,
     register_xgboost,
 )
 

@@ -15,7 +15,13 @@ from rtml_assets.training import build_training_assets, training_resources
 from rtml_core.registry import Market, ModelRegistry
 from rtml_core.schemas import Candle
 from rtml_core.stores.offline import open_offline_store
-from rtml_core.training.gate import GateConfig, diebold_mariano, hac_variance, judge, newey_west_lags
+from rtml_core.training.gate import (
+    GateConfig,
+    diebold_mariano,
+    hac_variance,
+    judge,
+    newey_west_lags,
+)
 from tests.training.data import btc_candles, trailing_features
 
 VERSION = "gate-test-v1"
@@ -40,7 +46,7 @@ def test_dm_is_one_sided_and_overlap_widens_the_variance():
     realized = rng.standard_t(4, size=2000) * 1e-3
     good = realized * 0.3 + rng.normal(0, 1e-4, size=2000)  # knows 30% of the move
     zero = np.zeros_like(realized)
-    loss = lambda p: (realized - p) ** 2  # noqa: E731
+    loss = lambda p: (realized - p) ** 2
     better = diebold_mariano(loss(good), loss(zero), 1, "baseline_zero")
     assert better.skill > 0 and better.statistic > 3 and better.p_value < 1e-3
     worse = diebold_mariano(loss(zero), loss(good), 1, "model")

@@ -18,10 +18,9 @@ from rtml_core.registry import (
     UnknownVersion,
 )
 from rtml_core.stores.offline_tables import apply_migrations
-from rtml_core.training.models import baseline_artifact
 from rtml_core.training.datasets import build_training_set
 from rtml_core.training.evaluation import split_holdout
-from rtml_core.training.models import fit_lasso, fit_xgboost
+from rtml_core.training.models import baseline_artifact, fit_lasso, fit_xgboost
 from rtml_core.training.pipeline import evaluate_baseline, train_model
 from rtml_core.training.tuning import SearchSpace, purged_time_folds
 from tests.training.data import btc_candles, trailing_features
@@ -59,7 +58,7 @@ def test_models_are_evaluated_on_the_holdout_against_both_baselines(training_set
     baseline = evaluate_baseline(training_set, "baseline_mean10", space=FAST).metrics
     zero = evaluate_baseline(training_set, "baseline_zero", space=FAST).metrics
     y = training_set.frame["target"].to_numpy()
-    for kind, model in trained.items():
+    for model in trained.values():
         metrics = model.metrics
         assert metrics["n_rows"] == baseline["n_rows"] > 400
         assert metrics["loss_name"] == "squared_error_log_return"
