@@ -2,9 +2,8 @@
 
 ``SocketGate`` admits a socket or says why not: connects per second per client (API key, or
 address without auth), open sockets per client and per worker. ``UpdateHub`` holds one
-online-store subscription per market for the whole worker and fans each new row out to every
-socket watching that market, so store connections grow with markets watched, not with sockets
-(and the per-worker cap bounds both).
+``MarketFeed`` of the online store for the whole worker (one Redis connection however many
+markets and sockets) and fans each new row out to every socket watching its market.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from contextlib import asynccontextmanager
 from time import monotonic
 
 from rtml_core.schemas import FeatureRow
+from rtml_core.stores.online_base import OnlineStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,80 +71,82 @@ class SocketGate:
         self.total -= 1
 
 
-class _Feed:
-    """One market's subscription and the queues of the sockets watching it."""
-
-    def __init__(self) -> None:
-        self.queues: set[asyncio.Queue] = set()
-        self.task: asyncio.Task | None = None
-        self.ready = asyncio.get_running_loop().create_future()  # the subscription is open (or failed)
-
-
 class UpdateHub:
-    """One online-store subscription per market per worker, fanned out to every watcher."""
+    """One ``MarketFeed`` of the online store per worker, fanned out to every watching socket."""
 
     def __init__(self, store) -> None:
         self.store = store
-        self._feeds: dict[tuple[str, str, str], _Feed] = {}
+        self._feed = None
+        self._pump: asyncio.Task | None = None
+        self._queues: dict[tuple[str, str, str], set[asyncio.Queue]] = {}
+        self._added: dict[tuple[str, str, str], asyncio.Future] = {}  # the feed listens for the market
 
     @property
-    def subscriptions(self) -> int:
-        return len(self._feeds)
+    def markets(self) -> int:
+        return len(self._queues)
 
     @asynccontextmanager
     async def watch(self, exchange: str, symbol: str, timeframe: str) -> AsyncIterator[asyncio.Queue]:
         """A queue of the rows that become the market's latest from now on (listening on return).
 
-        Raises what opening the subscription raised (``OnlineStoreUnavailable``). A queue gets
-        an exception instead of a row when the subscription ends.
+        Raises what opening the feed raised (``OnlineStoreUnavailable``). A queue gets an
+        exception instead of a row when the feed fails.
         """
         market = (exchange, symbol, timeframe)
-        feed = self._feeds.get(market)
-        if feed is None:
-            feed = self._feeds[market] = _Feed()
-            feed.task = asyncio.create_task(self._pump(market, feed))
+        if self._feed is None:
+            self._feed = self.store.feed()
         queue: asyncio.Queue = asyncio.Queue(QUEUE_ROWS)
-        feed.queues.add(queue)
+        self._queues.setdefault(market, set()).add(queue)
         try:
-            await asyncio.shield(feed.ready)
+            added = self._added.get(market)
+            if added is None:  # the first watcher adds the market; later ones wait for it
+                added = self._added[market] = asyncio.get_running_loop().create_future()
+                try:
+                    await self._feed.add(*market)
+                    added.set_result(None)
+                except BaseException as error:
+                    del self._added[market]
+                    added.set_exception(error if isinstance(error, Exception) else
+                                        OnlineStoreUnavailable("the feed stopped opening (cancelled)"))
+                    added.exception()  # retrieved: the watchers waiting below re-raise it
+                    raise
+            await asyncio.shield(added)
+            if self._pump is None or self._pump.done():
+                self._pump = asyncio.create_task(self._forward())
             yield queue
         finally:
-            feed.queues.discard(queue)
-            if not feed.queues and self._feeds.get(market) is feed:
-                del self._feeds[market]
-                feed.task.cancel()
-                await asyncio.gather(feed.task, return_exceptions=True)
+            queues = self._queues.get(market)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:
+                    del self._queues[market]
+                    if self._added.get(market) is not None and self._added[market].done():
+                        del self._added[market]
+                        self._feed.discard(*market)
 
-    async def _pump(self, market: tuple[str, str, str], feed: _Feed) -> None:
-        subscription = self.store.subscribe(*market)
-        try:
+    async def _forward(self) -> None:
+        while True:
             try:
-                await subscription.open()
-            except Exception as error:  # noqa: BLE001 - every watcher learns it from ``ready``
-                feed.ready.set_exception(error)
-                if self._feeds.get(market) is feed:
-                    del self._feeds[market]
-                return
-            feed.ready.set_result(None)
-            async for row in subscription:
-                for queue in list(feed.queues):
-                    _put_newest(queue, row)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # noqa: BLE001 - the watchers close their sockets
-            log.warning("subscription to %s ended: %r", market, error)
-            for queue in list(feed.queues):
-                _put_newest(queue, error)
-            if self._feeds.get(market) is feed:
-                del self._feeds[market]
-        finally:
-            await subscription.aclose()
+                async for row in self._feed:
+                    for queue in self._queues.get((row.exchange, row.symbol, row.timeframe), ()):
+                        _put_newest(queue, row)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the watchers close their sockets
+                log.warning("online-store feed failed: %r", error)
+                for queues in self._queues.values():
+                    for queue in queues:
+                        _put_newest(queue, error)
+                await asyncio.sleep(1.0)
 
     async def aclose(self) -> None:
-        feeds, self._feeds = list(self._feeds.values()), {}
-        for feed in feeds:
-            feed.task.cancel()
-        await asyncio.gather(*(feed.task for feed in feeds), return_exceptions=True)
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await feed.aclose()
 
 
 def _put_newest(queue: asyncio.Queue, item: FeatureRow | BaseException) -> None:

@@ -16,6 +16,7 @@ import math
 import random
 import re
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -282,6 +283,86 @@ class Subscription(ABC):
         await self.aclose()
 
 
+class MarketFeed(ABC):
+    """New latest rows of any number of markets through one listener (one connection).
+
+    ``await feed.add(exchange, symbol, timeframe)`` starts delivering that market's rows newer
+    than its latest row at that moment; ``feed.discard(...)`` stops it. ``async for row in
+    feed`` yields the rows of every watched market, each market in event-time order; the feed
+    reconnects by itself and catches up from history. Close with ``await feed.aclose()``.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str, str], int] = {}  # watched market -> newest event time yielded
+        self._pending: deque[FeatureRow] = deque()
+        self._closed = False
+
+    @property
+    def markets(self) -> list[tuple[str, str, str]]:
+        return list(self._last)
+
+    async def add(self, exchange: str, symbol: str, timeframe: str) -> None:
+        """Watch a market (listening when this returns: no later row is missed)."""
+        check_key_part("exchange", exchange)
+        check_key_part("symbol", symbol)
+        check_key_part("timeframe", timeframe)
+        market = (exchange, symbol, timeframe)
+        if market in self._last:
+            return
+        await self._open()
+        self._last[market] = -1  # rows arriving while the latest is read are not lost
+        latest = await self._latest_event_time(market)
+        if market in self._last and latest is not None:
+            self._last[market] = max(self._last[market], latest)
+
+    def discard(self, exchange: str, symbol: str, timeframe: str) -> None:
+        self._last.pop((exchange, symbol, timeframe), None)
+
+    def _wanted(self, row: FeatureRow) -> bool:
+        """True (and remembered) when ``row`` is of a watched market and newer than its last one."""
+        market = (row.exchange, row.symbol, row.timeframe)
+        last = self._last.get(market)
+        if last is None or row.event_time_ns <= last:
+            return False
+        self._last[market] = row.event_time_ns
+        return True
+
+    def __aiter__(self) -> MarketFeed:
+        return self
+
+    async def __anext__(self) -> FeatureRow:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            while self._pending:
+                row = self._pending.popleft()
+                if self._wanted(row):
+                    return row
+            await self._open()
+            self._pending.extend(await self._next_rows())
+
+    @abstractmethod
+    async def _open(self) -> None:
+        """Start listening (idempotent)."""
+
+    @abstractmethod
+    async def _latest_event_time(self, market: tuple[str, str, str]) -> int | None:
+        """Event time of a market's latest row now (None: no row)."""
+
+    @abstractmethod
+    async def _next_rows(self) -> list[FeatureRow]:
+        """Wait for candidate rows (any market; duplicates and older rows are filtered here)."""
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """Stop listening and release connections."""
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._close()
+
+
 class OnlineStore(ABC):
     """Latest feature row, bounded history and live values per market; one round trip per batch.
 
@@ -320,6 +401,10 @@ class OnlineStore(ABC):
     @abstractmethod
     def subscribe(self, exchange: str, symbol: str, timeframe: str) -> Subscription:
         """Rows that become the latest from now on, as an async iterator (see ``Subscription``)."""
+
+    @abstractmethod
+    def feed(self) -> MarketFeed:
+        """One listener for the new latest rows of many markets (see ``MarketFeed``)."""
 
     # async reads (the API's request path): never block the event loop --------------------
     async def aread_market(self, exchange: str, symbol: str, timeframe: str) -> MarketSnapshot:

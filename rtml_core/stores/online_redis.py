@@ -37,6 +37,7 @@ from rtml_core.schemas import FeatureRow
 from rtml_core.stores.online_base import (
     RESERVED_FIELDS,
     LiveValues,
+    MarketFeed,
     MarketSnapshot,
     OnlineStore,
     OnlineStoreUnavailable,
@@ -259,6 +260,24 @@ class RedisOnlineStore(OnlineStore):
     def subscribe(self, exchange: str, symbol: str, timeframe: str) -> Subscription:
         return RedisSubscription(self, exchange, symbol, timeframe)
 
+    def feed(self) -> MarketFeed:
+        return RedisMarketFeed(self)
+
+    async def _alatest_event_time(self, latest_key: str) -> int | None:
+        """HGET event_time of a latest hash without a connection of its own (async reads' path)."""
+        if self._pipelined is not None:
+            (latest,) = await self._pipelined.execute(pack_command("HGET", latest_key, "event_time"), 1)
+            if isinstance(latest, Exception):
+                raise RedisConnectionError(f"Redis answered an error: {latest}")
+        elif self.cluster:
+            latest = await asyncio.to_thread(self._client.hget, latest_key, "event_time")
+        else:
+            latest = await self._asyncio_client().hget(latest_key, "event_time")
+        return None if latest is None else int(latest)
+
+    def _rows_since(self, history_key: str, after_ms: int) -> list[FeatureRow]:
+        return [decode_row_json(member) for member in self._client.zrangebyscore(history_key, after_ms, "+inf")]
+
     # async reads (the API's request path) ---------------------------------------------------
     def _asyncio_client(self) -> redis.asyncio.Redis:
         if self._async_client is None:
@@ -379,6 +398,112 @@ def _safe_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
+async def _next_message(listener, kind: str, catch_up) -> dict | list[FeatureRow]:
+    """The next pub/sub message of ``kind`` on ``listener._pubsub``; a lost connection is
+    reopened with backoff (``listener._connect``/``_disconnect``) and then ``await catch_up()``
+    is returned when it found rows written meanwhile."""
+    attempt = 0
+    while True:
+        try:
+            if listener._pubsub is None:
+                await listener._connect()
+                attempt = 0
+                rows = await catch_up()
+                if rows:
+                    return rows
+                continue
+            message = await listener._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None and message["type"] == kind:
+                return message
+        except _UNAVAILABLE:
+            await listener._disconnect()
+            await sleep_backoff(attempt)
+            attempt += 1
+
+
+class RedisMarketFeed(MarketFeed):
+    """One pattern subscription (``PSUBSCRIBE {prefix}:updates:*``) for every watched market.
+
+    One Redis connection however many markets are watched; messages of markets nobody watches
+    are dropped by their channel name, undecoded. After a lost connection it reconnects with
+    backoff and queues each watched market's rows written meanwhile (from history). On Redis
+    Cluster it listens on the seed node (a PUBLISH reaches every node).
+    """
+
+    def __init__(self, store: RedisOnlineStore) -> None:
+        super().__init__()
+        self._store = store
+        self._pattern = f"{store.keys.prefix}:updates:*"
+        self._channels: dict[bytes, tuple[str, str, str]] = {}
+        self._client: redis.asyncio.Redis | None = None
+        self._pubsub = None
+        self._started = False
+        self._opening: asyncio.Lock | None = None
+
+    async def add(self, exchange: str, symbol: str, timeframe: str) -> None:
+        _, _, channel = self._store.keys.market(exchange, symbol, timeframe)
+        self._channels[channel.encode()] = (exchange, symbol, timeframe)
+        await super().add(exchange, symbol, timeframe)
+
+    def discard(self, exchange: str, symbol: str, timeframe: str) -> None:
+        super().discard(exchange, symbol, timeframe)
+        self._channels = {c: m for c, m in self._channels.items() if m != (exchange, symbol, timeframe)}
+
+    async def _connect(self) -> None:
+        self._client = redis.asyncio.Redis.from_url(self._store.node_url, **_client_options())
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.psubscribe(self._pattern)
+
+    async def _disconnect(self) -> None:
+        pubsub, client, self._pubsub, self._client = self._pubsub, self._client, None, None
+        for closing in (pubsub, client):
+            if closing is not None:
+                try:
+                    await closing.aclose()
+                except _UNAVAILABLE:
+                    pass
+
+    async def _open(self) -> None:
+        if self._started:
+            return
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:  # callers racing to open share one connection
+            if self._started:
+                return
+            try:
+                await self._connect()
+            except _UNAVAILABLE as error:
+                await self._disconnect()
+                raise OnlineStoreUnavailable(
+                    f"Redis at {_safe_url(self._store.url)} is unavailable: {error}") from error
+            self._started = True
+
+    async def _latest_event_time(self, market: tuple[str, str, str]) -> int | None:
+        try:
+            return await self._store._alatest_event_time(self._store.keys.market(*market)[0])
+        except _ASYNC_UNAVAILABLE as error:
+            raise OnlineStoreUnavailable(f"Redis at {_safe_url(self._store.url)} is unavailable: {error}") from error
+
+    def _catch_up(self) -> list[FeatureRow]:
+        rows: list[FeatureRow] = []
+        for market, last in list(self._last.items()):
+            rows += self._store._rows_since(self._store.keys.market(*market)[1], max(last, 0) // 1_000_000)
+        return rows
+
+    async def _next_rows(self) -> list[FeatureRow]:
+        while True:
+            message = await _next_message(self, "pmessage", lambda: asyncio.to_thread(self._catch_up))
+            if isinstance(message, list):  # caught up after a reconnect
+                return message
+            market = self._channels.get(message["channel"])
+            if market is not None and market in self._last:
+                return [decode_row_json(message["data"])]
+
+    async def _close(self) -> None:
+        await self._disconnect()
+
+
 class RedisSubscription(Subscription):
     """Redis pub/sub on the market's updates channel; reconnects and catches up from history.
 
@@ -432,30 +557,21 @@ class RedisSubscription(Subscription):
             raise OnlineStoreUnavailable(f"Redis at {_safe_url(self._url)} is unavailable: {error}") from error
         return None if latest is None else int(latest)
 
-    async def _catch_up(self) -> None:
-        """After a reconnect: queue the rows written meanwhile (newer than the last one yielded)."""
+    async def _catch_up(self) -> list[FeatureRow]:
+        """After a reconnect: the rows written meanwhile (newer than the last one yielded)."""
         after_ms = max(self._last_event_time_ns, 0) // 1_000_000
         members = await self._reader.zrangebyscore(self._history_key, after_ms, "+inf")
-        self._pending.extend(decode_row_json(member) for member in members)
+        return [decode_row_json(member) for member in members]
 
     async def _next_row(self) -> FeatureRow:
-        attempt = 0
         while True:
             if self._pending:
                 return self._pending.popleft()
-            try:
-                if self._pubsub is None:
-                    await self._connect()
-                    await self._catch_up()
-                    attempt = 0
-                    continue
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None and message["type"] == "message":
-                    return decode_row_json(message["data"])
-            except _UNAVAILABLE:
-                await self._disconnect()
-                await sleep_backoff(attempt)
-                attempt += 1
+            message = await _next_message(self, "message", self._catch_up)
+            if isinstance(message, list):  # caught up after a reconnect
+                self._pending.extend(message)
+                continue
+            return decode_row_json(message["data"])
 
     async def _close(self) -> None:
         await self._disconnect()

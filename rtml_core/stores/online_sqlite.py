@@ -27,6 +27,7 @@ from rtml_core.errors import InputError
 from rtml_core.schemas import FeatureRow
 from rtml_core.stores.online_base import (
     LiveValues,
+    MarketFeed,
     MarketSnapshot,
     OnlineStore,
     OnlineStoreUnavailable,
@@ -215,6 +216,9 @@ class SqliteOnlineStore(OnlineStore):
     def subscribe(self, exchange: str, symbol: str, timeframe: str) -> Subscription:
         return SqliteSubscription(self.path, exchange, symbol, timeframe)
 
+    def feed(self) -> MarketFeed:
+        return SqliteMarketFeed(self.path)
+
     def ping(self) -> bool:
         try:
             self._query_one("SELECT 1", ())
@@ -225,6 +229,60 @@ class SqliteOnlineStore(OnlineStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class SqliteMarketFeed(MarketFeed):
+    """Polls ``PRAGMA data_version`` on its own connection; after a commit, reads each watched
+    market's rows newer than the last one delivered."""
+
+    def __init__(self, path: Path, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+        super().__init__()
+        self._path = path
+        self._poll_interval_s = poll_interval_s
+        self._conn: sqlite3.Connection | None = None
+        self._data_version: int | None = None
+
+    async def _open(self) -> None:
+        if self._conn is None:
+            try:
+                self._conn = _connect(self._path, wal=False)
+                self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error as error:
+                raise OnlineStoreUnavailable(f"SQLite online store {self._path}: {error}") from error
+
+    async def _latest_event_time(self, market: tuple[str, str, str]) -> int | None:
+        found = self._conn.execute(
+            "SELECT event_time_ns FROM latest WHERE exchange = ? AND symbol = ? AND timeframe = ?", market,
+        ).fetchone()
+        return found[0] if found else None
+
+    def _poll(self) -> list[FeatureRow]:
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return []
+        self._data_version = version
+        rows: list[FeatureRow] = []
+        for market, last in list(self._last.items()):
+            rows += (decode_row_json(js) for (js,) in self._conn.execute(
+                "SELECT row_json FROM history WHERE exchange = ? AND symbol = ? AND timeframe = ? "
+                "AND event_time_ns > ? ORDER BY event_time_ns", (*market, last)))
+        return rows
+
+    async def _next_rows(self) -> list[FeatureRow]:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                rows = self._poll()
+            except sqlite3.OperationalError:  # locked for a moment or file being replaced: poll again
+                self._data_version = None
+                continue
+            if rows:
+                return rows
+
+    async def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class SqliteSubscription(Subscription):

@@ -749,3 +749,63 @@ async def test_failed_reads_of_a_hung_redis_close_every_connection(auth):
         assert open_fds() - len(hung.accepted) <= before
     finally:
         hung.close()
+
+
+async def next_row(feed, timeout: float = 10.0) -> FeatureRow:
+    return await asyncio.wait_for(feed.__anext__(), timeout)
+
+
+async def test_one_feed_delivers_every_watched_market_in_order_and_nothing_else(store):
+    store.write_rows([make_row(0), make_row(0, symbol="ETH-USD"), make_row(0, timeframe="5m")])
+    feed = store.feed()
+    try:
+        await feed.add("kraken", "BTC-USD", "1m")
+        await feed.add("kraken", "ETH-USD", "1m")
+        await feed.add("kraken", "SOL-USD", "1m")  # no row yet: its first row is delivered
+        assert sorted(feed.markets) == [("kraken", s, "1m") for s in ("BTC-USD", "ETH-USD", "SOL-USD")]
+        store.write_rows([make_row(1, timeframe="5m"), make_row(1, symbol="DOGE-USD")])  # not watched
+        store.write_rows([make_row(-5)])  # older than BTC-USD's latest: never delivered
+        store.write_rows([make_row(1), make_row(2)])
+        store.write_rows([make_row(1, symbol="ETH-USD"), make_row(1, symbol="SOL-USD")])
+        got = [await next_row(feed) for _ in range(4)]
+        by_market = {}
+        for row in got:
+            by_market.setdefault(row.symbol, []).append(row.event_time_ns)
+        assert by_market == {"BTC-USD": [T0 + MINUTE, T0 + 2 * MINUTE], "ETH-USD": [T0 + MINUTE],
+                             "SOL-USD": [T0 + MINUTE]}
+        assert_same_row(next(row for row in got if row.symbol == "BTC-USD"), make_row(1))
+        feed.discard("kraken", "ETH-USD", "1m")
+        store.write_rows([make_row(2, symbol="ETH-USD"), make_row(3)])
+        assert (await next_row(feed)).event_time_ns == T0 + 3 * MINUTE  # ETH-USD no longer watched
+        with pytest.raises(TimeoutError):
+            await next_row(feed, timeout=0.5)
+        with pytest.raises(InputError):
+            await feed.add("a:b", "BTC-USD", "1m")
+    finally:
+        await feed.aclose()
+        await store.aclose()
+
+
+async def test_a_redis_feed_uses_one_connection_and_catches_up_after_a_restart(own_redis):
+    store = RedisOnlineStore(own_redis.url, "rtml")
+    symbols = [f"C{i}-USD" for i in range(30)]
+    store.write_rows([make_row(0, symbol=s) for s in symbols])
+    admin = redis.Redis.from_url(own_redis.url)
+    before = len(admin.client_list())
+    feed = store.feed()
+    try:
+        for symbol in symbols:
+            await feed.add("kraken", symbol, "1m")
+        assert len(admin.client_list()) - before <= 2  # the feed's one connection (+ the store's reads)
+        admin.close()
+        own_redis.kill()
+        waiting = asyncio.create_task(next_row(feed, 20))
+        await asyncio.sleep(0.3)  # the feed notices and retries with backoff
+        own_redis.start()  # empty again: the rows below may land before the feed is back
+        store.write_rows([make_row(1, symbol=symbols[0]), make_row(1, symbol=symbols[7])])
+        got = sorted([(await waiting).symbol, (await next_row(feed)).symbol])
+        assert got == sorted([symbols[0], symbols[7]])
+    finally:
+        await feed.aclose()
+        await store.aclose()
+        store.close()
