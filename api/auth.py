@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from time import monotonic
+from time import monotonic, time
 
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.middleware.rate_limit import get_remote_address
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from api.shared import count_shared, shared_store
 from rtml_core.errors import RtmlError
 
 HEADER = b"x-api-key"
@@ -85,6 +86,11 @@ class FailedKeyThrottle:
             return 0.0
         return left if window[1] >= self.limit else 0.0
 
+    def block(self, address: str) -> None:
+        """Other workers counted this address's failures past the limit: block it here too."""
+        self.failed(address)
+        self._windows[address][1] = max(self._windows[address][1], self.limit)
+
     def failed(self, address: str) -> None:
         now = monotonic()
         window = self._windows.get(address)
@@ -119,6 +125,8 @@ class ApiKeyMiddleware:
         self.app = app
         self.keys = keys
         self.throttle = FailedKeyThrottle(failed_limit)
+        self._shared = None  # the online store, when workers count failures together
+        self._shared_checked = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and not is_public(scope["path"]):
@@ -136,11 +144,26 @@ class ApiKeyMiddleware:
                        else None if key_matches(presented, self.keys) else "invalid API key")
             if problem is not None:
                 self.throttle.failed(address)
+                await self._count_shared(scope, address)
                 if scope["type"] == "websocket":
                     await close_websocket(receive, send, 4401, problem)
                     return
                 raise NotAuthorizedException(detail=problem)
         await self.app(scope, receive, send)
+
+
+    async def _count_shared(self, scope: Scope, address: str) -> None:
+        """With several workers: count the failure where all of them see it (only failures cost a
+        store round trip), and block the address here once the shared count is over the limit."""
+        if not self._shared_checked:
+            self._shared_checked = True
+            self._shared = shared_store(scope)
+        if self._shared is None or self.throttle.limit <= 0:
+            return
+        minute = int(time() // FAILED_KEY_WINDOW_S)
+        count = await count_shared(self._shared, f"failedkey:{address}:{minute}", int(FAILED_KEY_WINDOW_S) + 1)
+        if count is not None and count >= self.throttle.limit:
+            self.throttle.block(address)
 
 
 def rate_limit_identity(request) -> str:

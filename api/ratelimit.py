@@ -25,8 +25,7 @@ from litestar.types import Receive, Scope, Send
 
 from api.auth import HEADER as API_KEY_HEADER
 from api.auth import key_identity, rate_limit_identity
-from rtml_core.errors import UnsupportedOperation
-from rtml_core.stores.online_base import OnlineStoreUnavailable
+from api.shared import count_shared, shared_store
 
 MAX_TRACKED_CLIENTS = 10_000
 PUBLIC_PATTERNS = ["^/health$", "^/ready$", "^/metrics$", "^/schema(?:/.*)?$"]
@@ -76,22 +75,14 @@ class WindowCounterRateLimitMiddleware(RateLimitMiddleware):
     def _shared_store(self, scope: Scope):
         if not self._shared_checked:
             self._shared_checked = True
-            state = scope["litestar_app"].state
-            settings, service = state.get("settings"), state.get("service")
-            if settings is not None and service is not None and settings.api_workers > 1:
-                self._shared = service.store
+            self._shared = shared_store(scope)
         return self._shared
 
     async def _shared_over(self, identity: str, window: CacheObject) -> bool:
-        """Count the request in the window every worker shares; True when that one is full."""
-        try:
-            count = await self._shared.acount(f"ratelimit:{identity}:{window.reset}", self._duration + 1)
-        except UnsupportedOperation:  # the store keeps no shared counters: per-worker windows only
-            self._shared = None
-            return False
-        except OnlineStoreUnavailable:  # the per-worker window still applies meanwhile
-            return False
-        return count > self.max_requests
+        """Count the request in the window every worker shares; True when that one is full (while
+        it cannot be counted, the per-worker window still applies)."""
+        count = await count_shared(self._shared, f"ratelimit:{identity}:{window.reset}", self._duration + 1)
+        return count is not None and count > self.max_requests
 
     def _identity(self, scope: Scope) -> str:
         presented = next((value for name, value in scope["headers"] if name == API_KEY_HEADER), None)

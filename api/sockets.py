@@ -13,8 +13,9 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from time import monotonic
+from time import monotonic, time
 
+from api.shared import count_shared
 from rtml_core.schemas import FeatureRow
 from rtml_core.stores.online_base import OnlineStoreUnavailable
 
@@ -43,9 +44,15 @@ class SocketGate:
         self.total = 0
         self._connects: dict[str, deque[float]] = {}
 
-    def admit(self, client: str) -> None:
-        """Count a socket of ``client`` as open, or raise ``SocketRefused`` (close code, reason)."""
+    async def admit(self, client: str, shared=None) -> None:
+        """Count a socket of ``client`` as open, or raise ``SocketRefused`` (close code, reason).
+
+        ``shared``: the online store when several workers share the connect rate (``api.shared``).
+        """
         if self.connects_per_s > 0:
+            count = await count_shared(shared, f"wsconnect:{client}:{int(time())}", 2)
+            if count is not None and count > self.connects_per_s:
+                raise SocketRefused(4429, f"more than {self.connects_per_s} connects per second")
             now = monotonic()
             recent = self._connects.get(client)
             if recent is None:

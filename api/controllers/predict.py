@@ -15,6 +15,7 @@ from api.schemas import (
     BatchItemError, BatchPredictRequest, BatchPrediction, ErrorBody, Prediction, PredictRequest,
 )
 from api.serving import PredictionService
+from api.shared import shared_store
 from api.sockets import SocketGate, SocketRefused, UpdateHub, socket_client
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ async def prediction_stream(socket: WebSocket, symbol: str, exchange: str | None
     encoder = msgspec.json.Encoder()
     await socket.accept()
     try:
-        gate.admit(client)
+        await gate.admit(client, shared_store(socket.scope))
     except SocketRefused as refused:
         await socket.close(code=refused.code, reason=refused.reason)
         return

@@ -168,7 +168,7 @@ async def test_failed_keys_are_throttled_per_client_address(two_workers):
             response = await guesser.post("/v1/predict", json={"symbol": "BTC-USD"},
                                           headers={"X-API-Key": f"guess-{attempt:04d}-0123456789"})
             codes.append(response.status_code)
-        assert codes.count(401) <= 10 * 2  # the limit per minute, in each worker
+        assert codes.count(401) <= 10 + 1  # the limit per minute, counted by both workers together
         assert codes[-5:] == [429] * 5
         blocked = await guesser.post("/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS)
         assert blocked.status_code == 429 and "Retry-After" in blocked.headers  # even a right key waits
