@@ -168,7 +168,7 @@ def run_training(defs, instance, market, horizon_s: int, *, tuning: dict | None 
     if champion:
         report.champion = {k: champion.get(k) for k in ("promoted", "champion_version", "champion_kind", "note")}
     elif candidate:
-        report.champion = {"promoted": False, "note": "champion unchanged: the gate refused the candidate"}
+        report.champion = {"promoted": False, "note": "unchanged: the gate refused the candidate"}
     report.seconds = time.perf_counter() - started
     return report
 

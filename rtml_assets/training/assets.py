@@ -580,7 +580,7 @@ def build_training_assets(markets: Sequence) -> TrainingAssets:
             promoted, note = True, (f"promoted model version {candidate_model.version} "
                                     f"(previous: {promotion.previous_version})")
         except PromotionRefused as refused:
-            promoted, note = False, f"champion unchanged: {refused}"
+            promoted, note = False, f"unchanged: {refused}"
         champion = registry.champion_of(market)
         context.log.info(note)
         metadata = {
