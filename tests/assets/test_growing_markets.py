@@ -299,3 +299,25 @@ def test_the_sync_schedule_asks_for_each_new_day_as_the_clock_moves(offline_url:
         later = tick(utc(2025, 11, 13, 0, 15))  # the clock moved a day: one new partition
         assert [r.partition_key for r in later.run_requests] == [str(partition_key(dt.date(2025, 11, 12), market))]
 
+
+
+def test_a_synced_day_makes_the_training_automation_retrain_that_market(offline_url: str, tmp_path: Path):
+    """A new day from the exchange (the sync schedule's run: history and features) is what makes the
+    declarative automation ask for the market's training set; nothing calls training directly."""
+    with serve_exchange() as (url, _), dg.instance_for_test() as instance:
+        market = rest_market(url)
+        defs = definitions(tmp_path, offline_url, [market])
+        training = dg.AssetKey("training_set")
+        evaluation_time = utc(2025, 11, 12, 0, 30)
+        before = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=evaluation_time)
+        assert before.get_requested_partitions(training) == set()  # nothing new yet
+        job = defs.resolve_job_def("market_history_sync_job")
+        result = job.execute_in_process(instance=instance, partition_key=str(partition_key(DAY1, market)),
+                                        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}})
+        assert result.success
+        after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor,
+                                                  evaluation_time=evaluation_time)
+        assert after.get_requested_partitions(training) == {market.key}
+        quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor,
+                                                  evaluation_time=evaluation_time)
+        assert quiet.get_requested_partitions(training) == set()  # asked once per new data
