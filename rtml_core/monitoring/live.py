@@ -10,8 +10,9 @@ training sets (``rtml_core.training.datasets``) make the live scores comparable 
 - the mean-of-last-10 baseline at t is the mean of the last 10 closes at or before t, and the
   zero-return baseline is the logged price itself.
 
-Metrics come from ``rtml_core.training.evaluation.evaluate``: MAE/RMSE of the predicted price,
-directional accuracy, and skill = 1 - MAE_model / MAE_baseline against each baseline.
+Metrics come from ``rtml_core.training.evaluation.evaluate``, as on the holdout: MAE/RMSE of the
+predicted price, directional accuracy, and skill = 1 - loss_model / loss_baseline against each
+baseline, the loss being the one every model is judged by (squared error of the log return).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 
 from rtml_core.timeframes import NS, timeframe_seconds
 from rtml_core.training.datasets import BASELINE_WINDOW
-from rtml_core.training.evaluation import evaluate_mae_price as evaluate
+from rtml_core.training.evaluation import evaluate
 
 PREDICTION_COLUMNS = ("feature_time", "model_version", "horizon_s", "price", "predicted_return")
 METRIC_COLUMNS = (

@@ -114,24 +114,6 @@ def evaluate(predicted_return: np.ndarray, frame: pd.DataFrame) -> dict[str, flo
     return out
 
 
-def evaluate_mae_price(predicted_return: np.ndarray, frame: pd.DataFrame) -> dict[str, float]:
-    """Live monitoring's scores: the price metrics with skill = 1 - MAE_price_model / MAE_price_baseline
-    (what ``rtml_core.monitoring.live`` reports; training judges on ``evaluate``'s loss instead)."""
-    model = price_metrics(predicted_return, frame)
-    mean10 = price_metrics(mean_last_10_return(frame), frame)
-    zero = price_metrics(zero_return(frame), frame)
-    out = dict(model)
-    out["n_rows"] = float(len(frame))
-    out["baseline_mean10_mae_price"] = mean10["mae_price"]
-    out["baseline_mean10_rmse_price"] = mean10["rmse_price"]
-    out["baseline_zero_mae_price"] = zero["mae_price"]
-    out["baseline_zero_rmse_price"] = zero["rmse_price"]
-    out["baseline_mean10_directional_accuracy"] = mean10["directional_accuracy"]
-    out["skill_vs_mean10"] = _skill(model["mae_price"], mean10["mae_price"])
-    out["skill_vs_zero"] = _skill(model["mae_price"], zero["mae_price"])
-    return out
-
-
 def _skill(model_loss: float, baseline_loss: float) -> float:
     if baseline_loss == 0:
         return 0.0 if model_loss == 0 else float("-inf")
