@@ -39,6 +39,13 @@ DEFAULT_REPLAY = REPO_ROOT / "data" / "kraken_xbtusdt_trades_rest.json"
 """1,000 real Kraken XBT/USDT trades (data/README.md), replayed as kraken BTC-USD."""
 CODE_LOCATION = "rtml_assets.definitions"
 STREAM_EXCHANGES = ("replay", "kraken", "binance", "coinbase")
+RUNNING_BY_DEFAULT = {
+    "market_history_sync": "new days of the open-ended markets, 00:15 UTC",
+    "monitoring_schedule": "live skill, drift, freshness, every 15 min",
+    "retrain_hourly": "markets with new feature partitions, hourly",
+    "training_automation": "retrains a market when its new feature partitions land",
+}
+"""The schedules and sensors of the code location that run as soon as the Dagster daemon does."""
 STOP_GRACE_S = 20
 """Seconds between SIGTERM and SIGKILL (honcho's default 5 s is shorter than Dagster's shutdown)."""
 
@@ -225,8 +232,8 @@ def describe(settings: Settings, services: list[Service], env: Mapping[str, str]
             where += "  (POST /v1/predict, /schema/swagger)"
         lines.append(f"  {labels.get(service.name, service.name):<15} {where}")
     if "dagster-daemon" in {s.name for s in services}:
-        lines.append("  schedules       on: market_history_sync (new days of the open-ended markets, 00:15 UTC), "
-                     "monitoring_schedule (live skill, drift, freshness, every 15 min); switch them in the UI")
+        lines.append("  schedules       on: " + ", ".join(f"{name} ({what})" for name, what in RUNNING_BY_DEFAULT.items())
+                     + "; switch them in the UI")
     lines.append("Ctrl-C stops everything.")
     return lines
 

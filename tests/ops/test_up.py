@@ -64,6 +64,23 @@ def test_plan_postgres_dagster_and_live_exchange(tmp_path):
     )  # keys set, live data: nothing overridden
 
 
+def test_the_schedules_rtml_up_says_are_on_run_by_default_and_no_other(tmp_path):
+    import dagster as dg
+
+    from rtml_assets.definitions import build_definitions
+    from rtml_cli.up import RUNNING_BY_DEFAULT, describe
+
+    settings = Settings(home=tmp_path)
+    services, env = plan_stack(settings, UpOptions(), {})
+    (line,) = [text for text in describe(settings, services, env) if text.strip().startswith("schedules")]
+    assert all(name in line for name in RUNNING_BY_DEFAULT) and line.endswith("switch them in the UI")
+    defs = build_definitions(settings)
+    repo = defs.get_repository_def()
+    running = {s.name for s in repo.schedule_defs if s.default_status == dg.DefaultScheduleStatus.RUNNING}
+    running |= {s.name for s in repo.sensor_defs if s.default_status == dg.DefaultSensorStatus.RUNNING}
+    assert running == set(RUNNING_BY_DEFAULT)
+
+
 def test_plan_refuses_an_open_api_without_keys(tmp_path):
     with pytest.raises(InputError, match="RTML_API_KEYS"):
         plan_stack(Settings(home=tmp_path), UpOptions(host="0.0.0.0"), {})

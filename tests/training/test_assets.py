@@ -182,11 +182,33 @@ def test_definitions_load_with_schedule_and_automation(sqlite_url, tmp_path):
     dg.Definitions.validate_loadable(defs)
     schedule = defs.get_schedule_def("retrain_hourly")
     assert schedule.cron_schedule == "0 * * * *"
-    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
-    with dg.build_schedule_context(scheduled_execution_time=pd.Timestamp("2026-01-01T10:00Z").to_pydatetime(),
-                                   repository_def=defs.get_repository_def()) as ctx:
-        requests = schedule.evaluate_tick(ctx).run_requests
-    assert sorted(r.partition_key for r in requests) == ["gym_BTC-USD_30m", "gym_ETH-USD_30m"]  # one run per market
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert defs.get_sensor_def("training_automation").default_status == dg.DefaultSensorStatus.RUNNING
+    instance = dg.DagsterInstance.local_temp(str(tmp_path))  # persistent: a schedule context needs its ref
+
+    def tick(hour: int) -> list[str]:
+        moment = pd.Timestamp(f"2026-01-01T{hour:02d}:00Z").to_pydatetime()
+        with dg.build_schedule_context(scheduled_execution_time=moment, instance=instance,
+                                       repository_def=defs.get_repository_def()) as ctx:
+            result = schedule.evaluate_tick(ctx)
+        assert result.run_requests or "no market has feature partitions newer" in result.skip_message
+        return sorted(r.partition_key for r in result.run_requests or [])
+
+    def land(asset: str, partition: str) -> None:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=partition))
+
+    assert tick(10) == []  # no features yet: nothing to train on
+    land("indicator_table", "2026-01-01|gym_BTC-USD_30m")
+    land("indicator_table", "2026-01-01|gym_ETH-USD_30m")
+    assert tick(11) == ["gym_BTC-USD_30m", "gym_ETH-USD_30m"]  # never trained: one run per market
+    land("training_set", "gym_BTC-USD_30m")
+    land("training_set", "gym_ETH-USD_30m")
+    assert tick(12) == []  # trained on everything: both skipped
+    land("microstructure_table", "2026-01-02|gym_ETH-USD_30m")
+    assert tick(13) == ["gym_ETH-USD_30m"]  # only the market with a new feature partition
+    land("training_set", "gym_ETH-USD_30m")
+    land("indicator_table", "2026-01-02|gym_BTC-USD_30m")
+    assert tick(14) == ["gym_BTC-USD_30m"]
     graph = defs.resolve_asset_graph()
     for asset in training_assets:
         assert graph.get(asset.key).automation_condition is not None
