@@ -129,6 +129,8 @@ class GuardedChampionSource:
             raise
 
     def __getattr__(self, name: str):
+        if name.startswith("_"):  # never open the registry for private or dunder lookups (copy, pickle)
+            raise AttributeError(name)
         return getattr(self._source(), name)
 
     def close(self) -> None:
