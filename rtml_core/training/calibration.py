@@ -49,11 +49,20 @@ class Calibrator:
         return np.log1p(x / self.activity_median)
 
     def prob_up(self, predicted: np.ndarray | float, activity=None) -> np.ndarray | float:
+        if isinstance(predicted, float) and (activity is None or isinstance(activity, float)):
+            return self._prob_up_one(predicted, activity)  # the API's path: plain floats, no numpy
         z = self.a + self.b * np.asarray(predicted, np.float64) / self.scale
         if self.activity is not None and self.c != 0.0:
             z = z + self.c * self.activity_term(activity)
-        out = 1.0 / (1.0 + np.exp(-z))
+        out = np.exp(-np.logaddexp(0.0, -z))  # 1 / (1 + exp(-z)) without overflow
         return float(out) if np.ndim(out) == 0 else out
+
+    def _prob_up_one(self, predicted: float, activity: float | None) -> float:
+        z = self.a + self.b * predicted / self.scale
+        if self.activity is not None and self.c != 0.0:
+            x = activity if activity is not None and math.isfinite(activity) and activity >= 0 else self.activity_median
+            z += self.c * math.log1p(x / self.activity_median)
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
     def to_dict(self) -> dict:
         return {"method": "logistic", "definition": DEFINITION, "a": self.a, "b": self.b, "scale": self.scale,
