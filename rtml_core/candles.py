@@ -15,7 +15,10 @@ Rules:
   lateness. A window closes when the watermark reaches its end. A trade whose window has
   already closed is *late*: never folded in silently, never dropped silently; it is
   counted in ``late`` and kept in ``late_trades`` (and passed to ``on_late``) so the stream
-  can record a correction.
+  can record a correction. With ``keep_closed=N`` the builder also keeps its last N closed
+  windows that had trades: a late trade of one of them is folded in by the same rules and the
+  corrected candle is passed to ``on_correct`` (``corrected`` counts them), so the stored
+  candle can be rewritten.
 - Gap filling follows Kraken's OHLC: an empty interval inside the range gets the previous
   close as open/high/low/close, zero volume and trade count, and ``vwap=None``. A gap longer
   than ``max_fill_candles`` is not filled candle by candle: it is counted in ``gaps`` and
@@ -158,6 +161,22 @@ class _Window:
         return _WindowSnapshot(*(getattr(self, name) for name in _WindowSnapshot.__struct_fields__))
 
 
+def _fold(window: _Window, trade: Trade) -> None:
+    """One trade into a window by ``add``'s rules (the late path; ``add`` inlines this)."""
+    price, t, tid = trade.price, trade.time_ns, trade.trade_id
+    if price > window.high:
+        window.high = price
+    elif price < window.low:
+        window.low = price
+    if t > window.close_t or (t == window.close_t and tid > window.close_id):
+        window.close, window.close_t, window.close_id = price, t, tid
+    elif t < window.open_t or (t == window.open_t and tid < window.open_id):
+        window.open, window.open_t, window.open_id = price, t, tid
+    window.volume = _add(window.volume, trade.size)
+    window.notional = _add(window.notional, _mul(price, trade.size))
+    window.count += 1
+
+
 class _WindowSnapshot(msgspec.Struct, array_like=True, frozen=True):
     """One open window in a snapshot: a list of these fields in this order."""
 
@@ -235,6 +254,8 @@ class CandleBuilder:
         keep_late_trades: int = 10_000,
         max_fill_candles: int | None = None,
         on_gap: Callable[[int, int], None] | None = None,
+        keep_closed: int = 0,
+        on_correct: Callable[[Candle], None] | None = None,
     ):
         if allowed_lateness_ns is not None and allowed_lateness_ns < 0:
             raise ValueError("allowed_lateness_ns must be >= 0")
@@ -250,6 +271,11 @@ class CandleBuilder:
         self.keep_late_trades = keep_late_trades
         self.max_fill_candles = max_fill_candles
         self.on_gap = on_gap
+        self.keep_closed = keep_closed
+        self.on_correct = on_correct
+        self.corrected = 0
+        """How many late trades were folded into a kept closed window (a corrected candle each)."""
+        self._recent: dict[int, _Window] = {}  # the last ``keep_closed`` closed windows with trades
         self.gaps = 0
         """How many gaps were longer than ``max_fill_candles`` (recorded, not filled)."""
         self.late = 0
@@ -492,6 +518,13 @@ class CandleBuilder:
             self.late_trades.append(trade)
         if self.on_late is not None:
             self.on_late(trade)
+        t = trade.time_ns
+        window = self._recent.get(t - t % self.tf_ns)
+        if window is not None:
+            _fold(window, trade)
+            self.corrected += 1
+            if self.on_correct is not None:
+                self.on_correct(self._to_candle(window))
 
     def _after_event(self, event_ns: int) -> list[Candle]:
         watermark = event_ns - (self.allowed_lateness_ns or 0)
@@ -516,6 +549,10 @@ class CandleBuilder:
             if window is self._current:
                 self._current = None
             out.append(self._to_candle(window))
+            if self.keep_closed:
+                self._recent[start] = window
+                if len(self._recent) > self.keep_closed:
+                    del self._recent[next(iter(self._recent))]
             self._last_close = window.close
             self._closed_until = start + tf
         if fill and self._last_close is not None:

@@ -76,6 +76,9 @@ class SidecarMetrics:
         self.candle_gaps = Counter("rtml_stream_candle_gaps",
                                    "Gaps longer than RTML_STREAM_MAX_FILL_CANDLES (recorded, not filled).",
                                    ["exchange", "symbol", "timeframe"], registry=r)
+        self.corrections_applied = Counter("rtml_stream_corrections_applied",
+                                           "Closed candles a late trade changed (rewritten offline, rows rebuilt).",
+                                           ["exchange", "symbol", "timeframe"], registry=r)
         self.loop_lag = Gauge("rtml_stream_loop_lag_seconds",
                               "How late the event loop ran the last timer step.", registry=r)
 
@@ -201,6 +204,8 @@ class Sidecar:
                         trade_id=trade.trade_id, time_ns=trade.time_ns, watermark_ns=correction.watermark_ns)
         for gap in out.gaps:
             self.own.candle_gaps.labels(gap.exchange, gap.symbol, gap.timeframe).inc()
+        for candle in out.corrected:
+            self.own.corrections_applied.labels(candle.exchange, candle.symbol, candle.timeframe).inc()
         for event in out.malformed:
             self.metrics.malformed_messages.labels(event.exchange, "future_timestamp").inc()
         if out.malformed:
@@ -217,6 +222,8 @@ class Sidecar:
                 self.offline_sink.add_corrections(out.corrections)
             if out.gaps:
                 self.offline_sink.add_gaps(out.gaps)
+            if out.corrected:
+                self.offline_sink.add_corrected(out.corrected)
 
     def _emit_safely(self) -> None:
         try:
@@ -525,6 +532,7 @@ def build_sidecar(
     offline_sink = None
     if settings.stream_offline_log:
         offline_sink = StreamOfflineSink(factory, max_buffer=settings.stream_offline_buffer,
+                                         feature_set=pipeline.feature_set,
                                          feature_specs={pipeline.version: {"features": pipeline.feature_set.to_json(),
                                                                          "warmup": int(pipeline.feature_set.warmup)}})
     target = resolve_target(settings.stream_dagster, settings.stream_dagster_url)

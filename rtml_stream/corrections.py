@@ -2,8 +2,12 @@
 sidecar's offline log sink.
 
 A trade later than the allowed lateness is never folded into a candle that was already served
-and never silently dropped: it lands in ``trade_corrections`` (one row per timeframe whose
-window had closed), so a batch job can rebuild those candles from the full trade history.
+online and never silently dropped: it lands in ``trade_corrections`` (one row per timeframe
+whose window had closed). When the pipeline still holds that closed window (its last
+``keep_closed`` ones), the late trade is also applied offline: the corrected candle replaces
+the stored one and the feature rows from that candle on are rebuilt in batch
+(``compute_features`` over the market's stored candles), once everything the stream logged
+before it is stored.
 A gap longer than ``RTML_STREAM_MAX_FILL_CANDLES`` lands in ``candle_gaps``.
 The tables belong to the ``stream`` component of the offline store's migration mechanism.
 """
@@ -17,6 +21,8 @@ from collections.abc import Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from rtml_core.features import DEFAULT_FEATURE_SET, FeatureSet, compute_features
+from rtml_core.schemas import Candle
 from rtml_core.stores.offline_tables import ExactDecimal, Migration, create_tables
 from rtml_stream.pipeline import Correction, Gap
 from rtml_stream.sinks import OfflineLogSink, _OfflineBatch
@@ -126,19 +132,54 @@ def read_corrections(store, exchange: str | None = None, symbol: str | None = No
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
-class StreamOfflineSink(OfflineLogSink):
-    """``OfflineLogSink`` plus corrections and gaps: candles, feature rows, late trades and gaps too
-    long to fill, batched and retried."""
+def apply_corrected(store, candles: Sequence[Candle], feature_set: FeatureSet, version: str) -> int:
+    """Rewrite corrected candles and rebuild the feature rows from the earliest of each market's
+    on (batch values over the stored candles); return the feature rows rewritten."""
+    if not candles:
+        return 0
+    store.write_candles(candles)  # an upsert: the corrected candle replaces the stored one
+    first: dict[tuple[str, str, str], int] = {}
+    for candle in candles:
+        key = (candle.exchange, candle.symbol, candle.timeframe)
+        first[key] = min(first.get(key, candle.start_ns), candle.start_ns)
+    rewritten = 0
+    for (exchange, symbol, timeframe), start_ns in first.items():
+        stored = store.read_candles(exchange, symbol, timeframe)
+        if stored.empty:
+            continue
+        features = compute_features(stored, feature_set)
+        starts = features["time"].astype("int64")
+        part = features[starts >= start_ns].reset_index(drop=True)
+        if part.empty:
+            continue
+        end_ns = int(part["time"].iloc[-1].value) + 1
+        rewritten += store.replace_features(part, exchange=exchange, symbol=symbol, timeframe=timeframe,
+                                            feature_set_version=version, start_ns=start_ns, end_ns=end_ns)
+    return rewritten
 
-    def __init__(self, offline_store, **options) -> None:
+
+class StreamOfflineSink(OfflineLogSink):
+    """``OfflineLogSink`` plus corrections, corrected candles and gaps: candles, feature rows, late
+    trades, candles a late trade changed (rewritten, rows rebuilt) and gaps too long to fill,
+    batched and retried. ``feature_set`` is the pipeline's (for the rebuilt rows)."""
+
+    def __init__(self, offline_store, *, feature_set: FeatureSet = DEFAULT_FEATURE_SET, **options) -> None:
         super().__init__(offline_store, **options)
+        self.feature_set = feature_set
         self._corrections: deque[Correction] = deque()
         self._gaps: deque[Gap] = deque()
+        self._corrected: deque[Candle] = deque()
         self._migrated = False
+        self.rows_rebuilt = 0
 
     @property
     def pending(self) -> int:
-        return super().pending + len(self._corrections) + len(self._gaps)
+        return super().pending + len(self._corrections) + len(self._gaps) + len(self._corrected)
+
+    def add_corrected(self, candles: Iterable[Candle]) -> None:
+        before = len(self._corrected)
+        self._corrected.extend(candles)
+        self._added(len(self._corrected) - before, "corrected")
 
     def add_corrections(self, corrections: Iterable[Correction]) -> None:
         before = len(self._corrections)
@@ -160,12 +201,16 @@ class StreamOfflineSink(OfflineLogSink):
             inner = super()._take(now)
         else:
             inner = _OfflineBatch([], [])
+        corrected: list[Candle] = []
+        if not self._candles and not self._rows:  # written after everything logged before them
+            corrected = list(self._corrected)
+            self._corrected.clear()
         if not self.pending:
             self._first_pending_at = None
-        return inner, corrections, gaps
+        return inner, corrections, gaps, corrected
 
     def _write(self, batch) -> None:
-        inner, corrections, gaps = batch
+        inner, corrections, gaps, corrected = batch
         if self.store is None:
             self.store = self._open_store()
         if (corrections or gaps) and not self._migrated:
@@ -180,30 +225,39 @@ class StreamOfflineSink(OfflineLogSink):
             self.stats.count_written("gaps", len(gaps))
             gaps.clear()
         super()._write(inner)
+        if corrected:
+            versions = list(self.feature_specs) or [self.feature_set.version]
+            for version in versions:
+                self.rows_rebuilt += apply_corrected(self.store, corrected, self.feature_set, version)
+            self.stats.count_written("corrected", len(corrected))
+            corrected.clear()
 
     def _size(self, batch) -> int:
-        inner, corrections, gaps = batch
-        return super()._size(inner) + len(corrections) + len(gaps)
+        inner, corrections, gaps, corrected = batch
+        return super()._size(inner) + len(corrections) + len(gaps) + len(corrected)
 
     def _queued(self) -> dict[str, int]:
-        return {**super()._queued(), "corrections": len(self._corrections), "gaps": len(self._gaps)}
+        return {**super()._queued(), "corrections": len(self._corrections), "gaps": len(self._gaps),
+                "corrected": len(self._corrected)}
 
     def _kinds(self, batch) -> dict[str, int]:
-        inner, corrections, gaps = batch
-        return {**super()._kinds(inner), "corrections": len(corrections), "gaps": len(gaps)}
+        inner, corrections, gaps, corrected = batch
+        return {**super()._kinds(inner), "corrections": len(corrections), "gaps": len(gaps),
+                "corrected": len(corrected)}
 
     def _requeue(self, batch) -> None:
-        inner, corrections, gaps = batch
+        inner, corrections, gaps, corrected = batch
         self._corrections.extendleft(reversed(corrections))
         self._gaps.extendleft(reversed(gaps))
+        self._corrected.extendleft(reversed(corrected))
         super()._requeue(inner)
         if self.pending:
             self._first_pending_at = float("-inf")
 
     def _rejected(self, batch, error) -> None:
         if isinstance(batch, tuple):
-            inner, corrections, gaps = batch
-            self.stats.count_dropped("rejected", len(corrections) + len(gaps))
+            inner, corrections, gaps, corrected = batch
+            self.stats.count_dropped("rejected", len(corrections) + len(gaps) + len(corrected))
             batch = inner
         super()._rejected(batch, error)
 
@@ -214,6 +268,9 @@ class StreamOfflineSink(OfflineLogSink):
             elif self._corrections:
                 self._corrections.popleft()
                 self.stats.count_dropped("corrections")
+            elif self._corrected:
+                self._corrected.popleft()
+                self.stats.count_dropped("corrected")
             else:
                 self._gaps.popleft()
                 self.stats.count_dropped("gaps")

@@ -80,6 +80,7 @@ class Output:
     closed_at: dict[tuple[str, str, str, int], int]  # row key -> clock ns of the closing event
     gaps: list[Gap] = field(default_factory=list)
     malformed: list[Trade | BookUpdate] = field(default_factory=list)  # the first few of this drain
+    corrected: list[Candle] = field(default_factory=list)  # closed candles a late trade changed
 
 
 class MarketState:
@@ -127,6 +128,7 @@ class Pipeline:
         book_levels: int = 10,
         max_future_ns: int | None = 5_000_000_000,
         max_fill_candles: int | None = 1_440,
+        keep_closed: int = 64,
         clock: Callable[[], int] = time.perf_counter_ns,
         wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -146,6 +148,7 @@ class Pipeline:
         self.wall_clock = wall_clock
         self.max_future_ns = max_future_ns
         self.max_fill_candles = max_fill_candles
+        self.keep_closed = keep_closed
         self.feed_ns: int | None = None  # the feed's clock: the largest event time accepted
         self.markets: dict[tuple[str, str], MarketState] = {}
         self.trades_in = 0
@@ -153,6 +156,7 @@ class Pipeline:
         self.late = 0
         self.malformed = 0  # events refused for a timestamp too far ahead
         self.gaps = 0
+        self.corrections_applied = 0  # late trades folded into a closed candle (rewritten offline)
         self.candles_out = 0
         self.rows_out = 0
         self.engine_errors = 0
@@ -166,6 +170,7 @@ class Pipeline:
         self._closed_at: dict[tuple[str, str, str, int], int] = {}
         self._gaps: list[Gap] = []
         self._malformed: list[Trade | BookUpdate] = []
+        self._corrected: list[Candle] = []
 
     def new_builder(self, exchange: str, symbol: str, timeframe: str) -> CandleBuilder:
         builder = CandleBuilder(exchange, symbol, timeframe, allowed_lateness_ns=self.allowed_lateness_ns,
@@ -176,7 +181,9 @@ class Pipeline:
     def _hook(self, builder: CandleBuilder) -> None:
         builder.on_late = lambda trade, b=builder: self._on_late(b, trade)
         builder.on_gap = lambda from_ns, to_ns, b=builder: self._on_gap(b, from_ns, to_ns)
+        builder.on_correct = self._on_correct
         builder.max_fill_candles = self.max_fill_candles
+        builder.keep_closed = self.keep_closed
 
     def market(self, exchange: str, symbol: str) -> MarketState:
         """The state of a market, created empty (cold start) on first use."""
@@ -422,6 +429,10 @@ class Pipeline:
         log.warning("candle_gap_not_filled", exchange=gap.exchange, symbol=gap.symbol, timeframe=gap.timeframe,
                     from_ns=from_ns, to_ns=to_ns, candles=gap.candles, max_fill_candles=self.max_fill_candles)
 
+    def _on_correct(self, candle: Candle) -> None:
+        self.corrections_applied += 1
+        self._corrected.append(candle)
+
     def _on_late(self, builder: CandleBuilder, trade: Trade) -> None:
         self.late += 1
         t = trade.time_ns
@@ -430,13 +441,15 @@ class Pipeline:
     # -- outputs -----------------------------------------------------------------------------
     def drain(self) -> Output:
         """Everything produced since the last drain (and forget it)."""
-        out = Output(self._candles, self._rows, self._corrections, self._closed_at, self._gaps, self._malformed)
+        out = Output(self._candles, self._rows, self._corrections, self._closed_at, self._gaps, self._malformed,
+                     self._corrected)
         self._new_output()
         return out
 
     @property
     def has_output(self) -> bool:
-        return bool(self._candles or self._rows or self._corrections or self._gaps or self._malformed)
+        return bool(self._candles or self._rows or self._corrections or self._gaps or self._malformed
+                    or self._corrected)
 
     def live_values(self) -> list[tuple[str, str, int, dict[str, float]]]:
         """(exchange, symbol, event time, values) of each market whose trades or book changed."""

@@ -342,3 +342,45 @@ def test_a_gap_longer_than_max_fill_candles_is_recorded_offline_not_filled(offli
         "1m", gap.from_ns, gap.to_ns, gap.candles)
     assert sink.settled() == {"candles": len(out.candles), "gaps": 1}
     store.close()
+
+
+# --- late trades applied, not only recorded ------------------------------------------------------
+
+def test_a_late_trade_rewrites_its_candle_and_the_feature_rows_after_it_offline(offline_url) -> None:
+    from rtml_stream.corrections import StreamOfflineSink, read_corrections
+
+    ticks = list(islice(read_trades(DATA / "es_futures_ticks_2013-09.csv.gz", "ticks-csv", exchange="replay",
+                                    symbol="ES-USD"), 6_000))
+    late = ticks[5_800]  # arrives after everything else: its 1m and 5m windows have closed
+    pipeline = Pipeline(("1m", "5m"), allowed_lateness_ns=2 * NS, wall_clock=lambda: ticks[-1].time_ns)
+    pipeline.on_trades(ticks[:5_800] + ticks[5_801:])
+    pipeline.on_trades([late])
+    pipeline.flush_open()
+    out = pipeline.drain()
+    assert pipeline.late == 2 and [c.timeframe for c in out.corrections] == ["1m", "5m"]
+    assert pipeline.corrections_applied == 2
+    batch = {tf: build_candles(ticks, tf, fill_gaps=True) for tf in ("1m", "5m")}
+    for candle in out.corrected:
+        assert candle in batch[candle.timeframe]  # the corrected candle is the batch candle, exactly
+    store = open_offline_store(offline_url)
+    spec = {"features": pipeline.feature_set.to_json(), "warmup": int(pipeline.feature_set.warmup)}
+    sink = StreamOfflineSink(store, feature_set=pipeline.feature_set, feature_specs={pipeline.version: spec})
+    sink.add_candles(out.candles)
+    sink.add_rows(out.rows)
+    sink.add_corrections(out.corrections)
+    sink.add_corrected(out.corrected)
+    assert sink.flush_sync(now=sink.clock() + 60) and sink.pending == 0
+    assert len(read_corrections(store, "replay", "ES-USD")) == 2 and sink.rows_rebuilt > 0
+    for tf in ("1m", "5m"):
+        stored = store.read_candles("replay", "ES-USD", tf, exact=True)
+        assert [str(v) for v in stored["volume"]] == [str(c.volume) for c in batch[tf]]
+        assert [str(v) for v in stored["close"]] == [str(c.close) for c in batch[tf]]
+        assert list(stored["trade_count"]) == [c.trade_count for c in batch[tf]]
+        features = store.read_features("replay", "ES-USD", tf, pipeline.version)
+        expected = compute_features(candles_to_frame(batch[tf]))
+        names = [c for c in expected.columns if c != "time"]
+        a, b = features[names].to_numpy(dtype="float64"), expected[names].to_numpy(dtype="float64")
+        assert a.shape == b.shape and np.array_equal(np.isnan(a), np.isnan(b))
+        ok = ~np.isnan(b)
+        np.testing.assert_allclose(a[ok], b[ok], rtol=1e-9, atol=0)
+    store.close()
