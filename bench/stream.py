@@ -5,7 +5,9 @@
 
 Measured in one run, side by side:
 - throughput, trades/s end to end: rtml's sidecar replaying the gzipped CSV (parsing included),
-  and from trades already in memory; and the common way: per-message JSON decode of each
+  from trades already in memory, and through the live Kraken source from a local WebSocket
+  server (another process) sending the same trades as Kraken v2 messages at full speed; and the
+  common way: per-message JSON decode of each
   trade, float candles, talipp indicators, one Redis round trip per update;
 - lag from the trade that closes a candle to its feature row being readable in Redis (p50, p99)
   with trades paced at 1,000/s for a bounded time, for both;
@@ -53,19 +55,19 @@ def load_trades(n: int | None):
 
 # --- rtml -------------------------------------------------------------------------------------
 
-def make_sidecar(source, prefix: str, home: Path, *, offline: bool = False):
+def make_sidecar(source, prefix: str, home: Path, *, offline: bool = False, market=("replay", "ES-USD")):
     from rtml_core.settings import Settings
     from rtml_stream.app import build_sidecar
 
     settings = Settings(home=home, online_url=REDIS_URL, online_prefix=prefix, stream_offline_log=offline,
                         stream_dagster="off", stream_allowed_lateness_ms=0)
-    return build_sidecar(settings, source, [("replay", "ES-USD")], timeframes=TIMEFRAMES, health_port=-1,
+    return build_sidecar(settings, source, [market], timeframes=TIMEFRAMES, health_port=-1,
                          checkpoints=False)
 
 
 def rtml_throughput(source, prefix: str, home: Path, *, sample_rss: int | None = None,
-                    max_trades: int | None = None) -> dict:
-    sidecar = make_sidecar(source, prefix, home)
+                    max_trades: int | None = None, market=("replay", "ES-USD")) -> dict:
+    sidecar = make_sidecar(source, prefix, home, market=market)
     sidecar.options.max_trades = max_trades
     samples: list[tuple[int, float]] = []
     if sample_rss:
@@ -86,6 +88,61 @@ def rtml_throughput(source, prefix: str, home: Path, *, sample_rss: int | None =
     sidecar.close()
     return {"trades": summary.trades, "seconds": seconds, "rows": summary.online["written"].get("rows", 0),
             "pending": summary.online["pending"], "rss": samples}
+
+
+def kraken_messages(trades, per_message: int = 50) -> list[bytes]:
+    """The trades as Kraken WebSocket v2 ``trade`` updates (``BTC/USD``), ``per_message`` each (the ES
+    ticks name no aggressor side; Kraken's messages must: they go out as ``sell``)."""
+    from rtml_core.candles import format_time
+
+    out = []
+    for i in range(0, len(trades), per_message):
+        items = ",".join(
+            f'{{"symbol":"BTC/USD","side":"{"buy" if t.side == "buy" else "sell"}","price":{t.price},"qty":{t.size},"ord_type":"market",'
+            f'"trade_id":{t.trade_id},"timestamp":"{format_time(t.time_ns)}"}}' for t in trades[i:i + per_message])
+        out.append(('{"channel":"trade","type":"update","data":[' + items + "]}").encode())
+    return out
+
+
+def _serve_kraken(messages: list[bytes], port, ready) -> None:
+    """A local Kraken v2 server (its own process): ack the subscription, then send every message."""
+    from websockets.asyncio.server import serve
+
+    async def handler(ws):
+        request = json.loads(await ws.recv())
+        await ws.send(json.dumps({"method": "subscribe", "result": {"channel": "trade", "symbol": "BTC/USD"},
+                                  "success": True, "req_id": request.get("req_id")}))
+        for message in messages:
+            await ws.send(message, text=True)
+        await ws.wait_closed()
+
+    async def main():
+        async with serve(handler, "127.0.0.1", 0, compression=None, max_queue=None) as server:
+            port.value = server.sockets[0].getsockname()[1]
+            ready.set()
+            await asyncio.Future()
+
+    asyncio.run(main())
+
+
+def rtml_kraken_ws(trades, prefix: str, home: Path) -> dict:
+    """The live Kraken source end to end: a local WebSocket server process at full speed -> Redis."""
+    import multiprocessing
+
+    from rtml_stream.sources.kraken import KrakenSource
+
+    context = multiprocessing.get_context("fork")
+    port, ready = context.Value("i", 0), context.Event()
+    server = context.Process(target=_serve_kraken, args=(kraken_messages(trades), port, ready), daemon=True)
+    server.start()
+    try:
+        ready.wait(60)
+        source = KrakenSource(["BTC-USD"], url=f"ws://127.0.0.1:{port.value}", channels=("trade",), backfill=None,
+                              ping_interval=None)
+        return rtml_throughput(source, prefix, home, max_trades=len(trades), market=("kraken", "BTC-USD"))
+    finally:
+        server.terminate()
+        server.join(10)
 
 
 class PacedReplay:
@@ -261,6 +318,7 @@ def main() -> None:
             mem_run = rtml_throughput(ReplaySource(_passes(trades, 1 if args.quick else args.passes)),
                                       prefix + ":mem", home / "b", sample_rss=len(trades) // 4)
             memory_only = rtml_throughput(ReplaySource(trades), prefix + ":inmem", home / "c")
+            kraken_ws = rtml_kraken_ws(trades, prefix + ":kraken", home / "e")
             lag = rtml_lag(trades, prefix + ":lag", home / "d", args.rate, lag_seconds)
             raw = messages(trades[:common_n])
             common = common_throughput(raw, prefix + ":common")
@@ -279,6 +337,8 @@ def main() -> None:
     results = [
         ("rtml sidecar, gz CSV file -> Redis (parse incl.)", file_run["trades"], rate(file_run), file_run["rows"]),
         ("rtml sidecar, trades in memory -> Redis", memory_only["trades"], rate(memory_only), memory_only["rows"]),
+        ("rtml sidecar, live Kraken source, local WS -> Redis", kraken_ws["trades"], rate(kraken_ws),
+         kraken_ws["rows"]),
         ("common way: json.loads + talipp + 1 RTT/update", common["trades"], rate(common), common["rows"]),
     ]
     print(f"\nbench.stream  ({'quick' if args.quick else 'full'}; load average {load[0]:.1f} on "
