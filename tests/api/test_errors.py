@@ -167,3 +167,14 @@ async def test_registry_unreachable_is_503_and_no_champion_is_503(tmp_path, onli
         assert set(ready.json()["reasons"]) == {"registry_unavailable", "no_champion"}
         assert str(tmp_path) not in ready.text and "sqlite" not in ready.text.lower()
     shutil.rmtree(path)
+
+
+async def test_rate_limit_exclusions_are_anchored(online_store, registry, champion_version, real_data):
+    app = create_app(api_settings(api_rate_limit=5), online_store=online_store, registry=registry)
+    async with AsyncTestClient(app) as test_client:
+        await asyncio.sleep(1 - time.time() % 1)  # start at the beginning of a one-second window
+        codes = [(await test_client.get("/v1/features/healthy-usd", headers=HEADERS)).status_code
+                 for _ in range(8)]
+        assert codes == [404] * 5 + [429] * 3  # a path containing "health" is still limited
+        for path in ("/health", "/ready", "/metrics", "/schema/openapi.json"):
+            assert {(await test_client.get(path)).status_code for _ in range(8)} <= {200, 503}, path

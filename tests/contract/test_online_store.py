@@ -809,3 +809,13 @@ async def test_a_redis_feed_uses_one_connection_and_catches_up_after_a_restart(o
         await feed.aclose()
         await store.aclose()
         store.close()
+
+
+def test_redis_key_names_cached_per_market_stay_bounded():
+    from rtml_core.stores.online_redis import CACHED_MARKETS, RedisKeys
+
+    keys = RedisKeys("rtmltest")
+    for i in range(2 * CACHED_MARKETS + 7):  # names from requests: one new exchange each
+        keys.market(f"ex{i}", "BTC-USD", "1m")
+    assert len(keys._cache) <= CACHED_MARKETS
+    assert keys.market("ex1", "BTC-USD", "1m")[0] == "rtmltest:features:{ex1:BTC-USD}:1m"
