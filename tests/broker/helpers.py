@@ -177,3 +177,53 @@ def online_rows(store, exchange: str, symbol: str, timeframe: str) -> list:
 
 def decode_json_lines(text: str) -> dict:
     return msgspec.json.decode(text.strip().splitlines()[-1])
+
+
+class TcpProxy:
+    """127.0.0.1:<port> forwarding to NATS; ``cut()`` drops every connection and stops listening
+    (the broker unreachable, as in a network outage), ``restore()`` listens again on the same port."""
+
+    def __init__(self, target_url: str) -> None:
+        host_port = target_url.split("://", 1)[1]
+        self.target_host, port = host_port.rsplit(":", 1)
+        self.target_port = int(port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def restore(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def cut(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

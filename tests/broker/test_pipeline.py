@@ -32,6 +32,7 @@ from tests.broker.helpers import (
     expected_output,
     online_rows,
     rows_equal,
+    TcpProxy,
     session,
     stream_trades,
     wait_until,
@@ -182,6 +183,34 @@ async def test_same_message_id_is_stored_once_and_an_outage_is_buffered_then_cau
     ids = [t.trade_id for t in await stream_trades(broker)]
     assert ids == [t.trade_id for t in trades] + [t.trade_id for t in trades[2:5]]
     await nc.close()
+
+
+async def test_a_broker_outage_is_buffered_reported_and_caught_up_with_no_trade_lost_or_twice(broker):
+    """The ingestor's connection to NATS goes through a proxy that is cut for two seconds mid-run."""
+    from dataclasses import replace
+
+    proxy = await TcpProxy(broker.url).restore()
+    server = await KrakenServer([session([SYMBOL], pause_s=0.25)], known_symbols=wire_symbols([SYMBOL])).start()
+    ingestor = Ingestor(kraken_source(server), replace(broker, url=proxy.url), health_port=0)
+    task = asyncio.create_task(ingestor.run(max_trades=len(ROWS)))
+    try:
+        await wait_until(lambda: ingestor.trades >= 200, timeout=20, what="trades before the outage")
+        await proxy.cut()
+        await wait_until(lambda: not ingestor.connected and ingestor.publisher.buffer, timeout=20,
+                         what="messages buffered while NATS is unreachable")
+        reasons = ingestor.health_reasons()
+        assert any("not connected" in reason for reason in reasons)
+        async with httpx.AsyncClient() as client:
+            health = await client.get(f"http://127.0.0.1:{ingestor.health_server.port}/health")
+        assert health.status_code == 503 and health.json()["buffered"] > 0
+        await asyncio.sleep(2.0)
+        await proxy.restore()
+        summary = await asyncio.wait_for(task, timeout=60)
+    finally:
+        await server.kill()
+        await proxy.cut()
+    assert summary["trades"] == len(ROWS) and summary["buffered"] == 0 and summary["dropped"] == 0
+    assert [t.trade_id for t in await stream_trades(broker)] == [int(r[6]) for r in ROWS]
 
 
 async def test_stream_settings_are_updated_in_place(broker):
