@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import queue
 import time
 import uuid
 
@@ -56,7 +57,7 @@ def _feature_process(name: str, redis_url: str, prefix: str, timeframes, expect:
         first, last = time.perf_counter(), None  # from the market taken (a backlog waiting, or none yet)
         seen, idle_since = 0, time.monotonic()
         while True:
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.02)
             if service.trades != seen:
                 seen, idle_since = service.trades, time.monotonic()
                 last = time.perf_counter()
@@ -137,11 +138,18 @@ def _run(trades, redis_url: str, prefix: str, timeframes, *, per_message: int, r
         child = ctx.Process(target=_feature_process, args=(name, redis_url, prefix, timeframes, expect, 5.0,
                                                            ready, results))
         child.start()
-        if not ready.wait(120):
-            raise RuntimeError("the feature service did not start")
+        while not ready.wait(1):
+            if not child.is_alive():
+                raise RuntimeError(f"the feature service process exited ({child.exitcode}) before it started")
         if not publish_first:
             published = asyncio.run(_publish(name, trades, per_message, rate, duration_s))
-        result = results.get(timeout=600)
+        while True:
+            try:
+                result = results.get(timeout=1)
+                break
+            except queue.Empty:
+                if not child.is_alive():
+                    raise RuntimeError(f"the feature service process exited ({child.exitcode})") from None
         child.join(30)
         return {**result, "published": published}
     finally:
