@@ -33,7 +33,6 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from rtml_core.errors import InputError
 from rtml_stream.broker.codec import decode_book, decode_trades, is_trade_subject, market_subjects
 from rtml_stream.broker.jetstream import BrokerConfig, close, connect, durable_name, ensure_stream
 from rtml_stream.broker.leases import Leases, lease_bucket, open_bucket
@@ -75,7 +74,6 @@ class _Feed:
     task: asyncio.Task | None = None
     last_seq: int = 0
     unacked: deque = field(default_factory=deque)  # (newest trade time ns, msg), in stream order
-    caught_up: bool = False
     book_ready: bool = False
     lag: int | None = None
 
@@ -348,12 +346,10 @@ class FeatureService:
         return msgs
 
     async def _run_feed(self, feed: _Feed) -> None:
-        batch = self.options.fetch_batch
         while True:
             try:
                 msgs = await self._fetch(feed.psub)
             except (TimeoutError, NatsTimeoutError):
-                feed.caught_up = True
                 continue
             except asyncio.CancelledError:
                 raise
@@ -361,7 +357,6 @@ class FeatureService:
                 log.warning("fetch_failed", consumer=feed.name, error=repr(error))
                 await asyncio.sleep(0.5)
                 continue
-            feed.caught_up = len(msgs) < batch
             for msg in self.on_messages(feed, msgs):
                 with contextlib.suppress(Exception):
                     await msg.ack()
@@ -519,12 +514,3 @@ class FeatureService:
             with contextlib.suppress(Exception):
                 self.offline_sink.store.close()
 
-
-def instance_markets(exchange: str, symbols: Sequence[str]) -> list[Market]:
-    return [(exchange, symbol) for symbol in symbols]
-
-
-def check_group(group: str) -> str:
-    if not group or any(not (c.isalnum() or c in "-_") for c in group):
-        raise InputError(f"consumer group {group!r}: use letters, digits, '-' and '_'")
-    return group

@@ -46,6 +46,9 @@ class BrokerConfig:
             raise InputError("no broker URL: pass --source/--to nats://host:4222 or set RTML_BROKER_URL")
         if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise InputError(f"broker URL {url!r} is not a nats:// URL")
+        group = settings.broker_group
+        if not group or any(not (c.isalnum() or c in "-_") for c in group):
+            raise InputError(f"RTML_BROKER_GROUP {group!r}: use letters, digits, '-' and '_'")
         return cls(url=url, stream=settings.broker_stream, subject_prefix=settings.broker_subject_prefix, max_age_s=settings.broker_max_age_s,
                    max_bytes=settings.broker_max_bytes, duplicate_window_s=settings.broker_duplicate_window_s,
                    replicas=settings.broker_replicas, group=settings.broker_group,

@@ -38,6 +38,8 @@ def test_bad_broker_input_is_refused_with_a_clear_error(tmp_path):
         BrokerConfig.from_settings(Settings(home=tmp_path), "http://127.0.0.1:4222")
     with pytest.raises(InputError, match="no broker URL"):
         BrokerConfig.from_settings(Settings(home=tmp_path))
+    with pytest.raises(InputError, match="RTML_BROKER_GROUP"):
+        BrokerConfig.from_settings(Settings(home=tmp_path, broker_group="a.b"), "nats://127.0.0.1:4222")
     with pytest.raises(InputError, match="NATS subject token"):
         trade_subject("kraken", "BTC.USD")
     with pytest.raises(InputError, match="not an rtml trade batch"):
