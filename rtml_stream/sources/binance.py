@@ -205,6 +205,7 @@ class BinanceSource(WebSocketSource):
     default_idle_timeout = (
         60.0  # no app heartbeats: WebSocket pings keep the link, data keeps us awake
     )
+    heartbeat_grace_s = 20.0  # no heartbeat proves a quiet link: idle time may run 20 s past the last message
 
     def __init__(
         self,
