@@ -85,6 +85,9 @@ class FeaturesResponse(msgspec.Struct, frozen=True):
     event_time_ns: int
     feature_age_ms: float
     values: dict[str, float | None]  # NaN (warm-up) is sent as null
+    microstructure: dict[str, float | None] = msgspec.field(default_factory=dict)
+    """The order-book group's live values (``ms_*``) as of ``microstructure_close``; empty without them."""
+    microstructure_close: str | None = None
 
 
 class ModelInfo(msgspec.Struct, frozen=True):

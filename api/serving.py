@@ -18,6 +18,12 @@ from api.execution import ExecutionParams, execution_payload, prob_up
 from api.metrics import ApiMetrics
 from api.schemas import ExecutionPayload, Prediction
 from rtml_core.errors import InputError
+from rtml_core.features.microstructure import (
+    MICROSTRUCTURE,
+    MicrostructureUnavailable,
+    PREFIX as MS_PREFIX,
+    uses_microstructure,
+)
 from rtml_core.schemas import FeatureRow
 from rtml_core.settings import Settings
 from rtml_core.stores.online_base import MarketSnapshot, OnlineStoreUnavailable
@@ -244,6 +250,14 @@ class PredictionService:
                            f"newest {row.exchange} {row.symbol} {row.timeframe} features are "
                            f"{age_ms:.0f} ms old (limit {limit:.0f} ms): is the stream sidecar running?")
         values = row.values
+        if uses_microstructure(model.feature_names):  # the order-book group: live values as of the row's close
+            try:
+                values = {**values, **MICROSTRUCTURE.for_row(
+                    live or {}, row.event_time_ns, self.timeframe_s(row.timeframe) * 1_000_000_000,
+                    [name for name in model.feature_names if name.startswith(MS_PREFIX)])}
+            except MicrostructureUnavailable as error:
+                raise ApiError(409, "microstructure_unavailable",
+                               f"model {model.version} uses order-book features of {row.symbol}: {error}") from None
         predictor = model.predictor
         try:
             x = np.array([[values[name] for name in model.feature_names]], dtype=predictor.dtype)

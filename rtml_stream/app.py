@@ -193,6 +193,10 @@ class Sidecar:
             if len(self._closed_at) > 100_000:  # rows dropped by a full buffer never come back
                 self._closed_at.clear()
             self._closed_at.update(out.closed_at)
+            for (exchange, symbol), (close_ns, time_ns, values) in out.microstructure_live.items():
+                # before the rows: the batch that carries a row carries the values as of its close
+                self.online_sink.add_live(exchange, symbol, time_ns,
+                                          self.pipeline.microstructure.live_fields(values, close_ns))
             self.online_sink.add_rows(out.rows)  # written by the sink's task, in a worker thread
         for candle in out.candles:
             self.metrics.candles_out.labels(candle.exchange, candle.symbol, candle.timeframe).inc()
@@ -218,6 +222,8 @@ class Sidecar:
                 self.offline_sink.add_candles(out.candles)
             if out.rows:
                 self.offline_sink.add_rows(out.rows)
+            if out.microstructure:
+                self.offline_sink.add_rows(out.microstructure)
             if out.corrections:
                 self.offline_sink.add_corrections(out.corrections)
             if out.gaps:
@@ -534,7 +540,8 @@ def build_sidecar(
         offline_sink = StreamOfflineSink(factory, max_buffer=settings.stream_offline_buffer,
                                          feature_set=pipeline.feature_set,
                                          feature_specs={pipeline.version: {"features": pipeline.feature_set.to_json(),
-                                                                         "warmup": int(pipeline.feature_set.warmup)}})
+                                                                         "warmup": int(pipeline.feature_set.warmup)},
+                                                        pipeline.microstructure.version: pipeline.microstructure.to_json()})
     target = resolve_target(settings.stream_dagster, settings.stream_dagster_url)
     reporter = DagsterReporter(target, interval_s=settings.stream_dagster_interval_s) if target else None
     if health_port is None:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from rtml_core.features import DEFAULT_FEATURE_SET, FeatureSet, compute_features
+from rtml_core.features.microstructure import is_microstructure_version
 from rtml_core.schemas import Candle
 from rtml_core.stores.offline_tables import ExactDecimal, Migration, create_tables
 from rtml_stream.pipeline import Correction, Gap
@@ -226,7 +227,7 @@ class StreamOfflineSink(OfflineLogSink):
             gaps.clear()
         super()._write(inner)
         if corrected:
-            versions = list(self.feature_specs) or [self.feature_set.version]
+            versions = [v for v in self.feature_specs if not is_microstructure_version(v)] or [self.feature_set.version]
             for version in versions:
                 self.rows_rebuilt += apply_corrected(self.store, corrected, self.feature_set, version)
             self.stats.count_written("corrected", len(corrected))

@@ -6,7 +6,11 @@ runner feeds it events (``on_trades``, ``on_book``), moves event time on a timer
 and takes what came out with ``drain()``: closed candles, feature rows (``event_time_ns`` = the
 candle's end), corrections (trades later than the allowed lateness, one per timeframe they
 missed), gaps too long to fill and malformed events. ``live_values()`` gives the coalesced
-microstructure values of the markets that changed.
+microstructure values of the markets that changed. Each closed candle also yields a row of the
+``microstructure`` feature group (``rtml_core.features.microstructure``) as of that close: the
+book and trade flow as the pipeline holds them when it closes the candle (the closing trade not yet
+in), logged offline and written to the live hash with the close time, so the API serves the value
+that was logged.
 
 Event time comes from the feed: ``feed_ns`` is the largest event time accepted; the runner
 advances to ``feed_ns`` plus the feed's idle time (``advance``), never to the machine's clock. An
@@ -32,6 +36,7 @@ from rtml_core.book import OrderBook, TradeFlow, book_features
 from rtml_core.candles import CandleBuilder, TradeAggregate
 from rtml_core.errors import InputError
 from rtml_core.features import DEFAULT_FEATURE_SET, FeatureEngine, FeatureSet
+from rtml_core.features.microstructure import MicrostructureSet
 from rtml_core.schemas import BookUpdate, Candle, FeatureRow, Trade
 from rtml_core.timeframes import timeframe_ns
 
@@ -81,6 +86,9 @@ class Output:
     gaps: list[Gap] = field(default_factory=list)
     malformed: list[Trade | BookUpdate] = field(default_factory=list)  # the first few of this drain
     corrected: list[Candle] = field(default_factory=list)  # closed candles a late trade changed
+    microstructure: list[FeatureRow] = field(default_factory=list)  # the group's row of each closed candle
+    microstructure_live: dict[tuple[str, str], tuple[int, int, dict[str, float]]] = field(default_factory=dict)
+    # (exchange, symbol) -> (close ns, live event time ns, values) of the market's latest close
 
 
 class MarketState:
@@ -144,6 +152,7 @@ class Pipeline:
         self.fill_gaps = fill_gaps
         self.flow_window_ns = flow_window_ns
         self.book_levels = book_levels
+        self.microstructure = MicrostructureSet(levels=book_levels, flow_window_s=max(1, flow_window_ns // 10**9))
         self.clock = clock
         self.wall_clock = wall_clock
         self.max_future_ns = max_future_ns
@@ -171,6 +180,8 @@ class Pipeline:
         self._gaps: list[Gap] = []
         self._malformed: list[Trade | BookUpdate] = []
         self._corrected: list[Candle] = []
+        self._micro: list[FeatureRow] = []
+        self._micro_live: dict[tuple[str, str], tuple[int, int, dict[str, float]]] = {}
 
     def new_builder(self, exchange: str, symbol: str, timeframe: str) -> CandleBuilder:
         builder = CandleBuilder(exchange, symbol, timeframe, allowed_lateness_ns=self.allowed_lateness_ns,
@@ -421,6 +432,26 @@ class Pipeline:
             self._rows.append(FeatureRow(state.exchange, state.symbol, tf, end, self.version, values))
             self._closed_at[(state.exchange, state.symbol, tf, end)] = now
             self.rows_out += 1
+            self._microstructure_at_close(state, tf, end)
+
+    def _microstructure_at_close(self, state: MarketState, timeframe: str, end: int) -> None:
+        """The microstructure group's row of a candle closing at ``end`` (one computation per close
+        time and market, shared by every timeframe closing then)."""
+        key = (state.exchange, state.symbol)
+        latest = self._micro_live.get(key)
+        if latest is not None and latest[0] == end:
+            values = latest[2]
+        else:
+            pending = state.pending_flow  # the caller may hold this list: fold it, keep the same object
+            self._fold_flow(state)
+            pending.clear()
+            state.pending_flow = pending
+            state.flow.advance(end)
+            values = self.microstructure.values(state.book if state.book_seen else None, state.flow)
+            if latest is None or end > latest[0]:
+                self._micro_live[key] = (end, max(end, state.last_trade_time_ns or end), values)
+        self._micro.append(FeatureRow(state.exchange, state.symbol, timeframe, end, self.microstructure.version,
+                                      values))
 
     def _on_gap(self, builder: CandleBuilder, from_ns: int, to_ns: int) -> None:
         self.gaps += 1
@@ -442,7 +473,7 @@ class Pipeline:
     def drain(self) -> Output:
         """Everything produced since the last drain (and forget it)."""
         out = Output(self._candles, self._rows, self._corrections, self._closed_at, self._gaps, self._malformed,
-                     self._corrected)
+                     self._corrected, self._micro, self._micro_live)
         self._new_output()
         return out
 
