@@ -21,7 +21,7 @@ from rtml_core.errors import InputError
 from rtml_core.features.microstructure import (
     MICROSTRUCTURE,
     MicrostructureUnavailable,
-    PREFIX as MS_PREFIX,
+    group_names,
     uses_microstructure,
 )
 from rtml_core.schemas import FeatureRow
@@ -254,7 +254,7 @@ class PredictionService:
             try:
                 values = {**values, **MICROSTRUCTURE.for_row(
                     live or {}, row.event_time_ns, self.timeframe_s(row.timeframe) * 1_000_000_000,
-                    [name for name in model.feature_names if name.startswith(MS_PREFIX)])}
+                    group_names(model.feature_names))}
             except MicrostructureUnavailable as error:
                 raise ApiError(409, "microstructure_unavailable",
                                f"model {model.version} uses order-book features of {row.symbol}: {error}") from None

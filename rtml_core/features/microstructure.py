@@ -139,6 +139,11 @@ def uses_microstructure(names: Sequence[str]) -> bool:
     return any(name.startswith(PREFIX) for name in names)
 
 
+def group_names(names: Sequence[str]) -> list[str]:
+    """The names of this group among ``names`` (a model's inputs), in their order."""
+    return [name for name in names if name.startswith(PREFIX)]
+
+
 def is_microstructure_version(version: str) -> bool:
     """A feature-table version of this group (not computed from candles: never rebuilt from them)."""
     return version.startswith(VERSION_PREFIX)
