@@ -68,13 +68,13 @@ async def _until_disconnect(socket: WebSocket) -> None:
 
 
 @websocket("/v1/predictions/stream", name="prediction_stream")
-async def prediction_stream(socket: WebSocket, symbol: str, exchange: str | None = None,
+async def prediction_stream(socket: WebSocket, symbol: str = "", exchange: str | None = None,
                             timeframe: str | None = None) -> None:
     """Push a prediction each time the sidecar publishes features for ``symbol``.
 
     The first message is the prediction from the current row; errors arrive as ErrorBody
-    messages (the stream continues) except for a bad request, which closes with code 1008.
-    Refused sockets are closed at once: 4429 (connects per second), 1008 (sockets per key),
+    messages (the stream continues) except for a bad request (a missing symbol included), which
+    closes with code 1008. Refused sockets are closed at once: 4429 (connects per second), 1008 (sockets per key),
     1013 (sockets per worker).
     """
     service: PredictionService = socket.app.state.service

@@ -46,3 +46,10 @@ async def test_stream_rejects_a_bad_symbol_with_a_message(online_store, registry
         with pytest.raises(WebSocketDisconnect) as closed:
             await asyncio.to_thread(socket.receive_json, timeout=10)
         assert closed.value.code == 1008
+        socket = await client.websocket_connect("/v1/predictions/stream", headers=HEADERS)  # no symbol
+        await asyncio.to_thread(socket.__enter__)
+        message = await asyncio.to_thread(socket.receive_json, timeout=10)
+        assert message["status_code"] == 400 and message["error"] == "invalid_symbol"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            await asyncio.to_thread(socket.receive_json, timeout=10)
+        assert closed.value.code == 1008  # a client error, not Litestar's 4500
