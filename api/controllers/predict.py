@@ -74,8 +74,8 @@ async def prediction_stream(socket: WebSocket, symbol: str = "", exchange: str |
 
     The first message is the prediction from the current row; errors arrive as ErrorBody
     messages (the stream continues) except for a bad request (a missing symbol included), which
-    closes with code 1008. Refused sockets are closed at once: 4429 (connects per second), 1008 (sockets per key),
-    1013 (sockets per worker).
+    closes with code 1008. Refused sockets are closed at once: 4429 (connects per second),
+    1008 (sockets per key), 1013 (sockets per worker).
     """
     service: PredictionService = socket.app.state.service
     gate: SocketGate = socket.app.state.sockets
