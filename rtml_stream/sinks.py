@@ -37,8 +37,14 @@ import structlog
 
 from rtml_core.errors import InputError
 from rtml_core.schemas import ROW_CONTEXT_FIELDS, Candle, FeatureRow
+from rtml_core.stores.online_base import (
+    RESERVED_FIELDS,
+    LiveValues,
+    OnlineStore,
+    check_key_part,
+    check_row,
+)
 from rtml_core.timeframes import timeframe_ns
-from rtml_core.stores.online_base import RESERVED_FIELDS, LiveValues, OnlineStore, check_key_part, check_row
 
 log = structlog.get_logger("rtml_stream.sinks")
 

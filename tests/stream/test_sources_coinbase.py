@@ -14,7 +14,14 @@ from rtml_stream.metrics import StreamMetrics
 from rtml_stream.sources.coinbase import CoinbaseSource
 from tests.conftest import FIXTURES
 from tests.stream.helpers import FAST_RECONNECT, take, wait_for_value
-from tests.stream.wsservers import CoinbaseServer, LocalHttpServer, Session, SkipSequence, Verbatim, WaitSubscribe
+from tests.stream.wsservers import (
+    CoinbaseServer,
+    LocalHttpServer,
+    Session,
+    SkipSequence,
+    Verbatim,
+    WaitSubscribe,
+)
 
 CAPTURE = (FIXTURES / "coinbase_l2_data_capture.jsonl").read_text().splitlines()
 L2_SNAPSHOT, L2_REST = CAPTURE[0], CAPTURE[1:]
