@@ -25,6 +25,8 @@ from rtml_assets.resources import OfflineStoreResource
 from rtml_assets.training.config import PromotionConfig, TrainingConfig, TuningConfig
 from rtml_assets.training.resources import ModelRegistryResource
 from rtml_core.errors import InputError
+from rtml_core.features.microstructure import FEATURE_GROUPS, INDICATORS, MICROSTRUCTURE, join_group
+from rtml_core.features.microstructure import GROUP as MICROSTRUCTURE_GROUP
 from rtml_core.registry import Market, ModelRegistry, PromotionRefused
 from rtml_core.timeframes import NS, timeframe_seconds
 from rtml_core.training.datasets import BASELINE_WINDOW, TrainingSet, build_training_set
@@ -82,6 +84,7 @@ class TrainingRequest:
     start_ns: int
     end_ns: int
     plan: EvaluationPlan
+    microstructure_version: str | None = None  # set when the config chose the microstructure group
 
     @property
     def market(self) -> Market:
@@ -118,6 +121,14 @@ def default_horizon_s(timeframe: str) -> int:
     return timeframe_seconds(timeframe)
 
 
+def stored_series(inventory: pd.DataFrame, version: str, market: tuple[str, str, str]) -> pd.DataFrame:
+    """The inventory rows of one market's stored feature table of ``version``."""
+    exchange, symbol, timeframe = market
+    return inventory[(inventory["kind"] == "features") & (inventory["feature_set_version"] == version)
+                     & (inventory["exchange"] == exchange) & (inventory["symbol"] == symbol)
+                     & (inventory["timeframe"] == timeframe)]
+
+
 def resolve_request(inventory: pd.DataFrame | None, config: TrainingConfig, default_version: str,
                     market: tuple[str, str, str]) -> TrainingRequest:
     """Check the config against the market's stored feature series before any work; pick defaults.
@@ -133,9 +144,7 @@ def resolve_request(inventory: pd.DataFrame | None, config: TrainingConfig, defa
         raise InputError(
             f"horizon {horizon}s is shorter than the timeframe {timeframe}: choose a horizon of at least one candle"
         )
-    series = inventory[(inventory["kind"] == "features") & (inventory["feature_set_version"] == version)
-                       & (inventory["exchange"] == exchange) & (inventory["symbol"] == symbol)
-                       & (inventory["timeframe"] == timeframe)]
+    series = stored_series(inventory, version, market)
     if series.empty:
         raise InputError(
             f"feature set version {version!r} has no rows for {exchange} {symbol} {timeframe}: "
@@ -165,7 +174,27 @@ def resolve_request(inventory: pd.DataFrame | None, config: TrainingConfig, defa
     return TrainingRequest(
         exchange=exchange, symbol=symbol, timeframe=timeframe, feature_set_version=version,
         horizon_s=horizon, start_ns=start, end_ns=end, plan=config.plan(),
+        microstructure_version=_microstructure_version(inventory, config.feature_groups, market),
     )
+
+
+def _microstructure_version(inventory: pd.DataFrame, groups: list[str], market: tuple[str, str, str]) -> str | None:
+    """The microstructure group's version when ``groups`` chose it (checked against the stored series)."""
+    unknown = sorted(set(groups) - set(FEATURE_GROUPS))
+    if unknown:
+        raise InputError(f"feature_groups {unknown}: choose among {', '.join(FEATURE_GROUPS)}")
+    if INDICATORS not in groups:
+        raise InputError("feature_groups must include 'indicators' (the candle rows the other groups join to)")
+    if MICROSTRUCTURE_GROUP not in groups:
+        return None
+    exchange, symbol, timeframe = market
+    version = MICROSTRUCTURE.version
+    if stored_series(inventory, version, market).empty:
+        raise InputError(
+            f"no microstructure rows ({version}) for {exchange} {symbol} {timeframe}: the sidecar logs them, one per "
+            "closed candle, for the markets it streams with their order book"
+        )
+    return version
 
 
 def load_training_set(store, request: TrainingRequest) -> TrainingSet:
@@ -175,6 +204,12 @@ def load_training_set(store, request: TrainingRequest) -> TrainingSet:
         request.exchange, request.symbol, request.timeframe, request.feature_set_version,
         request.start_ns - tf_ns, request.end_ns - tf_ns,
     )
+    if request.microstructure_version:  # each group as of t: the order-book row of the same candle
+        group = store.read_features(
+            request.exchange, request.symbol, request.timeframe, request.microstructure_version,
+            request.start_ns - tf_ns, request.end_ns - tf_ns,
+        )
+        features = join_group(features, group, timeframe_ns=tf_ns, max_lag_candles=MICROSTRUCTURE.max_lag_candles)
     prices = store.read_candles(
         request.exchange, request.symbol, request.timeframe,
         request.start_ns - (BASELINE_WINDOW + 1) * tf_ns, request.end_ns + request.horizon_s * NS,
@@ -183,6 +218,8 @@ def load_training_set(store, request: TrainingRequest) -> TrainingSet:
         features, prices, timeframe=request.timeframe, horizon_s=request.horizon_s,
         feature_set_version=request.feature_set_version, exchange=request.exchange, symbol=request.symbol,
     )
+    if request.microstructure_version:
+        built.extra["microstructure_version"] = request.microstructure_version
     if built.row_count < 2 * request.plan.min_rows:
         raise InputError(
             f"too little history: only {built.row_count} usable rows in the range (after {built.dropped_for_gaps} "
@@ -246,6 +283,7 @@ def _training_set_metadata(training_set: TrainingSet, plan: EvaluationPlan) -> d
         "features": dg.MetadataValue.json(summary["feature_names"]),
         "holdout_fraction": dg.MetadataValue.float(plan.holdout_fraction),
         "preview": dg.MetadataValue.md(training_set.frame.tail(3).iloc[:, :6].to_markdown(index=False)),
+        "microstructure_version": training_set.extra.get("microstructure_version") or "(group not chosen)",
     }
 
 

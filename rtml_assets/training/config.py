@@ -23,6 +23,10 @@ class TrainingConfig(dg.Config):
     feature_set_version: str | None = Field(
         default=None, description="Feature set version; empty: rtml_core.features.DEFAULT_FEATURE_SET.version."
     )
+    feature_groups: list[str] = Field(
+        default=["indicators"],
+        description="Feature groups: 'indicators' (the indicator table) and optionally 'microstructure' (the "
+                    "sidecar's order-book and trade-flow values as of each candle's close; rows without them drop).")
     holdout_fraction: float = Field(default=0.2, description="Final share of rows kept for the holdout.")
     walk_forward_steps: int = Field(default=2, description="Refits across the holdout (walk-forward).")
     min_rows: int = Field(default=200, description="Fewest development and holdout rows accepted.")

@@ -46,3 +46,18 @@ def trailing_features(candles: pd.DataFrame) -> pd.DataFrame:
             / candles["volume"].rolling(24).std(),
         }
     )
+
+
+def store_candles(store, candles: pd.DataFrame, exchange: str = "gym", symbol: str = "BTC-USD",
+                  timeframe: str = "30m") -> None:
+    """Write ``btc_candles`` rows to an offline store as exact candles."""
+    from decimal import Decimal
+
+    from rtml_core.schemas import Candle
+
+    store.write_candles(
+        Candle(exchange=exchange, symbol=symbol, timeframe=timeframe, start_ns=int(row.time.value),
+               open=Decimal(str(row.open)), high=Decimal(str(row.high)), low=Decimal(str(row.low)),
+               close=Decimal(str(row.close)), volume=Decimal(str(row.volume)), vwap=None, trade_count=0)
+        for row in candles.itertuples()
+    )

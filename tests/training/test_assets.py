@@ -3,8 +3,6 @@ history in a real store: baselines registered, the gate judged, the champion per
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import dagster as dg
 import pandas as pd
 import pytest
@@ -15,9 +13,8 @@ from rtml_assets.training import build_training_assets, build_training_schedules
 from rtml_cli.main import cli
 from rtml_core.errors import InputError
 from rtml_core.registry import Market, ModelRegistry
-from rtml_core.schemas import Candle
 from rtml_core.stores.offline import open_offline_store
-from tests.training.data import btc_candles, trailing_features
+from tests.training.data import btc_candles, store_candles, trailing_features
 
 VERSION = "trailing-test-v1"
 MARKET = {"exchange": "gym", "symbol": "BTC-USD", "timeframe": "30m"}
@@ -30,12 +27,7 @@ FAST_TUNING = {"n_folds": 2, "xgb_trials": 2, "xgb_n_estimators": [30], "lasso_a
 def _fill_store(url: str, rows: int = 1500) -> None:
     candles = btc_candles(rows)
     store = open_offline_store(url)
-    store.write_candles(
-        Candle(exchange="gym", symbol="BTC-USD", timeframe="30m", start_ns=int(row.time.value),
-               open=Decimal(str(row.open)), high=Decimal(str(row.high)), low=Decimal(str(row.low)),
-               close=Decimal(str(row.close)), volume=Decimal(str(row.volume)), vwap=None, trade_count=0)
-        for row in candles.itertuples()
-    )
+    store_candles(store, candles)
     features = trailing_features(candles)
     store.register_feature_set(VERSION, [c for c in features.columns if c != "time"], {"test": True})
     store.write_features(features, feature_set_version=VERSION, **MARKET)
