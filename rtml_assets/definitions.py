@@ -13,6 +13,7 @@ import dagster as dg
 
 from rtml_assets.features.assets import build_feature_assets
 from rtml_assets.features.checks import build_feature_checks
+from rtml_assets.features.microstructure import build_microstructure_asset
 from rtml_assets.market_history.assets import build_market_history_assets
 from rtml_assets.market_history.checks import build_market_history_checks
 from rtml_assets.market_history.markets import MarketSource, demo_markets, load_markets
@@ -47,11 +48,13 @@ def build_definitions(settings: Settings, markets: Sequence[MarketSource] | None
     partitions = market_day_partitions(markets)
     raw_trades, validated_candles = build_market_history_assets(markets, partitions)
     (indicator_table,) = build_feature_assets(markets, partitions, feature_set, validated_candles)
+    microstructure_table = build_microstructure_asset(markets, partitions, validated_candles)
     training = build_training_assets(markets)
     training_jobs, training_schedules, training_sensors = build_training_schedules(training.partitions)
     offline_store = offline_store_resource(settings)
     return dg.Definitions(
-        assets=[raw_trades, validated_candles, indicator_table, *training.assets, online_features_spec(),
+        assets=[raw_trades, validated_candles, indicator_table, microstructure_table, *training.assets,
+                online_features_spec(),
                 *monitoring_assets],
         asset_checks=[
             *build_market_history_checks(markets, validated_candles),

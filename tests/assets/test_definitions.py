@@ -26,7 +26,7 @@ def test_definitions_load_with_groups_checks_and_partitions(monkeypatch: pytest.
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == {"raw_trades": "market_history", "validated_candles": "market_history",
-                      "indicator_table": "features", "training_set": "training",
+                      "indicator_table": "features", "microstructure_table": "features", "training_set": "training",
                       "baseline_model": "models", "lasso_model": "models",
                       "xgboost_model": "models", "candidate_model": "models",
                       "champion_model": "models", "online_features": "online",
