@@ -30,7 +30,7 @@ def _config(name: str):
     from rtml_stream.broker.jetstream import BrokerConfig
 
     return BrokerConfig(url=NATS_URL, stream=name, subject_prefix=name.lower(), max_age_s=3600,
-                        max_bytes=2**30, lease_ttl_s=2.0)
+                        max_bytes=2**30)
 
 
 def _feature_process(name: str, redis_url: str, prefix: str, timeframes, expect: int, idle_stop_s: float,

@@ -54,6 +54,7 @@ _NEVER = -(2**63)
 class FeatureServiceOptions:
     coalesce_ms: float = 100.0
     fetch_batch: int = 1024
+    process_slice: int = 32  # messages folded between two yields to the event loop
     commit_interval_s: float = 0.2
     lag_poll_s: float = 2.0
     drain_timeout_s: float = 5.0
@@ -357,9 +358,12 @@ class FeatureService:
                 log.warning("fetch_failed", consumer=feed.name, error=repr(error))
                 await asyncio.sleep(0.5)
                 continue
-            for msg in self.on_messages(feed, msgs):
-                with contextlib.suppress(Exception):
-                    await msg.ack()
+            step = self.options.process_slice
+            for i in range(0, len(msgs), step):  # a backlog in slices: lease renewals and the timer run between
+                for msg in self.on_messages(feed, msgs[i:i + step]):
+                    with contextlib.suppress(Exception):
+                        await msg.ack()
+                await asyncio.sleep(0)
 
     # -- periodic work -----------------------------------------------------------------------------
     async def _lease_loop(self, stop: asyncio.Event) -> None:
