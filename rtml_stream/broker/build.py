@@ -55,7 +55,8 @@ def build_feature_service(settings: Settings, config: BrokerConfig, markets: Seq
     factory = (lambda: open_offline_store(offline_url))  # noqa: E731 - opened lazily: PostgreSQL may be down
     offline_sink = StreamOfflineSink(factory, max_buffer=settings.stream_offline_buffer,
                                      feature_specs={version.version: {"features": version.feature_set.to_json(),
-                                                                    "warmup": int(version.feature_set.warmup)}})
+                                                                    "warmup": int(version.feature_set.warmup)},
+                                                    version.microstructure.version: version.microstructure.to_json()})
     options = FeatureServiceOptions(coalesce_ms=settings.stream_coalesce_ms, health_host=settings.stream_metrics_host,
                                     health_port=_port(health_port, settings.stream_metrics_port),
                                     from_start=from_start, duration_s=duration_s)

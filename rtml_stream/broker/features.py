@@ -125,6 +125,8 @@ class FeatureService:
         out = pipeline.drain()
         sm = self.stream_metrics
         if out.rows:
+            for exchange, symbol, time_ns, fields in out.microstructure_live_fields(pipeline.microstructure):
+                self.online_sink.add_live(exchange, symbol, time_ns, fields)
             self.online_sink.add_rows(out.rows)
             if self.online_sink.healthy:
                 self.online_sink.flush_sync()
@@ -139,6 +141,8 @@ class FeatureService:
                 self.offline_sink.add_candles(out.candles)
             if out.rows:
                 self.offline_sink.add_rows(out.rows)
+            if out.microstructure:
+                self.offline_sink.add_rows(out.microstructure)
             if out.corrections:
                 self.offline_sink.add_corrections(out.corrections)
             if out.gaps:

@@ -80,7 +80,7 @@ def final_rows_written(store, symbols, expected) -> bool:
 
 async def test_feature_service_sigkilled_and_restarted_resumes_with_no_gap_and_no_duplicate(
         broker, tmp_path, redis_url, redis_prefix):
-    server = await KrakenServer([session([SYMBOL], pause_s=0.3)], known_symbols=wire_symbols([SYMBOL])).start()
+    server = await KrakenServer([session([SYMBOL], pause_s=0.4)], known_symbols=wire_symbols([SYMBOL])).start()
     env = env_for(tmp_path, broker, redis_url, redis_prefix)
     log = tmp_path / "stream.log"
     first_port, second_port = free_port(), free_port()
