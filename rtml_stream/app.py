@@ -193,10 +193,8 @@ class Sidecar:
             if len(self._closed_at) > 100_000:  # rows dropped by a full buffer never come back
                 self._closed_at.clear()
             self._closed_at.update(out.closed_at)
-            for (exchange, symbol), (close_ns, time_ns, values) in out.microstructure_live.items():
-                # before the rows: the batch that carries a row carries the values as of its close
-                self.online_sink.add_live(exchange, symbol, time_ns,
-                                          self.pipeline.microstructure.live_fields(values, close_ns))
+            for exchange, symbol, time_ns, fields in out.microstructure_live_fields(self.pipeline.microstructure):
+                self.online_sink.add_live(exchange, symbol, time_ns, fields)
             self.online_sink.add_rows(out.rows)  # written by the sink's task, in a worker thread
         for candle in out.candles:
             self.metrics.candles_out.labels(candle.exchange, candle.symbol, candle.timeframe).inc()

@@ -90,6 +90,12 @@ class Output:
     microstructure_live: dict[tuple[str, str], tuple[int, int, dict[str, float]]] = field(default_factory=dict)
     # (exchange, symbol) -> (close ns, live event time ns, values) of the market's latest close
 
+    def microstructure_live_fields(self, group: MicrostructureSet) -> list[tuple[str, str, int, dict[str, float]]]:
+        """(exchange, symbol, live event time, live-hash fields) of each market's latest close: added to
+        the online sink before the rows, so the write that carries a row carries the values of its close."""
+        return [(exchange, symbol, time_ns, group.live_fields(values, close_ns))
+                for (exchange, symbol), (close_ns, time_ns, values) in self.microstructure_live.items()]
+
 
 class MarketState:
     """All state of one market: builders and engines per timeframe, trade flow, book, resume marks."""
