@@ -42,6 +42,19 @@ def _champion_source(registry) -> ChampionSource:
     return RegistryChampionSource(registry)
 
 
+async def _open_prediction_log(offline_url: str, *, quiet: bool = False):
+    """The prediction log on the offline store, or None while the store cannot be opened."""
+    try:
+        from rtml_core.prediction_log import PredictionLog
+
+        return await asyncio.to_thread(PredictionLog, offline_url)
+    except Exception as error:  # noqa: BLE001 - serving matters more than logging
+        if not quiet:
+            log.warning("predictions are not logged until the offline store answers: %s: %s",
+                        type(error).__name__, error)
+        return None
+
+
 def create_app(settings: Settings, *, online_store=None, registry=None, prediction_log=None) -> Litestar:
     """Build the API. ``registry``: a ``ModelRegistry`` or any ``ChampionSource``; None opens them.
 
@@ -83,15 +96,22 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
             owned.append(source)
         app.state.champion_source = source
         predictions = prediction_log
+        log_opener = None
         if predictions is None and settings.api_log_predictions:
-            try:
-                from rtml_core.prediction_log import PredictionLog
-
-                predictions = await asyncio.to_thread(PredictionLog, settings.resolved_offline_url)
-                owned_log = predictions
-            except Exception as error:  # noqa: BLE001 - serving matters more than logging
-                log.warning("predictions are not logged: %s: %s", type(error).__name__, error)
+            predictions = owned_log = await _open_prediction_log(settings.resolved_offline_url)
         app.state.service = PredictionService(settings, store, holder, metrics_, predictions)
+        if predictions is None and settings.api_log_predictions:  # the offline store is down: retry
+            async def open_later() -> None:
+                nonlocal owned_log
+                attempt = 0
+                while owned_log is None:
+                    attempt += 1
+                    await asyncio.sleep(min(30.0, settings.api_model_poll_s * 2 ** min(attempt, 4)))
+                    owned_log = await _open_prediction_log(settings.resolved_offline_url, quiet=True)
+                app.state.service.prediction_log = owned_log
+                log.info("predictions are logged from now on (the offline store answers)")
+
+            log_opener = asyncio.create_task(open_later())
         app.state.hub = UpdateHub(store)
         try:
             await refresh_champion(holder, source, on_swap)
@@ -103,8 +123,10 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
         try:
             yield
         finally:
-            poller.cancel()
-            await asyncio.gather(poller, return_exceptions=True)
+            for task in (poller, log_opener):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (poller, log_opener) if t is not None), return_exceptions=True)
             await app.state.hub.aclose()
             app.state.service.flush_log()
             await store.aclose()

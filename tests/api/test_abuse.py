@@ -16,6 +16,7 @@ import time
 import httpx
 import pytest
 import redis
+import sqlalchemy as sa
 import websockets
 from litestar.testing import AsyncTestClient
 
@@ -227,7 +228,7 @@ async def test_the_api_starts_with_its_registry_down_says_why_and_recovers(tmp_p
         assert set(ready.json()["reasons"]) == {"registry_unavailable", "no_champion"}
         assert "127.0.0.1" not in ready.text and "postgres" not in ready.text
         assert httpx.get(f"{base}/health").status_code == 200
-    with rtml_serve(env, wait_for=503) as (base, _, _):
+    with rtml_serve({**env, "RTML_API_LOG_PREDICTIONS": "true"}, wait_for=503) as (base, _, _):
         predict = httpx.post(f"{base}/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS)
         assert predict.status_code == 503 and predict.json()["error"] == "no_champion"
         blocked.unlink()
@@ -236,7 +237,18 @@ async def test_the_api_starts_with_its_registry_down_says_why_and_recovers(tmp_p
         while httpx.get(f"{base}/ready").status_code != 200:
             assert time.monotonic() < deadline, httpx.get(f"{base}/ready").text
             time.sleep(0.2)
-        assert httpx.post(f"{base}/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS).status_code == 200
+        # the prediction log opens too (retried in the background): served predictions reach it
+        engine = sa.create_engine(f"sqlite:///{blocked / 'offline.sqlite'}")
+        deadline = time.monotonic() + 30
+        logged = 0
+        while not logged:
+            assert time.monotonic() < deadline, "no prediction was logged after the offline store came back"
+            assert httpx.post(f"{base}/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS).status_code == 200
+            time.sleep(0.5)
+            with engine.connect() as conn:
+                if sa.inspect(conn).has_table("predictions"):
+                    logged = conn.execute(sa.text("SELECT count(*) FROM predictions")).scalar()
+        engine.dispose()
 
 
 async def test_a_champion_that_fails_to_load_keeps_the_old_one_and_shows_in_ready(
