@@ -382,8 +382,11 @@ class WebSocketSource(Source):
             self._gap_unfilled(symbol, first_id, last_id, 0,
                                f"older than the backfill bound of {self.max_backfill_age_s:g} s")
             return []
-        log.warning("trade_id_gap", exchange=exchange, symbol=symbol, first_id=first_id, last_id=last_id,
-                    missing=missing)
+        if last_id is None:
+            log.info("catching_up", exchange=exchange, symbol=symbol, after_id=first_id - 1)
+        else:
+            log.warning("trade_id_gap", exchange=exchange, symbol=symbol, first_id=first_id, last_id=last_id,
+                        missing=missing)
         was_live = self.idle.live
         self.idle.pause()
         found: list[Trade] = []
