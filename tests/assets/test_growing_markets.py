@@ -294,7 +294,8 @@ def test_the_sync_schedule_asks_for_each_new_day_as_the_clock_moves(offline_url:
                                             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}})
             assert result.success
             done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-            assert done == {"raw_trades", "validated_candles", "indicator_table"}  # features land for the automation
+            assert done == {"raw_trades", "validated_candles", "indicator_table",  # features land for the automation
+                            "microstructure_table"}
         assert "every recent day" in tick(utc(2025, 11, 12, 6)).skip_message
         later = tick(utc(2025, 11, 13, 0, 15))  # the clock moved a day: one new partition
         assert [r.partition_key for r in later.run_requests] == [str(partition_key(dt.date(2025, 11, 12), market))]
