@@ -25,7 +25,13 @@ from rtml_assets.resources import OfflineStoreResource
 from rtml_assets.training.config import PromotionConfig, TrainingConfig, TuningConfig
 from rtml_assets.training.resources import ModelRegistryResource
 from rtml_core.errors import InputError
-from rtml_core.features.microstructure import FEATURE_GROUPS, INDICATORS, MICROSTRUCTURE, join_group
+from rtml_core.features.microstructure import (
+    FEATURE_GROUPS,
+    INDICATORS,
+    MICROSTRUCTURE,
+    is_microstructure_version,
+    join_group,
+)
 from rtml_core.features.microstructure import GROUP as MICROSTRUCTURE_GROUP
 from rtml_core.registry import Market, ModelRegistry, PromotionRefused
 from rtml_core.timeframes import NS, timeframe_seconds
@@ -121,12 +127,12 @@ def default_horizon_s(timeframe: str) -> int:
     return timeframe_seconds(timeframe)
 
 
-def stored_series(inventory: pd.DataFrame, version: str, market: tuple[str, str, str]) -> pd.DataFrame:
-    """The inventory rows of one market's stored feature table of ``version``."""
+def stored_series(inventory: pd.DataFrame, version: str | None, market: tuple[str, str, str]) -> pd.DataFrame:
+    """The inventory rows of one market's stored feature tables (of ``version``; None: every version)."""
     exchange, symbol, timeframe = market
-    return inventory[(inventory["kind"] == "features") & (inventory["feature_set_version"] == version)
-                     & (inventory["exchange"] == exchange) & (inventory["symbol"] == symbol)
-                     & (inventory["timeframe"] == timeframe)]
+    mine = inventory[(inventory["kind"] == "features") & (inventory["exchange"] == exchange)
+                     & (inventory["symbol"] == symbol) & (inventory["timeframe"] == timeframe)]
+    return mine if version is None else mine[mine["feature_set_version"] == version]
 
 
 def resolve_request(inventory: pd.DataFrame | None, config: TrainingConfig, default_version: str,
@@ -188,13 +194,19 @@ def _microstructure_version(inventory: pd.DataFrame, groups: list[str], market: 
     if MICROSTRUCTURE_GROUP not in groups:
         return None
     exchange, symbol, timeframe = market
-    version = MICROSTRUCTURE.version
-    if stored_series(inventory, version, market).empty:
+    stored = sorted({v for v in stored_series(inventory, None, market)["feature_set_version"]
+                     if is_microstructure_version(v)})
+    if not stored:
         raise InputError(
-            f"no microstructure rows ({version}) for {exchange} {symbol} {timeframe}: the sidecar logs them, one per "
+            f"no microstructure rows for {exchange} {symbol} {timeframe}: the sidecar logs them, one per "
             "closed candle, for the markets it streams with their order book"
         )
-    return version
+    if MICROSTRUCTURE.version in stored:
+        return MICROSTRUCTURE.version
+    if len(stored) > 1:  # sidecars run with other book levels or flow windows: ambiguous
+        raise InputError(f"several microstructure versions stored for {exchange} {symbol} {timeframe}: {stored}, "
+                         f"none the default {MICROSTRUCTURE.version}")
+    return stored[0]
 
 
 def load_training_set(store, request: TrainingRequest) -> TrainingSet:

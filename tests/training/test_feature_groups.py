@@ -11,7 +11,7 @@ import pytest
 from rtml_assets.training.assets import load_training_set, resolve_request
 from rtml_assets.training.config import TrainingConfig
 from rtml_core.errors import InputError
-from rtml_core.features.microstructure import MICROSTRUCTURE, join_group
+from rtml_core.features.microstructure import MICROSTRUCTURE, MicrostructureSet, join_group
 from rtml_core.stores.offline import open_offline_store
 from tests.training.data import btc_candles, store_candles, trailing_features
 
@@ -20,10 +20,10 @@ MARKET = ("gym", "BTC-USD", "30m")
 VERSION = "trailing-groups-v1"
 
 
-def _group(features: pd.DataFrame) -> pd.DataFrame:
+def _group(features: pd.DataFrame, group: MicrostructureSet = MICROSTRUCTURE) -> pd.DataFrame:
     """A stand-in group frame of real values (columns of the real feature frame under the group's names)."""
     source = features.drop(columns=["time"]).to_numpy(np.float64)
-    columns = {name: source[:, i % source.shape[1]] for i, name in enumerate(MICROSTRUCTURE.names)}
+    columns = {name: source[:, i % source.shape[1]] for i, name in enumerate(group.names)}
     return pd.DataFrame({"time": features["time"], **columns})
 
 
@@ -45,7 +45,7 @@ def test_join_takes_the_group_row_of_the_same_candle_never_a_later_one():
         join_group(features, features, timeframe_ns=TF_NS)
 
 
-def _store(url: str, rows: int, group_rows: slice | None) -> object:
+def _store(url: str, rows: int, group_rows: slice | None, group: MicrostructureSet = MICROSTRUCTURE) -> object:
     candles = btc_candles(rows)
     store = open_offline_store(url)
     store_candles(store, candles)
@@ -53,8 +53,8 @@ def _store(url: str, rows: int, group_rows: slice | None) -> object:
     store.register_feature_set(VERSION, [c for c in features.columns if c != "time"], {"test": True})
     store.write_features(features, feature_set_version=VERSION, exchange="gym", symbol="BTC-USD", timeframe="30m")
     if group_rows is not None:
-        store.register_feature_set(MICROSTRUCTURE.version, list(MICROSTRUCTURE.names), MICROSTRUCTURE.to_json())
-        store.write_features(_group(features).iloc[group_rows], feature_set_version=MICROSTRUCTURE.version,
+        store.register_feature_set(group.version, list(group.names), group.to_json())
+        store.write_features(_group(features, group).iloc[group_rows], feature_set_version=group.version,
                              exchange="gym", symbol="BTC-USD", timeframe="30m")
     return store
 
@@ -90,3 +90,15 @@ def test_training_set_with_the_microstructure_group_keeps_the_candles_that_have_
     merged = built.frame.merge(plain.frame, on="time", suffixes=("", "_plain"))
     assert len(merged) == built.row_count
     assert np.array_equal(merged["target"], merged["target_plain"])  # same targets: only the inputs grew
+
+
+def test_a_sidecar_with_other_book_levels_gives_its_own_version_which_training_finds(sqlite_url):
+    five = MicrostructureSet(levels=5)
+    assert five.version != MICROSTRUCTURE.version and "ms_imbalance_5" in five.names
+    store = _store(sqlite_url, 900, slice(300, 900), five)
+    config = TrainingConfig(feature_set_version=VERSION, feature_groups=["indicators", "microstructure"], min_rows=100)
+    request = resolve_request(store.markets(), config, VERSION, MARKET)
+    built = load_training_set(store, request)
+    store.close()
+    assert request.microstructure_version == five.version
+    assert set(five.names) <= set(built.feature_names)
