@@ -19,12 +19,13 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from rtml_core.book import OrderBook, TradeFlow, book_features
 from rtml_core.errors import RtmlError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GROUP = "microstructure"
 INDICATORS = "indicators"
@@ -150,12 +151,15 @@ def is_microstructure_version(version: str) -> bool:
 
 
 def join_group(features: pd.DataFrame, group: pd.DataFrame, *, timeframe_ns: int,
-               max_lag_candles: int = 0) -> pd.DataFrame:
+               max_lag_candles: int = 0) -> pd.DataFrame:  # pandas imported here: the API reads this module
     """``features`` with the ``group`` columns as of each row: the group row of the same candle or
     of one at most ``max_lag_candles`` earlier (never a later one); NaN where there is none.
 
     Both frames have a ``time`` column (the candle start, datetime64[ns, UTC]), sorted ascending.
     """
+    import numpy as np
+    import pandas as pd
+
     names = [c for c in group.columns if c != "time"]
     clash = sorted(set(names) & (set(features.columns) - {"time"}))
     if clash:
