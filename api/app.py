@@ -46,8 +46,12 @@ async def _open_prediction_log(offline_url: str, *, quiet: bool = False):
     """The prediction log on the offline store, or None while the store cannot be opened."""
     try:
         from rtml_core.prediction_log import PredictionLog
+        from rtml_core.stores.offline import open_offline_store
 
-        return await asyncio.to_thread(PredictionLog, offline_url)
+        def open_log() -> PredictionLog:
+            return PredictionLog(open_offline_store(offline_url), owns_store=True)
+
+        return await asyncio.to_thread(open_log)
     except Exception as error:  # noqa: BLE001 - serving matters more than logging
         if not quiet:
             log.warning("predictions are not logged until the offline store answers: %s: %s",
@@ -83,9 +87,10 @@ def create_app(settings: Settings, *, online_store=None, registry=None, predicti
         if registry is None:
             def open_source() -> ChampionSource:  # retried by the poller until the database answers
                 from rtml_core.registry import ModelRegistry
+                from rtml_core.stores.offline import open_offline_store
 
-                return _champion_source(ModelRegistry(settings.resolved_offline_url,
-                                                      settings.resolved_artifacts_dir))
+                return _champion_source(ModelRegistry(open_offline_store(settings.resolved_offline_url),
+                                                      settings.resolved_artifacts_dir, owns_store=True))
         else:
             def open_source() -> ChampionSource:
                 return _champion_source(registry)

@@ -67,6 +67,7 @@ def real_features(rows: int = 5000) -> tuple[pd.DataFrame, np.ndarray]:
 
 def train_and_register(home: Path, trees: int, depth: int):
     from rtml_core.registry import ModelRegistry
+    from rtml_core.stores.offline import open_offline_store
     from rtml_core.training.models import fit_xgboost, xgboost_to_ubj
 
     frame, target = real_features()
@@ -76,7 +77,7 @@ def train_and_register(home: Path, trees: int, depth: int):
                                                        "learning_rate": 0.05}, nthread=2)
     residual_std = float(np.std(target[cut:] - model.predict(X[cut:])))
     offline_url = f"sqlite:///{home / 'offline.sqlite'}"
-    registry = ModelRegistry(offline_url, home / "artifacts")
+    registry = ModelRegistry(open_offline_store(offline_url), home / "artifacts", owns_store=True)
     meta = registry.register(
         kind="xgboost", artifact=xgboost_to_ubj(model), artifact_format="ubj", feature_names=FEATURES,
         feature_set_version=FEATURE_SET, timeframe="30m", horizon_s=1800, training_rows=cut,

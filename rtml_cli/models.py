@@ -12,9 +12,11 @@ from rtml_core.settings import Settings
 
 def _registry():
     from rtml_core.registry import ModelRegistry
+    from rtml_core.stores.offline import open_offline_store
 
     settings = Settings()
-    return ModelRegistry(settings.resolved_offline_url, settings.resolved_artifacts_dir)
+    return ModelRegistry(open_offline_store(settings.resolved_offline_url), settings.resolved_artifacts_dir,
+                         owns_store=True)
 
 
 def _num(value, digits: int = 4) -> str:

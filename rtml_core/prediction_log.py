@@ -7,7 +7,7 @@ a background thread converts and writes them in batches (one transaction per bat
 mechanism (component ``predictions``). A failed write is retried with backoff while the store
 is down; what the queue cannot hold meanwhile is dropped and counted, so memory stays bounded.
 
-    log = PredictionLog(offline_store)         # or an offline-store URL
+    log = PredictionLog(offline_store)
     log.record(prediction)                      # msgspec Struct, dict or object with the fields
     await log.aclose()                          # or log.close(): flushes what is queued
 
@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from rtml_core.stores.offline_tables import Migration, apply_migrations, create_tables
+from rtml_core.stores.offline_base import OfflineStore
+from rtml_core.stores.offline_tables import Migration, create_tables
 
 log = logging.getLogger("rtml.prediction_log")
 
@@ -66,12 +67,9 @@ _FIELDS = ("exchange", "symbol", "timeframe", "model_version", "feature_set_vers
            "predicted_price", "predicted_return")
 
 
-def migrate_predictions(store_or_engine) -> None:
-    """Create or upgrade the ``predictions`` table in an offline store (or on its Engine)."""
-    if hasattr(store_or_engine, "apply_migrations"):
-        store_or_engine.apply_migrations(PREDICTIONS_COMPONENT, PREDICTIONS_MIGRATIONS)
-    else:
-        apply_migrations(store_or_engine.begin, PREDICTIONS_COMPONENT, PREDICTIONS_MIGRATIONS)
+def migrate_predictions(store: OfflineStore) -> None:
+    """Create or upgrade the ``predictions`` table in an offline store."""
+    store.apply_migrations(PREDICTIONS_COMPONENT, PREDICTIONS_MIGRATIONS)
 
 
 def _get(item, name: str, default=None):
@@ -120,16 +118,13 @@ def prediction_row(item, served_ns: int) -> dict:
 class PredictionLog:
     """A batching writer of served predictions (see the module docstring)."""
 
-    def __init__(self, store_or_url, *, max_queue: int = 100_000, batch_size: int = 1_000,
+    def __init__(self, store: OfflineStore, *, max_queue: int = 100_000, batch_size: int = 1_000,
                  flush_interval_s: float = 1.0, retry_cap_s: float = 10.0,
-                 clock: Callable[[], int] = time.time_ns) -> None:
-        self._owned = None
-        if isinstance(store_or_url, str):
-            from rtml_core.stores.offline import open_offline_store
-
-            store_or_url = self._owned = open_offline_store(store_or_url)
-        self._engine: sa.Engine = store_or_url if isinstance(store_or_url, sa.Engine) else store_or_url.engine
-        migrate_predictions(store_or_url)
+                 clock: Callable[[], int] = time.time_ns, owns_store: bool = False) -> None:
+        """``owns_store``: ``close()`` closes the store too."""
+        self._store = store
+        self._owns_store = owns_store
+        migrate_predictions(store)
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._batch_size = batch_size
         self._interval = flush_interval_s
@@ -171,8 +166,8 @@ class PredictionLog:
         self._closed = True
         self._stop.set()
         self._thread.join(timeout)
-        if self._owned is not None:
-            self._owned.close()
+        if self._owns_store:
+            self._store.close()
 
     async def aclose(self, timeout: float | None = 30.0) -> None:
         await asyncio.to_thread(self.close, timeout)
@@ -208,7 +203,7 @@ class PredictionLog:
 
     def _write(self, rows: list[dict]) -> bool:
         try:
-            with self._engine.begin() as conn:
+            with self._store.begin_write() as conn:
                 conn.execute(predictions.insert(), rows)
         except sa.exc.SQLAlchemyError as error:
             self.write_errors += 1
@@ -239,14 +234,13 @@ class PredictionLog:
                 return
 
 
-def read_predictions(store_or_engine, *, exchange: str | None = None, symbol: str | None = None,
+def read_predictions(store: OfflineStore, *, exchange: str | None = None, symbol: str | None = None,
                      timeframe: str | None = None, start_ns: int | None = None,
                      end_ns: int | None = None) -> pd.DataFrame:
     """Logged predictions whose feature time is in [start, end), ordered by it.
 
     Columns: ``served_time`` and ``feature_time`` (UTC), then the table's columns.
     """
-    engine = store_or_engine if isinstance(store_or_engine, sa.Engine) else store_or_engine.engine
     c = predictions.c
     where = [column == value for column, value in
              ((c.exchange, exchange), (c.symbol, symbol), (c.timeframe, timeframe)) if value is not None]
@@ -255,7 +249,7 @@ def read_predictions(store_or_engine, *, exchange: str | None = None, symbol: st
     if end_ns is not None:
         where.append(c.feature_time_ns < end_ns)
     columns = [col for col in predictions.columns if col.name != "id"]
-    with engine.connect() as conn:
+    with store.connect() as conn:
         if not sa.inspect(conn).has_table("predictions"):
             rows = []
         else:
@@ -266,10 +260,9 @@ def read_predictions(store_or_engine, *, exchange: str | None = None, symbol: st
     return frame
 
 
-def newest_prediction_ns(store_or_engine) -> int | None:
+def newest_prediction_ns(store: OfflineStore) -> int | None:
     """The newest logged feature time (ns), or None when nothing was logged."""
-    engine = store_or_engine if isinstance(store_or_engine, sa.Engine) else store_or_engine.engine
-    with engine.connect() as conn:
+    with store.connect() as conn:
         if not sa.inspect(conn).has_table("predictions"):
             return None
         value = conn.execute(sa.select(sa.func.max(predictions.c.feature_time_ns))).scalar()

@@ -32,7 +32,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from rtml_core.errors import InputError, RtmlError
-from rtml_core.stores.offline_tables import Migration, add_columns, apply_migrations, create_tables
+from rtml_core.stores.offline_base import OfflineStore
+from rtml_core.stores.offline_tables import Migration, add_columns, create_tables
 
 REGISTRY_METADATA = sa.MetaData()
 
@@ -321,26 +322,14 @@ def _same_market(table: sa.Table, market: Market, *, any_horizon: bool = False):
 
 
 class ModelRegistry:
-    """Model versions and one champion per market, on any SQLAlchemy engine the offline store uses."""
+    """Model versions and one champion per market, in tables of the offline store."""
 
-    def __init__(self, store_or_engine, artifacts_dir: str | os.PathLike):
-        """``store_or_engine``: an offline store, a SQLAlchemy Engine, or an offline-store URL."""
-        self._owned_store = None
-        if isinstance(store_or_engine, str):
-            from rtml_core.stores.offline import open_offline_store
-
-            store_or_engine = self._owned_store = open_offline_store(store_or_engine)
-        if isinstance(store_or_engine, sa.Engine):
-            self.engine = store_or_engine
-        elif hasattr(store_or_engine, "engine"):
-            self.engine = store_or_engine.engine
-        else:
-            raise TypeError("ModelRegistry needs an offline store, a SQLAlchemy Engine or a URL")
+    def __init__(self, store: OfflineStore, artifacts_dir: str | os.PathLike, *, owns_store: bool = False):
+        """Migrate the registry's tables in ``store``; ``owns_store``: ``close()`` closes it too."""
+        self.store = store
+        self._owns_store = owns_store
         self.artifacts_dir = Path(artifacts_dir)
-        if hasattr(store_or_engine, "apply_migrations"):
-            store_or_engine.apply_migrations(REGISTRY_COMPONENT, REGISTRY_MIGRATIONS)
-        else:
-            apply_migrations(self.engine.begin, REGISTRY_COMPONENT, REGISTRY_MIGRATIONS)
+        store.apply_migrations(REGISTRY_COMPONENT, REGISTRY_MIGRATIONS)
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -407,7 +396,7 @@ class ModelRegistry:
             "served_fit": served_fit,
         }
         try:
-            with self.engine.begin() as connection:
+            with self.store.begin_write() as connection:
                 version = connection.execute(
                     model_versions.insert().values(**row).returning(model_versions.c.version)
                 ).scalar_one()
@@ -439,7 +428,7 @@ class ModelRegistry:
         """Record the gate's verdict on ``version`` (``rtml_core.training.gate.Verdict.to_dict()``:
         passed, reason, champion_version, the test and its numbers). The newest one counts."""
         self.get(version)
-        with self.engine.begin() as connection:
+        with self.store.begin_write() as connection:
             connection.execute(model_verdicts.insert().values(
                 version=int(version), judged_at_ns=time.time_ns(), passed=bool(verdict["passed"]),
                 reason=str(verdict["reason"]), champion_version=verdict.get("champion_version"),
@@ -448,7 +437,7 @@ class ModelRegistry:
 
     def verdict(self, version: int) -> dict | None:
         """The newest recorded verdict on ``version`` (None: never judged)."""
-        with self.engine.connect() as connection:
+        with self.store.connect() as connection:
             row = connection.execute(
                 sa.select(model_verdicts).where(model_verdicts.c.version == int(version))
                 .order_by(model_verdicts.c.id.desc()).limit(1)
@@ -479,7 +468,7 @@ class ModelRegistry:
             self._audit(actor, "refused", meta, f"{why} (asked: {reason})")
             raise PromotionRefused(meta.version, why)
         now = time.time_ns()
-        with self.engine.begin() as connection:
+        with self.store.begin_write() as connection:
             epoch = connection.execute(
                 model_promotions.insert()
                 .values(
@@ -516,7 +505,7 @@ class ModelRegistry:
         return "promote", "passed the promotion gate: " + verdict["reason"]
 
     def _audit(self, actor: str, action: str, meta: ModelVersion, reason: str) -> None:
-        with self.engine.begin() as connection:
+        with self.store.begin_write() as connection:
             connection.execute(model_audit.insert().values(
                 at_ns=time.time_ns(), actor=actor, action=action, version=meta.version, exchange=meta.exchange,
                 symbol=meta.symbol, timeframe=meta.timeframe, horizon_s=meta.horizon_s, reason=reason,
@@ -531,11 +520,11 @@ class ModelRegistry:
         for name, value in (("exchange", exchange), ("symbol", symbol), ("timeframe", timeframe)):
             if value is not None:
                 query = query.where(model_versions.c[name] == value)
-        with self.engine.connect() as connection:
+        with self.store.connect() as connection:
             return [_version(row) for row in connection.execute(query).mappings()]
 
     def get(self, version: int) -> ModelVersion:
-        with self.engine.connect() as connection:
+        with self.store.connect() as connection:
             row = connection.execute(
                 sa.select(model_versions).where(model_versions.c.version == int(version))
             ).mappings().first()
@@ -548,7 +537,7 @@ class ModelRegistry:
         query = sa.select(model_promotions).order_by(model_promotions.c.epoch)
         if market is not None:
             query = query.where(_same_market(model_promotions, market))
-        with self.engine.connect() as connection:
+        with self.store.connect() as connection:
             return [Promotion(**row) for row in connection.execute(query).mappings()]
 
     def audit(self, version: int | None = None) -> list[dict]:
@@ -556,18 +545,18 @@ class ModelRegistry:
         query = sa.select(model_audit).order_by(model_audit.c.id)
         if version is not None:
             query = query.where(model_audit.c.version == int(version))
-        with self.engine.connect() as connection:
+        with self.store.connect() as connection:
             rows = connection.execute(query).mappings().all()
         return [{**dict(row), "at": _iso(row["at_ns"])} for row in rows]
 
     def champion_epoch(self) -> int:
         """Id of the newest promotion of any market (0 before any): changes on every promotion and rollback."""
-        with self.engine.connect() as connection:
+        with self.store.connect() as connection:
             return int(connection.execute(sa.select(sa.func.max(model_promotions.c.epoch))).scalar() or 0)
 
     def champion_of(self, market: Market) -> ModelVersion | None:
         """The champion of one market (newest promotion of its horizon; of any horizon when None)."""
-        with self.engine.connect() as connection:
+        with self.store.connect() as connection:
             version = connection.execute(
                 sa.select(model_promotions.c.version)
                 .where(_same_market(model_promotions, market, any_horizon=True))
@@ -581,7 +570,7 @@ class ModelRegistry:
         promoted champion of any market."""
         if timeframe is not None:
             return self.champion_of(Market(exchange, symbol, timeframe, horizon_s))
-        with self.engine.connect() as connection:
+        with self.store.connect() as connection:
             version = connection.execute(
                 sa.select(model_promotions.c.version).order_by(model_promotions.c.epoch.desc()).limit(1)
             ).scalar()
@@ -592,7 +581,7 @@ class ModelRegistry:
         newest = (sa.select(sa.func.max(model_promotions.c.epoch))
                   .group_by(model_promotions.c.exchange, model_promotions.c.symbol, model_promotions.c.timeframe,
                             model_promotions.c.horizon_s))
-        with self.engine.connect() as connection:
+        with self.store.connect() as connection:
             rows = connection.execute(
                 sa.select(model_promotions.c.epoch, model_promotions.c.version)
                 .where(model_promotions.c.epoch.in_(newest)).order_by(model_promotions.c.epoch)
@@ -640,10 +629,10 @@ class ModelRegistry:
         return None if champion is None else self.load_model(champion.version)
 
     def close(self) -> None:
-        """Close the store only when the registry opened it from a URL."""
-        if self._owned_store is not None:
-            self._owned_store.close()
-            self._owned_store = None
+        """Close the store only when the registry owns it."""
+        if self._owns_store:
+            self._owns_store = False
+            self.store.close()
 
 
 def _version(row: Mapping) -> ModelVersion:

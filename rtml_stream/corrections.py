@@ -9,7 +9,8 @@ the stored one and the feature rows from that candle on are rebuilt in batch
 (``compute_features`` over the market's stored candles), once everything the stream logged
 before it is stored.
 A gap longer than ``RTML_STREAM_MAX_FILL_CANDLES`` lands in ``candle_gaps``.
-The tables belong to the ``stream`` component of the offline store's migration mechanism.
+The tables (``rtml_core.stores.stream_tables``) belong to the ``stream`` component of the offline
+store's migration mechanism.
 """
 
 from __future__ import annotations
@@ -18,63 +19,28 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-
 from rtml_core.features import DEFAULT_FEATURE_SET, FeatureSet, compute_features
 from rtml_core.features.microstructure import is_microstructure_version
 from rtml_core.schemas import Candle
-from rtml_core.stores.offline_tables import ExactDecimal, Migration, create_tables
+from rtml_core.stores.offline_base import OfflineStore
+from rtml_core.stores.stream_tables import (
+    STREAM_COMPONENT,
+    STREAM_MIGRATIONS,
+    candle_gaps,
+    insert_new,
+    read_market_rows,
+    trade_corrections,
+)
 from rtml_stream.pipeline import Correction, Gap
 from rtml_stream.sinks import OfflineLogSink, _OfflineBatch
 
-STREAM_COMPONENT = "stream"
-STREAM_METADATA = sa.MetaData()
 
-trade_corrections = sa.Table(
-    "trade_corrections",
-    STREAM_METADATA,
-    sa.Column("exchange", sa.Text, nullable=False),
-    sa.Column("symbol", sa.Text, nullable=False),
-    sa.Column("timeframe", sa.Text, nullable=False),
-    sa.Column("trade_id", sa.BigInteger, nullable=False),
-    sa.Column("time_ns", sa.BigInteger, nullable=False),
-    sa.Column("price", ExactDecimal, nullable=False),
-    sa.Column("size", ExactDecimal, nullable=False),
-    sa.Column("side", sa.Text, nullable=False),
-    sa.Column("window_start_ns", sa.BigInteger, nullable=False),
-    sa.Column("watermark_ns", sa.BigInteger, nullable=False),
-    sa.Column("recorded_at_ns", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("exchange", "symbol", "timeframe", "trade_id", name="trade_corrections_pkey"),
-    info={"time_ns": "time_ns"},
-)
-
-candle_gaps = sa.Table(
-    "candle_gaps",
-    STREAM_METADATA,
-    sa.Column("exchange", sa.Text, nullable=False),
-    sa.Column("symbol", sa.Text, nullable=False),
-    sa.Column("timeframe", sa.Text, nullable=False),
-    sa.Column("from_ns", sa.BigInteger, nullable=False),
-    sa.Column("to_ns", sa.BigInteger, nullable=False),
-    sa.Column("candles", sa.BigInteger, nullable=False),
-    sa.Column("recorded_at_ns", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("exchange", "symbol", "timeframe", "from_ns", name="candle_gaps_pkey"),
-    info={"time_ns": "from_ns"},
-)
-
-STREAM_MIGRATIONS: list[Migration] = [
-    Migration(1, "late trade corrections", create_tables(trade_corrections)),
-    Migration(2, "gaps too long to fill", create_tables(candle_gaps)),
-]
-
-
-def migrate_stream_tables(store) -> list[int]:
+def migrate_stream_tables(store: OfflineStore) -> list[int]:
     """Create or upgrade the sidecar's own tables in an offline store (idempotent)."""
     return store.apply_migrations(STREAM_COMPONENT, STREAM_MIGRATIONS)
 
 
-def write_corrections(store, corrections: Sequence[Correction], recorded_at_ns: int | None = None) -> int:
+def write_corrections(store: OfflineStore, corrections: Sequence[Correction], recorded_at_ns: int | None = None) -> int:
     """Insert corrections once each (a retry or a replay writes nothing twice); return rows inserted."""
     if not corrections:
         return 0
@@ -89,51 +55,31 @@ def write_corrections(store, corrections: Sequence[Correction], recorded_at_ns: 
         }
         for c in corrections
     ]
-    dialect = store.dialect
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(trade_corrections)
-    statement = insert.on_conflict_do_nothing(index_elements=["exchange", "symbol", "timeframe", "trade_id"])
-    with store.begin_write() as conn:
-        result = conn.execute(statement, rows)
-    return max(result.rowcount or 0, 0)
+    return insert_new(store, trade_corrections, rows, ("exchange", "symbol", "timeframe", "trade_id"))
 
 
-def write_gaps(store, gaps: Sequence[Gap], recorded_at_ns: int | None = None) -> int:
+def write_gaps(store: OfflineStore, gaps: Sequence[Gap], recorded_at_ns: int | None = None) -> int:
     """Insert gaps once each; return rows inserted."""
     if not gaps:
         return 0
     now = time.time_ns() if recorded_at_ns is None else recorded_at_ns
     rows = [{"exchange": g.exchange, "symbol": g.symbol, "timeframe": g.timeframe, "from_ns": g.from_ns,
              "to_ns": g.to_ns, "candles": g.candles, "recorded_at_ns": now} for g in gaps]
-    insert = (postgresql.insert if store.dialect == "postgresql" else sqlite.insert)(candle_gaps)
-    statement = insert.on_conflict_do_nothing(index_elements=["exchange", "symbol", "timeframe", "from_ns"])
-    with store.begin_write() as conn:
-        result = conn.execute(statement, rows)
-    return max(result.rowcount or 0, 0)
+    return insert_new(store, candle_gaps, rows, ("exchange", "symbol", "timeframe", "from_ns"))
 
 
-def read_gaps(store, exchange: str | None = None, symbol: str | None = None) -> list[dict]:
+def read_gaps(store: OfflineStore, exchange: str | None = None, symbol: str | None = None) -> list[dict]:
     """Recorded gaps (oldest first) as plain dicts."""
-    query = sa.select(candle_gaps).order_by(candle_gaps.c.from_ns)
-    if exchange is not None:
-        query = query.where(candle_gaps.c.exchange == exchange)
-    if symbol is not None:
-        query = query.where(candle_gaps.c.symbol == symbol)
-    with store.engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+    return read_market_rows(store, candle_gaps, [candle_gaps.c.from_ns], exchange, symbol)
 
 
-def read_corrections(store, exchange: str | None = None, symbol: str | None = None) -> list[dict]:
+def read_corrections(store: OfflineStore, exchange: str | None = None, symbol: str | None = None) -> list[dict]:
     """Recorded corrections (oldest trade first) as plain dicts."""
-    query = sa.select(trade_corrections).order_by(trade_corrections.c.time_ns, trade_corrections.c.trade_id)
-    if exchange is not None:
-        query = query.where(trade_corrections.c.exchange == exchange)
-    if symbol is not None:
-        query = query.where(trade_corrections.c.symbol == symbol)
-    with store.engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+    c = trade_corrections.c
+    return read_market_rows(store, trade_corrections, [c.time_ns, c.trade_id], exchange, symbol)
 
 
-def apply_corrected(store, candles: Sequence[Candle], feature_set: FeatureSet, version: str) -> int:
+def apply_corrected(store: OfflineStore, candles: Sequence[Candle], feature_set: FeatureSet, version: str) -> int:
     """Rewrite corrected candles and rebuild the feature rows from the earliest of each market's
     on (batch values over the stored candles); return the feature rows rewritten."""
     if not candles:

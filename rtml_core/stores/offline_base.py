@@ -7,19 +7,50 @@ Frames returned by readers have a ``time`` column of dtype ``datetime64[ns, UTC]
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import Insert
 
 from rtml_core.schemas import Candle, Trade
+from rtml_core.stores.offline_tables import Migration
 
 
 class OfflineStore(ABC):
-    """Durable, idempotent history. Every write is one transaction per batch."""
+    """Durable, idempotent history. Every write is one transaction per batch.
+
+    Packages that keep their own tables in the store (the model registry, the prediction log,
+    the stream's corrections) use only ``apply_migrations``, ``begin_write``, ``connect``,
+    ``insert`` and ``dialect``: they never see an engine or a URL.
+    """
 
     @abstractmethod
     def migrate(self) -> None:
         """Create or upgrade the schema to this version of rtml, keeping existing data."""
+
+    @abstractmethod
+    def apply_migrations(self, component: str, steps: Sequence[Migration], *, target: int | None = None) -> list[int]:
+        """Run the missing ``steps`` of another package's ``component`` in one transaction."""
+
+    @property
+    @abstractmethod
+    def dialect(self) -> str:
+        """The SQL dialect: ``sqlite`` or ``postgresql``."""
+
+    @abstractmethod
+    def begin_write(self) -> AbstractContextManager[Connection]:
+        """A write transaction: commits on success, rolls back on error."""
+
+    @abstractmethod
+    def connect(self) -> AbstractContextManager[Connection]:
+        """A connection for reads."""
+
+    @abstractmethod
+    def insert(self, table: sa.Table) -> Insert:
+        """The dialect's ``INSERT`` of ``table`` (``on_conflict_do_nothing`` / ``on_conflict_do_update``)."""
 
     @abstractmethod
     def write_trades(self, trades: Iterable[Trade]) -> int:

@@ -90,6 +90,11 @@ def decimal_text(value: Decimal) -> str:
     return format(value, "f")
 
 
+def not_null(type_, *names: str) -> list[sa.Column]:
+    """Required columns of one type, in order (the key and value columns of a table)."""
+    return [sa.Column(name, type_, nullable=False) for name in names]
+
+
 # --- tables ------------------------------------------------------------------------------
 # ``info={"time_ns": <column>}`` asks ``create_tables`` to add a derived ``time`` column a
 # person querying the database can read: timestamptz (microseconds) on PostgreSQL, ISO text
@@ -98,12 +103,9 @@ def decimal_text(value: Decimal) -> str:
 trades = sa.Table(
     "trades",
     METADATA,
-    sa.Column("exchange", sa.Text, nullable=False),
-    sa.Column("symbol", sa.Text, nullable=False),
-    sa.Column("trade_id", sa.BigInteger, nullable=False),
-    sa.Column("time_ns", sa.BigInteger, nullable=False),
-    sa.Column("price", ExactDecimal, nullable=False),
-    sa.Column("size", ExactDecimal, nullable=False),
+    *not_null(sa.Text, "exchange", "symbol"),
+    *not_null(sa.BigInteger, "trade_id", "time_ns"),
+    *not_null(ExactDecimal, "price", "size"),
     sa.Column("side", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("exchange", "symbol", "trade_id", name="trades_pkey"),
     sa.CheckConstraint("side IN ('buy', 'sell', 'unknown')", name="trades_side"),
@@ -115,15 +117,9 @@ trades = sa.Table(
 candles = sa.Table(
     "candles",
     METADATA,
-    sa.Column("exchange", sa.Text, nullable=False),
-    sa.Column("symbol", sa.Text, nullable=False),
-    sa.Column("timeframe", sa.Text, nullable=False),
+    *not_null(sa.Text, "exchange", "symbol", "timeframe"),
     sa.Column("start_ns", sa.BigInteger, nullable=False),
-    sa.Column("open", ExactDecimal, nullable=False),
-    sa.Column("high", ExactDecimal, nullable=False),
-    sa.Column("low", ExactDecimal, nullable=False),
-    sa.Column("close", ExactDecimal, nullable=False),
-    sa.Column("volume", ExactDecimal, nullable=False),
+    *not_null(ExactDecimal, "open", "high", "low", "close", "volume"),
     sa.Column("vwap", ExactDecimal, nullable=True),
     sa.Column("trade_count", sa.BigInteger, nullable=False),
     sa.PrimaryKeyConstraint("exchange", "symbol", "timeframe", "start_ns", name="candles_pkey"),
@@ -137,8 +133,7 @@ feature_sets = sa.Table(
     METADATA,
     sa.Column("version", sa.Text, primary_key=True),
     sa.Column("table_name", sa.Text, nullable=False, unique=True),
-    sa.Column("names", sa.JSON, nullable=False),
-    sa.Column("spec", sa.JSON, nullable=False),
+    *not_null(sa.JSON, "names", "spec"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -190,9 +185,7 @@ def feature_table(table_name: str, names: Sequence[str]) -> sa.Table:
     return sa.Table(
         table_name,
         sa.MetaData(),
-        sa.Column("exchange", sa.Text, nullable=False),
-        sa.Column("symbol", sa.Text, nullable=False),
-        sa.Column("timeframe", sa.Text, nullable=False),
+        *not_null(sa.Text, "exchange", "symbol", "timeframe"),
         sa.Column("time_ns", sa.BigInteger, nullable=False),
         *[sa.Column(name, sa.Double, nullable=True) for name in names],
         sa.PrimaryKeyConstraint(*FEATURE_KEY_COLUMNS, name=f"{table_name}_pkey"),

@@ -15,6 +15,7 @@ import talib
 from rtml_core.registry import ModelRegistry
 from rtml_core.schemas import FeatureRow
 from rtml_core.settings import Settings
+from rtml_core.stores.offline import open_offline_store
 from rtml_core.stores.online import open_online_store
 from rtml_core.training.models import fit_lasso, fit_xgboost, lasso_to_json, xgboost_to_ubj
 from tests.conftest import DATA
@@ -106,7 +107,8 @@ def feature_row(data: RealData, index: int = -1, *, symbol: str = "BTC-USD", age
 
 @pytest.fixture
 def registry(tmp_path: Path, real_data: RealData) -> ModelRegistry:
-    reg = ModelRegistry(f"sqlite:///{tmp_path / 'registry.sqlite'}", tmp_path / "artifacts")
+    reg = ModelRegistry(open_offline_store(f"sqlite:///{tmp_path / 'registry.sqlite'}"),
+                        tmp_path / "artifacts", owns_store=True)
     yield reg
     reg.close()
 

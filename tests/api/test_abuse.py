@@ -22,6 +22,7 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from rtml_core.registry import ModelRegistry
+from rtml_core.stores.offline import open_offline_store
 from rtml_core.stores.online import open_online_store
 from tests.api.conftest import API_KEY, HEADERS, api_settings, feature_row, register_xgboost
 from tests.api.servers import free_port, rtml_serve
@@ -36,7 +37,7 @@ OTHER_KEY = "other-websocket-key-0123456789"
 def deployment(tmp_path, redis_url, redis_prefix, real_data, **env) -> dict[str, str]:
     """A registry with a champion, the online row of BTC-USD, and the server's environment."""
     offline_url = f"sqlite:///{tmp_path / 'offline.sqlite'}"
-    registry = ModelRegistry(offline_url, tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(offline_url), tmp_path / "artifacts", owns_store=True)
     registry.promote(register_xgboost(registry, real_data), "abuse test", force=True)
     registry.close()
     store = open_online_store(redis_url, redis_prefix)

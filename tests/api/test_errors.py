@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from rtml_core.errors import RtmlError
 from rtml_core.registry import ModelRegistry
+from rtml_core.stores.offline import open_offline_store
 from rtml_core.stores.online import open_online_store
 from tests.api.conftest import (
     API_KEY, FEATURE_SET, HEADERS, api_settings, feature_row, register_xgboost,
@@ -151,9 +152,9 @@ async def test_online_store_unreachable_is_503(registry, champion_version):
 
 async def test_registry_unreachable_is_503_and_no_champion_is_503(tmp_path, online_store, real_data):
     path = tmp_path / "reg.sqlite"
-    registry = ModelRegistry(f"sqlite:///{path}", tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(f"sqlite:///{path}"), tmp_path / "artifacts", owns_store=True)
     register_xgboost(registry, real_data)
-    registry.engine.dispose()
+    registry.store.close()  # no pooled connection keeps the file
     path.unlink()
     path.mkdir()  # a directory where the database was: every query fails
     online_store.write_rows([feature_row(real_data)])

@@ -118,6 +118,7 @@ async def test_served_predictions_are_logged_to_the_offline_store(tmp_path, onli
     import sqlalchemy as sa
 
     from rtml_core.prediction_log import read_predictions
+    from rtml_core.stores.offline import open_offline_store
 
     online_store.write_rows([feature_row(real_data, -1)])
     offline_url = f"sqlite:///{tmp_path / 'offline.sqlite'}"
@@ -125,9 +126,9 @@ async def test_served_predictions_are_logged_to_the_offline_store(tmp_path, onli
     async with AsyncTestClient(create_app(settings, online_store=online_store, registry=registry)) as client:
         answers = [(await client.post("/v1/predict", json={"symbol": "BTC-USD"}, headers=HEADERS)).json()
                    for _ in range(3)]
-    engine = sa.create_engine(offline_url)  # the log was flushed and closed with the app
-    logged = read_predictions(engine, symbol="BTC-USD")
-    engine.dispose()
+    store = open_offline_store(offline_url)  # the log was flushed and closed with the app
+    logged = read_predictions(store, symbol="BTC-USD")
+    store.close()
     assert len(logged) == 3
     assert list(logged["predicted_return"]) == [a["predicted_return"] for a in answers]
     assert set(logged["model_version"]) == {str(champion_version)}

@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from rtml_core.registry import ModelRegistry
+from rtml_core.stores.offline import open_offline_store
 from rtml_core.stores.online import open_online_store
 from tests.api.conftest import API_KEY, feature_row, register_xgboost
 from tests.api.servers import rtml_serve
@@ -42,7 +43,7 @@ def served_schema(tmp_path_factory, real_data):
     home = tmp_path_factory.mktemp("schema")
     prefix = f"rtmltest:{uuid.uuid4().hex[:10]}"
     offline_url = f"sqlite:///{home / 'offline.sqlite'}"
-    registry = ModelRegistry(offline_url, home / "artifacts")
+    registry = ModelRegistry(open_offline_store(offline_url), home / "artifacts", owns_store=True)
     forced = {"force": True} if "force" in inspect.signature(registry.promote).parameters else {}  # the gate (issue 12)
     registry.promote(register_xgboost(registry, real_data), "schema test", **forced)
     registry.close()

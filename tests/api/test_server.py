@@ -16,6 +16,7 @@ import pytest
 import websockets
 
 from rtml_core.registry import ModelRegistry
+from rtml_core.stores.offline import open_offline_store
 from rtml_core.stores.online import open_online_store
 from tests.api.conftest import API_KEY, HEADERS, feature_row, register_xgboost
 
@@ -31,7 +32,7 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path, redis_url, redis_prefix, real_data):
     offline_url = f"sqlite:///{tmp_path / 'offline.sqlite'}"
-    registry = ModelRegistry(offline_url, tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(offline_url), tmp_path / "artifacts", owns_store=True)
     first = register_xgboost(registry, real_data, seed=0, depth=2)
     second = register_xgboost(registry, real_data, seed=1, depth=4)
     registry.promote(first, "server test", force=True)

@@ -45,8 +45,8 @@ def test_demo_imports_validates_and_computes_features(tmp_path: Path, monkeypatc
     assert ("trades", "unknown", "BTC-USD") not in rows  # a candle-only market
     from rtml_core.registry import ModelRegistry
 
-    registry = ModelRegistry(f"sqlite:///{(tmp_path / 'home' / 'offline.sqlite').resolve()}",
-                             tmp_path / "home" / "artifacts")
+    registry = ModelRegistry(open_offline_store(f"sqlite:///{(tmp_path / 'home' / 'offline.sqlite').resolve()}"),
+                             tmp_path / "home" / "artifacts", owns_store=True)
     try:  # one champion per trained market, each of its own market; the baselines are registered models
         champions = {(m.exchange, m.symbol, m.timeframe): v for m, (_, v) in registry.champions().items()}
         assert set(champions) == {("cme", "ES-USD", "1m"), ("unknown", "BTC-USD", "30m")}

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from rtml_core.errors import InputError, RtmlError, UnsupportedOperation
 from rtml_core.schemas import Candle, Trade
 from rtml_core.stores.offline import SqlOfflineStore, open_offline_store
+from rtml_core.stores.offline_base import OfflineStore
 from rtml_core.stores.offline_tables import CORE_MIGRATIONS, Migration, add_columns, create_tables
 from tests.conftest import DATA
 
@@ -542,6 +543,38 @@ def test_an_old_store_is_upgraded_in_place_and_keeps_its_rows(offline_url: str) 
     assert store.schema_versions() == {"core": len(CORE_MIGRATIONS), "notes": 2}
     with pytest.raises(RtmlError, match="newer than this rtml"):
         store.apply_migrations("notes", steps[:1])
+    store.close()
+
+
+def test_packages_keep_their_own_tables_through_the_store_interface(store: SqlOfflineStore) -> None:
+    """What the registry, the prediction log and the stream use: migrations, transactions, upserts."""
+    assert isinstance(store, OfflineStore)
+    assert store.dialect == store.engine.dialect.name and store.dialect in ("sqlite", "postgresql")
+    marks = sa.Table(
+        "contract_marks",
+        sa.MetaData(),
+        sa.Column("market", sa.Text, primary_key=True),
+        sa.Column("price", sa.Float, nullable=False),
+    )
+    assert store.apply_migrations("contract_marks", [Migration(1, "marks", create_tables(marks))]) == [1]
+    once = store.insert(marks).on_conflict_do_nothing(index_elements=["market"])
+    with store.begin_write() as conn:
+        conn.execute(once, {"market": "BTC-USD", "price": 1.0})
+    with store.begin_write() as conn:  # the same key again: kept as it was
+        conn.execute(once, {"market": "BTC-USD", "price": 2.0})
+    with store.connect() as conn:
+        assert conn.execute(sa.select(marks.c.price)).scalars().all() == [1.0]
+    statement = store.insert(marks)
+    update = statement.on_conflict_do_update(index_elements=["market"], set_={"price": statement.excluded.price})
+    with store.begin_write() as conn:
+        conn.execute(update, [{"market": "BTC-USD", "price": 3.0}, {"market": "ETH-USD", "price": 4.0}])
+    with pytest.raises(ZeroDivisionError):  # an error inside the transaction rolls all of it back
+        with store.begin_write() as conn:
+            conn.execute(marks.delete())
+            1 / 0
+    with store.connect() as conn:
+        rows = conn.execute(sa.select(marks).order_by(marks.c.market)).all()
+    assert [tuple(row) for row in rows] == [("BTC-USD", 3.0), ("ETH-USD", 4.0)]
     store.close()
 
 

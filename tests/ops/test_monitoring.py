@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from rtml_core.monitoring import PSI_MAJOR, feature_drift, join_realized, live_metrics, psi
 from rtml_core.prediction_log import PredictionLog, read_predictions
-from rtml_core.stores.offline import open_offline_store
+from rtml_core.stores.offline import SqlOfflineStore, open_offline_store
 from tests.training.data import btc_candles, trailing_features
 
 NS = 1_000_000_000
@@ -141,9 +141,10 @@ def test_prediction_log_bounded_while_the_store_is_locked(tmp_path):
     url = f"sqlite:///{tmp_path / 'offline.sqlite'}"
     store = open_offline_store(url)
     blocker = sa.create_engine(url, connect_args={"timeout": 0.1})
-    log = PredictionLog(url, max_queue=20, batch_size=5, flush_interval_s=0.01, retry_cap_s=0.2)
     # SQLite's 30 s busy timeout would hide the lock: let the log's connections give up fast
-    log._engine = sa.create_engine(url, connect_args={"timeout": 0.05})
+    impatient = SqlOfflineStore(sa.create_engine(url, connect_args={"timeout": 0.05}))
+    log = PredictionLog(impatient, max_queue=20, batch_size=5, flush_interval_s=0.01, retry_cap_s=0.2,
+                        owns_store=True)
     raw = blocker.raw_connection()
     raw.isolation_level = None
     raw.execute("BEGIN EXCLUSIVE")
@@ -167,7 +168,8 @@ def test_prediction_log_bounded_while_the_store_is_locked(tmp_path):
 
 
 async def test_prediction_log_aclose_from_the_event_loop(tmp_path):
-    log = PredictionLog(f"sqlite:///{tmp_path / 'o.sqlite'}", flush_interval_s=5.0)
+    log = PredictionLog(open_offline_store(f"sqlite:///{tmp_path / 'o.sqlite'}"), flush_interval_s=5.0,
+                        owns_store=True)
     log.record({"exchange": "kraken", "symbol": "BTC-USD", "timeframe": "1m", "model_version": "1",
                 "feature_set_version": "v1", "feature_event_time": 1_762_795_440 * NS, "horizon_s": 60,
                 "price": 100.0, "predicted_price": 100.0, "predicted_return": 0.0})

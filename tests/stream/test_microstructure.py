@@ -114,7 +114,8 @@ async def test_the_value_logged_for_a_candle_is_the_value_the_api_served_at_its_
                              == total, timeout=10)  # the live flow moved on past the close, every trade in it
         settings = Settings(api_keys=API_KEY, api_rate_limit=0, home=tmp_path, api_log_predictions=False,
                             api_serve_stale=True)
-        registry = ModelRegistry(f"sqlite:///{tmp_path / 'registry.sqlite'}", tmp_path / "artifacts")
+        registry = ModelRegistry(open_offline_store(f"sqlite:///{tmp_path / 'registry.sqlite'}"),
+                                 tmp_path / "artifacts", owns_store=True)
         async with AsyncTestClient(create_app(settings, online_store=online, registry=registry)) as client:
             response = await client.get("/v1/features/BTC-USD", params={"exchange": "kraken", "timeframe": "1m"},
                                         headers={"X-API-Key": API_KEY})

@@ -81,7 +81,7 @@ def test_pipeline_registers_baselines_models_and_judges_the_candidate(sqlite_url
             assert key in model, key
         assert model["loss_name"].value == "squared_error_log_return"
         assert "refit on every row" in model["served_fit"].value
-    registry = ModelRegistry(sqlite_url, tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(sqlite_url), tmp_path / "artifacts", owns_store=True)
     versions = registry.list()
     assert [v.kind for v in versions] == ["baseline_zero", "baseline_mean10", "lasso", "xgboost"]
     assert all(v.market == Market("gym", "BTC-USD", "30m", 1800) for v in versions)
@@ -160,7 +160,7 @@ def test_bad_config_fails_before_any_work_and_registers_nothing(sqlite_url, tmp_
         messages.append(error.message)
         error = error.cause
     assert any(message in text for text in messages), messages
-    assert ModelRegistry(sqlite_url, tmp_path / "artifacts").list() == []
+    assert ModelRegistry(open_offline_store(sqlite_url), tmp_path / "artifacts", owns_store=True).list() == []
     assert not (tmp_path / "artifacts").exists() or list((tmp_path / "artifacts").iterdir()) == []
 
 

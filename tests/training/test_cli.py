@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from rtml_cli.main import cli
 from rtml_core.registry import ModelRegistry
+from rtml_core.stores.offline import open_offline_store
 from rtml_core.training.datasets import build_training_set
 from rtml_core.training.models import baseline_artifact
 from rtml_core.training.pipeline import train_model
@@ -41,7 +42,7 @@ def test_list_show_promote_and_rollback(offline_url, tmp_path, monkeypatch, lass
     assert empty.exit_code == 0 and "no models registered" in empty.output
 
     ts, model = lasso
-    registry = ModelRegistry(offline_url, tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(offline_url), tmp_path / "artifacts", owns_store=True)
     zero = registry.register(
         kind="baseline_zero", artifact=baseline_artifact("baseline_zero"), artifact_format="json", feature_names=(),
         feature_set_version=ts.feature_set_version, timeframe=ts.timeframe, horizon_s=ts.horizon_s,

@@ -58,7 +58,8 @@ def env(es_home, monkeypatch):
 
 
 def _registry(home: Path) -> ModelRegistry:
-    return ModelRegistry(f"sqlite:///{(home / 'offline.sqlite').resolve()}", home / "artifacts")
+    return ModelRegistry(open_offline_store(f"sqlite:///{(home / 'offline.sqlite').resolve()}"),
+                         home / "artifacts", owns_store=True)
 
 
 @pytest.mark.parametrize(("args", "message"), [

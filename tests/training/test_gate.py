@@ -116,7 +116,7 @@ def test_random_walks_promote_nothing_and_a_planted_signal_is_promoted(sqlite_ur
                  "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
     ops = {"training_set": {"config": {"feature_set_version": VERSION, "min_rows": 200}},
            **{name: {"config": FAST_TUNING} for name in ("baseline_model", "lasso_model", "xgboost_model")}}
-    registry = ModelRegistry(sqlite_url, tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(sqlite_url), tmp_path / "artifacts", owns_store=True)
     verdicts = {}
     for market in [*RANDOM_WALKS, PLANTED]:
         key = f"{market.exchange}_{market.symbol}_{market.timeframe}"

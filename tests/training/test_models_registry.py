@@ -17,6 +17,7 @@ from rtml_core.registry import (
     PromotionRefused,
     UnknownVersion,
 )
+from rtml_core.stores.offline import open_offline_store
 from rtml_core.stores.offline_tables import apply_migrations
 from rtml_core.training.datasets import build_training_set
 from rtml_core.training.evaluation import split_holdout
@@ -108,7 +109,7 @@ def _register_baseline(registry, training_set, kind="baseline_zero"):
 
 
 def test_registry_round_trip_promotion_and_rollback(offline_url, tmp_path, training_set, trained):
-    registry = ModelRegistry(offline_url, tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(offline_url), tmp_path / "artifacts", owns_store=True)
     assert registry.list() == [] and registry.champion() is None and registry.champion_epoch() == 0
     lasso = _register(registry, training_set, trained["lasso"])
     xgb = _register(registry, training_set, trained["xgboost"], run_id="run-2")
@@ -165,13 +166,13 @@ def test_registry_round_trip_promotion_and_rollback(offline_url, tmp_path, train
     assert forced["at_ns"] > 0 and forced["exchange"] == "gym" and forced["horizon_s"] == H
 
     # the same tables reopened later (a fresh process) see the same state; migration is idempotent
-    again = ModelRegistry(sa.create_engine(offline_url), tmp_path / "artifacts")
+    again = ModelRegistry(open_offline_store(offline_url), tmp_path / "artifacts", owns_store=True)
     assert again.champion().version == lasso.version and len(again.list()) == 3
     registry.close()
 
 
 def test_tampered_artifact_is_refused(sqlite_url, tmp_path, training_set, trained):
-    registry = ModelRegistry(sqlite_url, tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(sqlite_url), tmp_path / "artifacts", owns_store=True)
     version = _register(registry, training_set, trained["lasso"])
     path = tmp_path / "artifacts" / version.artifact_file
     document = json.loads(path.read_bytes())
@@ -183,7 +184,7 @@ def test_tampered_artifact_is_refused(sqlite_url, tmp_path, training_set, traine
 
 
 def test_failed_registration_leaves_no_artifact_behind(sqlite_url, tmp_path, training_set, trained):
-    registry = ModelRegistry(sqlite_url, tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(sqlite_url), tmp_path / "artifacts", owns_store=True)
     with pytest.raises(InputError, match="residual_std"):
         registry.register(
             kind="lasso", artifact=trained["lasso"].artifact, artifact_format="json",
@@ -222,7 +223,7 @@ def test_a_store_of_the_previous_schema_upgrades_and_keeps_its_champion(offline_
         connection.execute(sa.text(
             "INSERT INTO model_promotions (version, previous_version, promoted_at_ns, reason, actor) "
             "VALUES (1, NULL, 5, 'before markets', 'cli')"))
-    registry = ModelRegistry(engine, tmp_path / "artifacts")
+    registry = ModelRegistry(open_offline_store(offline_url), tmp_path / "artifacts", owns_store=True)
     (promotion,) = registry.promotions()
     assert (promotion.exchange, promotion.symbol, promotion.timeframe, promotion.horizon_s) == ("gym", "BTC-USD",
                                                                                                "30m", 3600)
