@@ -15,13 +15,17 @@ Pure and vectorized (a grid-slot table, or ``numpy.searchsorted`` off the grid);
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from rtml_core.errors import InputError
 from rtml_core.timeframes import NS, timeframe_seconds
+
+if TYPE_CHECKING:
+    from rtml_core.training.pipeline import EvaluationPlan
 
 BASELINE_WINDOW = 10
 """The baseline predicts the mean of the last ``BASELINE_WINDOW`` closes as the price at t + H."""
@@ -49,7 +53,8 @@ class TrainingSet:
     content_hash: str
     exchange: str | None = None
     symbol: str | None = None
-    extra: dict = field(default_factory=dict)
+    plan: EvaluationPlan | None = None  # how later steps split and evaluate it (None: the default plan)
+    microstructure_version: str | None = None  # the joined microstructure group's version, if any
 
     @property
     def row_count(self) -> int:

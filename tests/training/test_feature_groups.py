@@ -83,7 +83,7 @@ def test_training_set_with_the_microstructure_group_keeps_the_candles_that_have_
     store.close()
     assert set(MICROSTRUCTURE.names) <= set(built.feature_names)
     assert not set(MICROSTRUCTURE.names) & set(plain.feature_names)
-    assert built.extra["microstructure_version"] == MICROSTRUCTURE.version
+    assert built.microstructure_version == MICROSTRUCTURE.version
     first_with_group = btc_candles(900)["time"][300]
     assert built.frame["time"].min() > first_with_group  # t is a close: rows before the group's first candle drop
     assert 0 < built.row_count < plain.row_count
