@@ -21,11 +21,11 @@ from rtml_assets.market_history.partitions import market_day_partitions
 from rtml_assets.market_history.resources import ExchangeHistoryResource
 from rtml_assets.market_history.schedules import build_market_history_schedule
 from rtml_assets.monitoring import monitoring_assets, monitoring_checks, monitoring_schedules
+from rtml_assets.online import online_features_spec
 from rtml_assets.resources import OfflineStoreResource
 from rtml_assets.training import build_training_assets, build_training_schedules, training_resources
 from rtml_core.features import DEFAULT_FEATURE_SET, FeatureSet
 from rtml_core.settings import Settings
-from rtml_stream.dagster_report import online_features_spec
 
 
 def offline_store_resource(settings: Settings) -> OfflineStoreResource:

@@ -21,9 +21,10 @@ from rtml_core.settings import Settings
 def archive(source, duration, health_port, as_json, log_format) -> None:
     """Write every streamed trade into the offline store's trades table until stopped."""
     from rtml_cli.ingest import running
-    from rtml_cli.stream import configure_logging, run_until_signalled
+    from rtml_core.logs import configure_logging
     from rtml_stream.broker.build import build_archiver
     from rtml_stream.broker.jetstream import BrokerConfig
+    from rtml_stream.command import run_until_signalled
 
     settings = Settings()
     configure_logging(settings.log_level, json_logs=None if log_format == "auto" else log_format == "json")

@@ -14,7 +14,7 @@ COMMANDS: dict[str, str] = {
     "history": "rtml_cli.history:history",
     "features": "rtml_cli.features:features",
     "online": "rtml_cli.online:online",
-    "stream": "rtml_cli.stream:stream",
+    "stream": "rtml_stream.command:stream",
     "ingest": "rtml_cli.ingest:ingest",
     "archive": "rtml_cli.archive:archive",
     "models": "rtml_cli.models:models",

@@ -13,7 +13,7 @@ from rtml_core.symbols import normalize_symbol
 
 
 def running(process, **options):
-    """``process`` with ``run(stop)`` taking these options, for ``rtml_cli.stream.run_until_signalled``."""
+    """``process`` with ``run(stop)`` taking these options, for ``rtml_stream.command.run_until_signalled``."""
     return SimpleNamespace(run=lambda stop: process.run(stop, **options))
 
 
@@ -33,10 +33,11 @@ def running(process, **options):
 def ingest(exchange, symbols, to, ws_url, rest_url, no_book, duration, max_trades, health_port, as_json,
            log_format) -> None:
     """Publish normalized trades and book updates to JetStream until stopped (SIGTERM/SIGINT)."""
-    from rtml_cli.stream import build_source, configure_logging, run_until_signalled
+    from rtml_core.logs import configure_logging
     from rtml_stream.app import parse_list
     from rtml_stream.broker.build import build_ingestor
     from rtml_stream.broker.jetstream import BrokerConfig
+    from rtml_stream.command import build_source, run_until_signalled
     from rtml_stream.metrics import StreamMetrics
 
     settings = Settings()

@@ -14,7 +14,7 @@ from rtml_core.errors import RtmlError
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rtml_cli.stream import stream
+    from rtml_stream.command import stream
 
     try:
         stream.main(sys.argv[1:] if argv is None else argv, prog_name="python -m rtml_stream",

@@ -1,8 +1,9 @@
 """The sidecar's online features as a Dagster external asset, reported from the stream.
 
-``online_features_spec()`` is the ``AssetSpec`` the code location includes (group ``online``),
-with a time-window ``FreshnessPolicy`` (warn after 3 minutes without a report, fail after 10), so
-the UI shows the asset stale and can alert when the stream stops. The sidecar reports materializations of it through
+``rtml_assets.online.online_features_spec()`` is the ``AssetSpec`` the code location includes
+(group ``online``, facts in ``rtml_core.online_asset``), with a time-window ``FreshnessPolicy``
+(warn after 3 minutes without a report, fail after 10), so the UI shows the asset stale and can
+alert when the stream stops. The sidecar reports materializations of it through
 Dagster's API, throttled to one per market per ``interval_s``, with metadata: exchange, symbol,
 timeframes, last event time, rows written, lag from candle close to the online write.
 
@@ -19,33 +20,14 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import httpx
 import structlog
 
+from rtml_core.online_asset import ONLINE_FEATURES_ASSET
 from rtml_core.schemas import FeatureRow
 
 log = structlog.get_logger("rtml_stream.dagster")
-
-ONLINE_FEATURES_ASSET = "online_features"
-ONLINE_GROUP = "online"
-
-
-def online_features_spec(fail_after: timedelta = timedelta(minutes=10), warn_after: timedelta = timedelta(minutes=3)):
-    """The external asset (no function: the sidecar materializes it), for ``Definitions(assets=[...])``."""
-    import dagster as dg
-
-    return dg.AssetSpec(
-        ONLINE_FEATURES_ASSET,
-        group_name=ONLINE_GROUP,
-        description="Latest feature rows per (exchange, symbol, timeframe) in the online store, written by "
-        "the streaming sidecar (`rtml stream`); reported as materializations with lag and row counts.",
-        kinds={"redis"},
-        metadata={"writer": "rtml stream", "key_schema": "{prefix}:features:{exchange:symbol}:{timeframe}"},
-        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=fail_after, warn_window=warn_after),
-    )
-
 
 @dataclass
 class _MarketReport:

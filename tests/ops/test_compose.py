@@ -94,7 +94,7 @@ def test_dockerfile_installs_what_the_commands_use():
 
 def test_service_commands_parse_with_rtml_cli():
     from rtml_cli.serve import serve
-    from rtml_cli.stream import stream
+    from rtml_stream.command import stream
 
     services = _compose()["services"]
     sidecar = [_defaults(part) for part in services["sidecar"]["command"]]

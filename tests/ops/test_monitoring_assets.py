@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from rtml_assets.monitoring import monitoring_assets, monitoring_checks, monitoring_schedules
+from rtml_assets.online import online_features_spec
 from rtml_assets.resources import OfflineStoreResource
 from rtml_assets.training.resources import ModelRegistryResource
 from rtml_core.monitoring import psi
@@ -25,7 +26,6 @@ from rtml_core.stores.offline import open_offline_store
 from rtml_core.training.datasets import build_training_set
 from rtml_core.training.pipeline import train_model
 from rtml_core.training.tuning import SearchSpace
-from rtml_stream.dagster_report import online_features_spec
 from tests.training.data import btc_candles, trailing_features
 
 H = 3600

@@ -278,7 +278,8 @@ def test_dagster_external_asset_gets_throttled_materializations(tmp_path) -> Non
     import dagster as dg
 
     from rtml_core.schemas import FeatureRow
-    from rtml_stream.dagster_report import DagsterReporter, DagsterTarget, online_features_spec
+    from rtml_assets.online import online_features_spec
+    from rtml_stream.dagster_report import DagsterReporter, DagsterTarget
 
     defs = dg.Definitions(assets=[online_features_spec()])
     node = defs.resolve_asset_graph().get(dg.AssetKey("online_features"))

@@ -1,10 +1,10 @@
-"""``rtml stream``: run the streaming sidecar (live exchange or file replay) into the online store."""
+"""``rtml stream`` and ``python -m rtml_stream``: the streaming sidecar (live exchange or file replay) into
+the online store, or with ``--source nats://...`` the feature service of the broker layout (docs/broker.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -12,32 +12,12 @@ from pathlib import Path
 import click
 
 from rtml_core.errors import InputError
+from rtml_core.logs import configure_logging
 from rtml_core.settings import Settings
 from rtml_core.symbols import normalize_symbol
 from rtml_core.timeframes import timeframe_seconds
 
 EXCHANGES = ("kraken", "binance", "coinbase", "replay")
-
-
-def configure_logging(level: str = "INFO", *, json_logs: bool | None = None) -> None:
-    """Structured logs on stderr: JSON lines when not on a terminal (or when asked), else readable."""
-    import structlog
-
-    if json_logs is None:
-        json_logs = not sys.stderr.isatty()
-    renderer = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def replay_format(path: Path, fmt: str | None) -> str:
@@ -127,8 +107,6 @@ def stream(exchange, symbols, timeframes, ws_url, rest_url, replay, speed, fmt, 
     except ValueError as error:
         raise InputError(str(error)) from None
     if broker or from_start:
-        from rtml_cli.broker_stream import stream_from_broker
-
         return stream_from_broker(settings, broker, exchange, names, tfs, health_port=health_port, duration=duration,
                                   from_start=from_start, as_json=as_json)
     metrics = StreamMetrics()
@@ -176,3 +154,27 @@ async def run_until_signalled(sidecar):
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError):
                 pass
+
+
+def stream_from_broker(settings: Settings, url: str | None, exchange: str, symbols: list[str],
+                       timeframes: list[str], *, health_port: int | None, duration: float | None, from_start: bool,
+                       as_json: bool) -> None:
+    """The broker layout's feature service: consume the markets from JetStream until stopped."""
+    from rtml_stream.broker.build import build_feature_service
+    from rtml_stream.broker.jetstream import BrokerConfig
+
+    if exchange == "replay":
+        raise click.UsageError("--source reads the markets of a live exchange: --exchange kraken|binance|coinbase")
+    config = BrokerConfig.from_settings(settings, url)
+    service = build_feature_service(settings, config, [(exchange, s) for s in symbols], timeframes=timeframes,
+                                    health_port=health_port, from_start=from_start, duration_s=duration)
+    summary = asyncio.run(run_until_signalled(service))
+    service.close()
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(f"{summary['trades']} trades from {config.stream} -> {summary['candles']} candles, "
+                   f"{summary['feature_rows']} feature rows; {summary['acknowledged']} messages acknowledged "
+                   f"in {summary['seconds']:.1f} s")
+    if summary["online_pending"] or summary["offline_pending"]:
+        sys.exit(3)  # stopped with rows not written (a store stayed down): not a clean run
