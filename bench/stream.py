@@ -93,13 +93,13 @@ def rtml_throughput(source, prefix: str, home: Path, *, sample_rss: int | None =
 def kraken_messages(trades, per_message: int = 50) -> list[bytes]:
     """The trades as Kraken WebSocket v2 ``trade`` updates (``BTC/USD``), ``per_message`` each (the ES
     ticks name no aggressor side; Kraken's messages must: they go out as ``sell``)."""
-    from rtml_core.candles import format_time
+    from rtml_core.times import iso_from_ns
 
     out = []
     for i in range(0, len(trades), per_message):
         items = ",".join(
             f'{{"symbol":"BTC/USD","side":"{"buy" if t.side == "buy" else "sell"}","price":{t.price},"qty":{t.size},"ord_type":"market",'
-            f'"trade_id":{t.trade_id},"timestamp":"{format_time(t.time_ns)}"}}' for t in trades[i:i + per_message])
+            f'"trade_id":{t.trade_id},"timestamp":"{iso_from_ns(t.time_ns, "trim")}"}}' for t in trades[i:i + per_message])
         out.append(('{"channel":"trade","type":"update","data":[' + items + "]}").encode())
     return out
 

@@ -12,7 +12,8 @@ import click
 from rtml_core.schemas import FeatureRow
 from rtml_core.settings import Settings
 from rtml_core.stores.online import open_online_store
-from rtml_core.stores.online_base import LiveValues, iso_from_ns
+from rtml_core.stores.online_base import LiveValues
+from rtml_core.times import iso_from_ns
 from rtml_core.symbols import normalize_symbol
 from rtml_core.timeframes import timeframe_seconds
 

@@ -38,7 +38,6 @@ import operator
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +47,7 @@ import msgspec
 from rtml_core.errors import InputError, RtmlError
 from rtml_core.schemas import Candle, Trade
 from rtml_core.timeframes import timeframe_ns
+from rtml_core.times import iso_from_ns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,7 +61,6 @@ __all__ = [
     "build_candles",
     "candles_to_frame",
     "fill_gaps",
-    "format_time",
     "write_candles_csv",
 ]
 
@@ -692,15 +691,6 @@ def _fill(candles: list[Candle], tf_ns: int) -> list[Candle]:
     return out
 
 
-def format_time(time_ns: int) -> str:
-    """ISO 8601 UTC: ``2013-09-01T17:00:00Z`` (fractions of a second only when present)."""
-    seconds, rest = divmod(time_ns, 1_000_000_000)
-    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if rest:
-        text += f".{rest:09d}".rstrip("0")
-    return text + "Z"
-
-
 def _plain(value: Decimal | None) -> str:
     return "" if value is None else format(value, "f")
 
@@ -728,7 +718,7 @@ def candles_to_frame(candles: Iterable[Candle]) -> pd.DataFrame:
 
 def candle_csv_row(candle: Candle) -> list[str]:
     return [
-        format_time(candle.start_ns),
+        iso_from_ns(candle.start_ns, "trim"),
         _plain(candle.open),
         _plain(candle.high),
         _plain(candle.low),

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from rtml_core.errors import InputError, RtmlError
 from rtml_core.stores.offline_base import OfflineStore
+from rtml_core.times import iso_from_ns
 from rtml_core.stores.offline_tables import Migration, add_columns, create_tables
 
 REGISTRY_METADATA = sa.MetaData()
@@ -239,7 +240,7 @@ class LoadedModel:
 
 
 def _iso(ns: int | None) -> str | None:
-    return None if ns is None else pd.Timestamp(ns, unit="ns", tz="UTC").isoformat()
+    return None if ns is None else iso_from_ns(ns, "offset")
 
 
 def _json_ready(value):

@@ -26,6 +26,7 @@ import structlog
 
 from rtml_core.online_asset import ONLINE_FEATURES_ASSET
 from rtml_core.schemas import FeatureRow
+from rtml_core.times import iso_from_ns
 
 log = structlog.get_logger("rtml_stream.dagster")
 
@@ -120,7 +121,7 @@ class DagsterReporter:
                 "symbol": symbol,
                 "timeframes": ",".join(sorted(market.timeframes)),
                 "last_event_time_ns": market.last_event_ns,
-                "last_event_time": _iso(market.last_event_ns),
+                "last_event_time": iso_from_ns(market.last_event_ns),
                 "rows_written": market.rows,
                 "rows_since_last_report": market.rows_since_report,
                 "event_lag_s": round(time.time() - market.last_event_ns / 1e9, 3),
@@ -139,9 +140,3 @@ class DagsterReporter:
             self.reported += 1
             sent += 1
         return sent
-
-
-def _iso(time_ns: int) -> str:
-    from rtml_core.stores.online_base import iso_from_ns
-
-    return iso_from_ns(time_ns)

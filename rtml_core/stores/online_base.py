@@ -11,20 +11,19 @@ backends store as history and Redis publishes, and ``Subscription``, the async i
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import random
 import re
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 
 import msgspec
 
 from rtml_core.errors import InputError, RtmlError, UnsupportedOperation
 from rtml_core.schemas import FeatureRow
 from rtml_core.timeframes import timeframe_ns
+from rtml_core.times import iso_from_ns
 
 RESERVED_FIELDS = frozenset({"event_time", "event_time_iso", "feature_set_version", "written_at"})
 """Fields of the latest/live hashes that are not features (a feature may not use these names)."""
@@ -77,14 +76,6 @@ class _WireRow(msgspec.Struct, frozen=True):
 
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder(_WireRow)
-
-
-@functools.lru_cache(maxsize=4096)  # many markets share each candle close time
-def iso_from_ns(time_ns: int) -> str:
-    """``2026-11-21T14:55:00Z`` (with ``.fffffffff`` only when the time has a fraction)."""
-    seconds, fraction = divmod(time_ns, 1_000_000_000)
-    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{fraction:09d}Z" if fraction else f"{text}Z"
 
 
 def _json_value(value: float) -> float | str | None:

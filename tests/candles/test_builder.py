@@ -15,11 +15,11 @@ from rtml_core.candles import (
     build_candles,
     candles_to_frame,
     fill_gaps,
-    format_time,
     write_candles_csv,
 )
 from rtml_core.ingest import read_kraken_trades, read_tick_csv
 from rtml_core.schemas import Candle, Trade
+from rtml_core.times import iso_from_ns
 from tests.ingest.realdata import ES_TICKS, KRAKEN_TRADES, VWAP, kraken_rows, reference_candles
 
 NS = 1_000_000_000
@@ -261,11 +261,11 @@ def test_frame_and_csv_output(kraken_trades, tmp_path):
     assert lines[0] == "time,open,high,low,close,volume,vwap,trade_count"
     first = candles[0]
     assert lines[1] == (
-        f"{format_time(first.start_ns)},{first.open},{first.high},{first.low},{first.close},"
+        f"{iso_from_ns(first.start_ns, 'trim')},{first.open},{first.high},{first.low},{first.close},"
         f"{first.volume},{first.vwap},{first.trade_count}"
     )
     assert lines[1].startswith("2025-11-10T17:00:00Z,")
-    assert format_time(1378054800083000000) == "2013-09-01T17:00:00.083Z"
+    assert iso_from_ns(1378054800083000000, "trim") == "2013-09-01T17:00:00.083Z"
     assert [p.name for p in tmp_path.iterdir()] == ["c.csv"]  # no temporary file left
 
 
