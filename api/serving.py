@@ -7,7 +7,6 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 import msgspec
 import numpy as np
@@ -29,6 +28,7 @@ from rtml_core.settings import Settings
 from rtml_core.stores.online_base import MarketSnapshot, OnlineStoreUnavailable
 from rtml_core.symbols import normalize_symbol
 from rtml_core.timeframes import timeframe_seconds
+from rtml_core.times import iso_from_ns
 
 PRICE_KEYS = ("close", "price")
 """Where the current price is read from the feature row, first match wins (then the live microprice)."""
@@ -46,8 +46,8 @@ CACHE_LIMIT = 4096
 
 
 def iso_time(time_ns: int) -> str:
-    return datetime.fromtimestamp(time_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    """The API's times: ISO 8601 UTC with milliseconds (``rtml_core.times``, style ``ms``)."""
+    return iso_from_ns(time_ns, "ms")
 
 
 def _remember(cache: dict, key, value):
