@@ -1,7 +1,7 @@
 """The one candle builder: event-time tumbling windows over trades, exact in Decimal.
 
 Used by the batch path (``build_candles``, ``rtml candles``, importers) and by the stream
-(one ``CandleBuilder`` per timeframe, or a ``MultiTimeframeBuilder``).
+(one ``CandleBuilder`` per timeframe).
 
 Rules:
 - A window ``[start, start + tf)`` is aligned to the epoch (``rtml_core.timeframes``).
@@ -56,7 +56,6 @@ __all__ = [
     "CSV_COLUMNS",
     "SNAPSHOT_FORMAT",
     "CandleBuilder",
-    "MultiTimeframeBuilder",
     "TradeAggregate",
     "build_candles",
     "candles_to_frame",
@@ -601,33 +600,6 @@ class CandleBuilder:
             vwap,
             w.count,
         )
-
-
-class MultiTimeframeBuilder:
-    """Several timeframes over one trade stream: one ``CandleBuilder`` each."""
-
-    def __init__(self, exchange: str, symbol: str, timeframes: Iterable[str], **builder_options):
-        self.builders = {
-            tf: CandleBuilder(exchange, symbol, tf, **builder_options) for tf in timeframes
-        }
-
-    def add(self, trade: Trade) -> list[Candle]:
-        out: list[Candle] = []
-        for builder in self.builders.values():
-            closed = builder.add(trade)
-            if closed:
-                out.extend(closed)
-        return out
-
-    def advance(self, now_ns: int) -> list[Candle]:
-        return [c for b in self.builders.values() for c in b.advance(now_ns)]
-
-    def flush(self) -> list[Candle]:
-        return [c for b in self.builders.values() for c in b.flush()]
-
-    @property
-    def late(self) -> int:
-        return sum(b.late for b in self.builders.values())
 
 
 def build_candles(

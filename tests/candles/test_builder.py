@@ -11,7 +11,6 @@ import pytest
 
 from rtml_core.candles import (
     CandleBuilder,
-    MultiTimeframeBuilder,
     build_candles,
     candles_to_frame,
     fill_gaps,
@@ -20,6 +19,7 @@ from rtml_core.candles import (
 from rtml_core.ingest import read_kraken_trades, read_tick_csv
 from rtml_core.schemas import Candle, Trade
 from rtml_core.times import iso_from_ns
+from tests.candles.each_timeframe import candles_of_each_timeframe
 from tests.ingest.realdata import ES_TICKS, KRAKEN_TRADES, VWAP, kraken_rows, reference_candles
 
 NS = 1_000_000_000
@@ -227,8 +227,7 @@ def test_allowed_lateness_folds_in_out_of_order_trades(kraken_trades):
 
 
 def test_multi_timeframe_builder_equals_one_build_per_timeframe(kraken_trades):
-    multi = MultiTimeframeBuilder("kraken", "BTC-USDT", ["1m", "5m", "15m", "1h"])
-    out = [c for t in kraken_trades for c in multi.add(t)] + multi.flush()
+    out, _late = candles_of_each_timeframe(kraken_trades, "kraken", "BTC-USDT", ["1m", "5m", "15m", "1h"], flush=True)
     for tf in ("1m", "5m", "15m", "1h"):
         assert [c for c in out if c.timeframe == tf] == build_candles(kraken_trades, tf)
     # 5m candles are also what the 1m candles roll up to

@@ -141,7 +141,7 @@ def test_folded_runs_give_the_candles_of_trade_by_trade_adds(ticks) -> None:
     """The batch fast path equals CandleBuilder.add trade by trade, with disorder and late trades."""
     import random
 
-    from rtml_core.candles import MultiTimeframeBuilder
+    from tests.candles.each_timeframe import candles_of_each_timeframe
 
     rng = random.Random(7)
     trades = list(ticks[:20_000])
@@ -153,16 +153,16 @@ def test_folded_runs_give_the_candles_of_trade_by_trade_adds(ticks) -> None:
         old = trades[k - 400]
         trades.insert(k, Trade(old.exchange, old.symbol, 1_000_000 + k, old.time_ns, old.price, old.size, "sell"))
     lateness = 1_500_000_000
-    reference = MultiTimeframeBuilder("replay", "ES-USD", TIMEFRAMES, allowed_lateness_ns=lateness, fill_gaps=True)
-    expected = [c for t in trades for c in reference.add(t)]
+    expected, reference_late = candles_of_each_timeframe(trades, "replay", "ES-USD", TIMEFRAMES, flush=False,
+                                                         allowed_lateness_ns=lateness, fill_gaps=True)
     pipeline = Pipeline(TIMEFRAMES, allowed_lateness_ns=lateness)
     for i in range(0, len(trades), 999):
         pipeline.on_trades(trades[i:i + 999])
     out = pipeline.drain()
     key = lambda c: (c.timeframe, c.start_ns)  # noqa: E731
     assert sorted(out.candles, key=key) == sorted(expected, key=key)
-    assert pipeline.late == reference.late > 0
-    assert len(out.corrections) == reference.late
+    assert pipeline.late == reference_late > 0
+    assert len(out.corrections) == reference_late
 
 
 def test_timer_closes_the_candles_of_a_quiet_market(ticks) -> None:
