@@ -17,6 +17,7 @@ from api.execution import ExecutionParams, execution_payload, prob_up
 from api.metrics import ApiMetrics
 from api.schemas import ExecutionPayload, Prediction
 from rtml_core.errors import InputError
+from rtml_core.features import DEFAULT_FEATURE_SET
 from rtml_core.features.microstructure import (
     MICROSTRUCTURE,
     MicrostructureUnavailable,
@@ -34,6 +35,8 @@ PRICE_KEYS = ("close", "price")
 """Where the current price is read from the feature row, first match wins (then the live microprice)."""
 LIVE_PRICE_KEYS = ("book_microprice", "microprice")
 SPREAD_KEYS = ("book_spread_bps", "spread_bps")
+VOLATILITY_FEATURE, ATR_FEATURE = DEFAULT_FEATURE_SET.roles["realized_vol"], DEFAULT_FEATURE_SET.roles["atr"]
+"""The feature set's features that size execution (its ``realized_vol`` and ``atr`` roles)."""
 EXCHANGE_PATTERN = re.compile(r"[a-z0-9_]{1,32}")
 """An exchange name as requests may give it (the same rule as the request bodies' ``exchange``)."""
 TIMEFRAME_PATTERN = re.compile(r"[1-9][0-9]{0,6}[smhd]")
@@ -282,7 +285,7 @@ class PredictionService:
         predicted_return = predictor.predict(x)
         execution = execution_payload(
             price=price, predicted_return=predicted_return,
-            realized_vol=values.get("realized_vol_20"), atr=values.get("atr_14"),
+            realized_vol=values.get(VOLATILITY_FEATURE), atr=values.get(ATR_FEATURE),
             timeframe_s=self.timeframe_s(row.timeframe), params=self.params,
             live_spread_bps=spread, model_kind=model.kind,
         )

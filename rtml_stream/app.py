@@ -537,8 +537,7 @@ def build_sidecar(
     if settings.stream_offline_log:
         offline_sink = StreamOfflineSink(factory, max_buffer=settings.stream_offline_buffer,
                                          feature_set=pipeline.feature_set,
-                                         feature_specs={pipeline.version: {"features": pipeline.feature_set.to_json(),
-                                                                         "warmup": int(pipeline.feature_set.warmup)},
+                                         feature_specs={pipeline.version: pipeline.feature_set.stored_spec(),
                                                         pipeline.microstructure.version: pipeline.microstructure.to_json()})
     target = resolve_target(settings.stream_dagster, settings.stream_dagster_url)
     reporter = DagsterReporter(target, interval_s=settings.stream_dagster_interval_s) if target else None

@@ -34,11 +34,6 @@ def window_features(candles: pd.DataFrame, window: MarketWindow, feature_set: Fe
     return features[features["time"] >= start].reset_index(drop=True)
 
 
-def feature_spec(feature_set: FeatureSet) -> dict:
-    """What the feature set is, as JSON stored beside its version in the offline store."""
-    return {"features": feature_set.to_json(), "warmup": int(feature_set.warmup)}
-
-
 def build_feature_assets(
     markets: Sequence[MarketSource], partitions_def: dg.PartitionsDefinition, feature_set: FeatureSet,
     validated_candles: dg.AssetsDefinition,
@@ -66,7 +61,7 @@ def build_feature_assets(
     )
     def indicator_table(context: dg.AssetExecutionContext, offline_store: OfflineStoreResource) -> dg.MaterializeResult:
         store = offline_store.get_store()
-        store.register_feature_set(feature_set.version, list(feature_set.names), feature_spec(feature_set))
+        store.register_feature_set(feature_set.version, list(feature_set.names), feature_set.stored_spec())
         table = ["| market | days | rows | first | last |", "|---|---|---|---|---|"]
         total = 0
         preview = ""

@@ -66,9 +66,13 @@ def feature(name: str, indicator: str, output: str = "value", **params: int | fl
 
 
 class FeatureSet:
-    """An ordered set of features with a stable version (a short hash of names and parameters)."""
+    """An ordered set of features with a stable version (a short hash of names and parameters).
 
-    def __init__(self, specs: Iterable[FeatureSpec]):
+    ``roles`` names the feature that serves each role its consumers ask for (``realized_vol``,
+    ``atr`` for the API's execution sizing), so they never spell a feature name by hand.
+    """
+
+    def __init__(self, specs: Iterable[FeatureSpec], roles: Mapping[str, str] | None = None):
         self.specs: tuple[FeatureSpec, ...] = tuple(specs)
         names = [spec.name for spec in self.specs]
         duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -76,6 +80,10 @@ class FeatureSet:
             raise ValueError(f"duplicate feature names: {', '.join(duplicates)}")
         if not self.specs:
             raise ValueError("a feature set needs at least one feature")
+        unknown = sorted(role for role, name in (roles or {}).items() if name not in names)
+        if unknown:
+            raise ValueError(f"roles {unknown} name features not in the set")
+        self.roles: Mapping[str, str] = MappingProxyType(dict(roles or {}))
 
     @property
     def names(self) -> list[str]:
@@ -91,6 +99,10 @@ class FeatureSet:
             if spec.name == name:
                 return spec
         raise KeyError(name)
+
+    def stored_spec(self) -> dict:
+        """What the feature set is, as JSON stored beside its version in the offline store."""
+        return {"features": self.to_json(), "warmup": int(self.warmup)}
 
     def to_json(self) -> list[dict]:
         """The definition as plain data (stored beside the version in the offline store)."""
@@ -160,5 +172,6 @@ DEFAULT_FEATURE_SET = FeatureSet(
         feature("realized_vol_20", "realized_vol", length=20),
         feature("realized_vol_60", "realized_vol", length=60),
         feature("vwap_deviation", "vwap_deviation"),
-    ]
+    ],
+    roles={"realized_vol": "realized_vol_20", "atr": "atr_14"},
 )

@@ -54,8 +54,7 @@ def build_feature_service(settings: Settings, config: BrokerConfig, markets: Seq
     offline_url = settings.resolved_offline_url
     factory = (lambda: open_offline_store(offline_url))  # noqa: E731 - opened lazily: PostgreSQL may be down
     offline_sink = StreamOfflineSink(factory, max_buffer=settings.stream_offline_buffer,
-                                     feature_specs={version.version: {"features": version.feature_set.to_json(),
-                                                                    "warmup": int(version.feature_set.warmup)},
+                                     feature_specs={version.version: version.feature_set.stored_spec(),
                                                     version.microstructure.version: version.microstructure.to_json()})
     options = FeatureServiceOptions(coalesce_ms=settings.stream_coalesce_ms, health_host=settings.stream_metrics_host,
                                     health_port=_port(health_port, settings.stream_metrics_port),
