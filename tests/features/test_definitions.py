@@ -65,3 +65,13 @@ def test_to_json_carries_the_definition():
         "name": "sma_10", "indicator": "sma", "output": "value", "params": {"length": 10}, "warmup": 9,
         "description": DEFAULT_FEATURE_SET.specs[0].description,
     }
+
+
+def test_roles_name_features_of_the_set_and_leave_the_version_alone():
+    assert dict(DEFAULT_FEATURE_SET.roles) == {"realized_vol": "realized_vol_20", "atr": "atr_14"}
+    assert set(DEFAULT_FEATURE_SET.roles.values()) <= set(DEFAULT_FEATURE_SET.names)
+    assert FeatureSet(DEFAULT_FEATURE_SET.specs).version == DEFAULT_FEATURE_SET.version
+    assert DEFAULT_FEATURE_SET.stored_spec() == {"features": DEFAULT_FEATURE_SET.to_json(),
+                                                 "warmup": DEFAULT_FEATURE_SET.warmup}
+    with pytest.raises(ValueError, match="roles \\['atr'\\]"):
+        FeatureSet([feature("sma_10", "sma", length=10)], roles={"atr": "atr_14"})
