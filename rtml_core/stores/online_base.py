@@ -52,14 +52,6 @@ class MarketSnapshot:
         self.row = row
         self.live: Mapping[str, float] = live or {}
 
-    def live_value(self, names: Sequence[str]) -> float | None:
-        """The first of ``names`` present in the live values."""
-        for name in names:
-            value = self.live.get(name)
-            if value is not None:
-                return value
-        return None
-
 
 class _WireRow(msgspec.Struct, frozen=True):
     """A FeatureRow as JSON: NaN is ``null``, infinities are the strings ``"inf"``/``"-inf"``."""
@@ -98,12 +90,17 @@ def check_key_part(what: str, value: str) -> str:
     return value
 
 
+def _reserved(names) -> list[str]:
+    """The names the stores keep for themselves, sorted."""
+    return sorted(RESERVED_FIELDS.intersection(names))
+
+
 def check_live(live: LiveValues) -> None:
     """Refuse live values the stores cannot hold (reserved names, unusable market names)."""
     check_key_part("exchange", live.exchange)
     check_key_part("symbol", live.symbol)
-    if not RESERVED_FIELDS.isdisjoint(live.values):
-        clash = sorted(RESERVED_FIELDS.intersection(live.values))
+    clash = _reserved(live.values)
+    if clash:
         raise InputError(f"live value name(s) {clash} are reserved in the online store")
 
 
@@ -114,10 +111,10 @@ def check_row(row: FeatureRow, now_ns: int | None = None) -> None:
     check_key_part("exchange", row.exchange)
     check_key_part("symbol", row.symbol)
     check_key_part("timeframe", row.timeframe)
-    clash = RESERVED_FIELDS.intersection(row.values)
+    clash = _reserved(row.values)
     if clash:
         raise InputError(
-            f"feature name(s) {sorted(clash)} of {row.exchange} {row.symbol} {row.timeframe} are "
+            f"feature name(s) {clash} of {row.exchange} {row.symbol} {row.timeframe} are "
             f"reserved in the online store ({sorted(RESERVED_FIELDS)})"
         )
     if row.event_time_ns < 0:

@@ -634,8 +634,7 @@ async def test_async_reads_give_the_latest_row_and_live_values_of_each_market(st
         for symbol, market in zip(symbols * 3, reads):
             assert_same_row(market.row, make_row(symbols.index(symbol), symbol=symbol))
         assert dict(reads[0].live) == {"book_spread_bps": 1.5, "book_microprice": 100.25}
-        assert reads[0].live_value(("nothing", "book_microprice")) == 100.25
-        assert reads[1].live == {} and reads[1].live_value(("book_spread_bps",)) is None
+        assert reads[1].live == {}
         assert reads[-1].row is None and reads[-1].live == {}
         assert_same_row(await store.aread_latest("kraken", symbols[3], "1m"), make_row(3, symbol=symbols[3]))
         assert await store.aread_latest("kraken", "NOPE-USD", "1m") is None
