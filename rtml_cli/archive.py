@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import click
 
@@ -24,14 +23,12 @@ def archive(source, duration, health_port, as_json, log_format) -> None:
     from rtml_core.logs import configure_logging
     from rtml_stream.broker.build import build_archiver
     from rtml_stream.broker.jetstream import BrokerConfig
-    from rtml_stream.command import run_until_signalled
+    from rtml_stream.command import echo_summary, run_until_signalled
 
     settings = Settings()
     configure_logging(settings.log_level, json_logs=None if log_format == "auto" else log_format == "json")
     config = BrokerConfig.from_settings(settings, source)
     archiver = build_archiver(settings, config, health_port=health_port)
     summary = asyncio.run(run_until_signalled(running(archiver, duration_s=duration)))
-    if as_json:
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(f"{summary['trades']} trades archived from {config.stream} in {summary['seconds']:.1f} s")
+    echo_summary(summary, as_json,
+                 f"{summary['trades']} trades archived from {config.stream} in {summary['seconds']:.1f} s")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from types import SimpleNamespace
 
 import click
@@ -37,7 +36,7 @@ def ingest(exchange, symbols, to, ws_url, rest_url, no_book, duration, max_trade
     from rtml_stream.app import parse_list
     from rtml_stream.broker.build import build_ingestor
     from rtml_stream.broker.jetstream import BrokerConfig
-    from rtml_stream.command import build_source, run_until_signalled
+    from rtml_stream.command import build_source, echo_summary, run_until_signalled
     from rtml_stream.metrics import StreamMetrics
 
     settings = Settings()
@@ -50,11 +49,8 @@ def ingest(exchange, symbols, to, ws_url, rest_url, no_book, duration, max_trade
                                     fmt=None, replay_exchange="replay", book=not no_book, metrics=StreamMetrics())
     ingestor = build_ingestor(settings, config, source, health_port=health_port)
     summary = asyncio.run(run_until_signalled(running(ingestor, duration_s=duration, max_trades=max_trades)))
-    if as_json:
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(f"{summary['trades']} trades, {summary['book_updates']} book updates -> {config.stream}: "
-                   f"{summary['published']} messages published, {summary['buffered']} still buffered, "
-                   f"{summary['dropped']} dropped, in {summary['seconds']:.1f} s")
+    echo_summary(summary, as_json, f"{summary['trades']} trades, {summary['book_updates']} book updates -> "
+                 f"{config.stream}: {summary['published']} messages published, {summary['buffered']} still "
+                 f"buffered, {summary['dropped']} dropped, in {summary['seconds']:.1f} s")
     if summary["buffered"]:
         raise SystemExit(3)  # stopped with messages not published (NATS stayed down)

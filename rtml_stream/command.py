@@ -137,6 +137,11 @@ def stream(exchange, symbols, timeframes, ws_url, rest_url, replay, speed, fmt, 
         sys.exit(3)  # stopped with rows not written (a store stayed down): not a clean run
 
 
+def echo_summary(summary: dict, as_json: bool, text: str) -> None:
+    """A run's summary: one JSON object with ``--json``, else ``text``."""
+    click.echo(json.dumps(summary) if as_json else text)
+
+
 async def run_until_signalled(sidecar):
     """Run the sidecar; SIGTERM and SIGINT stop it cleanly (flush, checkpoint, exit 0)."""
     stop = asyncio.Event()
@@ -170,11 +175,8 @@ def stream_from_broker(settings: Settings, url: str | None, exchange: str, symbo
                                     health_port=health_port, from_start=from_start, duration_s=duration)
     summary = asyncio.run(run_until_signalled(service))
     service.close()
-    if as_json:
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(f"{summary['trades']} trades from {config.stream} -> {summary['candles']} candles, "
-                   f"{summary['feature_rows']} feature rows; {summary['acknowledged']} messages acknowledged "
-                   f"in {summary['seconds']:.1f} s")
+    echo_summary(summary, as_json, f"{summary['trades']} trades from {config.stream} -> {summary['candles']} candles, "
+                 f"{summary['feature_rows']} feature rows; {summary['acknowledged']} messages acknowledged "
+                 f"in {summary['seconds']:.1f} s")
     if summary["online_pending"] or summary["offline_pending"]:
         sys.exit(3)  # stopped with rows not written (a store stayed down): not a clean run
