@@ -23,5 +23,7 @@ def configure_logging(level: str = "INFO", *, json_logs: bool | None = None) -> 
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping().get(level.upper(), 20)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # not cached: no hot path logs per event, and a later configure (tests' capture_logs,
+        # a second command in the same process) must reach loggers already used
+        cache_logger_on_first_use=False,
     )

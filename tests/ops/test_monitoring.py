@@ -97,9 +97,13 @@ def test_live_metrics_by_model_version():
     assert table.loc["4", "skill_vs_zero"] == 0.0 and table.loc["4", "directional_accuracy"] == 0.5
     mine = joined[joined["model_version"] == "3"]
     mae = np.mean(np.abs(mine["price"] * np.exp(mine["predicted_return"]) - mine["target_price"]))
-    mae_mean10 = np.mean(np.abs(mine["baseline_price"] - mine["target_price"]))
     assert table.loc["3", "mae_price"] == pytest.approx(mae, rel=1e-12)
-    assert table.loc["3", "skill_vs_mean10"] == pytest.approx(1 - mae / mae_mean10, rel=1e-12)
+    # skill on the judged loss: squared error of the log return, as on the holdout
+    target = np.log(mine["target_price"] / mine["price"])
+    mse = np.mean((mine["predicted_return"] - target) ** 2)
+    mse_mean10 = np.mean((np.log(mine["baseline_price"] / mine["price"]) - target) ** 2)
+    assert table.loc["3", "skill_vs_mean10"] == pytest.approx(1 - mse / mse_mean10, rel=1e-9)
+    assert table.loc["3", "skill_vs_zero"] == pytest.approx(1 - mse / np.mean(target**2), rel=1e-9)
     assert table.loc["3", "n"] == len(mine) == 2999
 
 
