@@ -434,25 +434,10 @@ class SqlOfflineStore(OfflineStore):
         t, c, fs = tables.trades, tables.candles, tables.feature_sets
         records: list[tuple] = []
         with self._engine.connect() as conn:
-            for exchange, symbol, first, last, count in conn.execute(
-                sa.select(
-                    t.c.exchange,
-                    t.c.symbol,
-                    sa.func.min(t.c.time_ns),
-                    sa.func.max(t.c.time_ns),
-                    sa.func.count(),
-                ).group_by(t.c.exchange, t.c.symbol)
-            ):
+            for exchange, symbol, first, last, count in _series(conn, [t.c.exchange, t.c.symbol], t.c.time_ns):
                 records.append(("trades", exchange, symbol, None, None, first, last, count))
-            for exchange, symbol, timeframe, first, last, count in conn.execute(
-                sa.select(
-                    c.c.exchange,
-                    c.c.symbol,
-                    c.c.timeframe,
-                    sa.func.min(c.c.start_ns),
-                    sa.func.max(c.c.start_ns),
-                    sa.func.count(),
-                ).group_by(c.c.exchange, c.c.symbol, c.c.timeframe)
+            for exchange, symbol, timeframe, first, last, count in _series(
+                conn, [c.c.exchange, c.c.symbol, c.c.timeframe], c.c.start_ns
             ):
                 records.append(("candles", exchange, symbol, timeframe, None, first, last, count))
             has_feature_sets = sa.inspect(conn).has_table("feature_sets")
@@ -463,15 +448,8 @@ class SqlOfflineStore(OfflineStore):
             )
             for version, table_name, names in registered:
                 ft = tables.feature_table(table_name, names)
-                for exchange, symbol, timeframe, first, last, count in conn.execute(
-                    sa.select(
-                        ft.c.exchange,
-                        ft.c.symbol,
-                        ft.c.timeframe,
-                        sa.func.min(ft.c.time_ns),
-                        sa.func.max(ft.c.time_ns),
-                        sa.func.count(),
-                    ).group_by(ft.c.exchange, ft.c.symbol, ft.c.timeframe)
+                for exchange, symbol, timeframe, first, last, count in _series(
+                    conn, [ft.c.exchange, ft.c.symbol, ft.c.timeframe], ft.c.time_ns
                 ):
                     records.append(
                         ("features", exchange, symbol, timeframe, version, first, last, count)
@@ -500,6 +478,13 @@ class SqlOfflineStore(OfflineStore):
 
 
 # --- pure helpers -------------------------------------------------------------------------------
+
+
+def _series(conn: Connection, keys: list[sa.Column], time: sa.Column):
+    """One row per stored series: its ``keys``, then first and last ``time`` and the row count."""
+    return conn.execute(
+        sa.select(*keys, sa.func.min(time), sa.func.max(time), sa.func.count()).group_by(*keys)
+    )
 
 
 def _in_range(column, start_ns: int | None, end_ns: int | None) -> list:
