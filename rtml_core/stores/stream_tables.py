@@ -49,7 +49,8 @@ def insert_new(store: OfflineStore, table: sa.Table, rows: list[dict], key: Sequ
         return 0
     statement = store.insert(table).on_conflict_do_nothing(index_elements=list(key))
     with store.begin_write() as conn:
-        result = conn.execute(statement, rows)
+        # an executemany's rowcount is -1 on PostgreSQL unless asked to keep it
+        result = conn.execution_options(preserve_rowcount=True).execute(statement, rows)
     return max(result.rowcount or 0, 0)
 
 

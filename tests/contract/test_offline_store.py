@@ -578,6 +578,23 @@ def test_packages_keep_their_own_tables_through_the_store_interface(store: SqlOf
     store.close()
 
 
+def test_insert_new_counts_only_the_rows_it_stored(store: SqlOfflineStore) -> None:
+    """The stream's gap and correction writers report what they wrote (PostgreSQL's executemany too)."""
+    from rtml_core.stores.stream_tables import STREAM_MIGRATIONS, candle_gaps, insert_new
+
+    store.apply_migrations("stream", STREAM_MIGRATIONS)
+    key = ("exchange", "symbol", "timeframe", "from_ns")
+
+    def gaps(starts: range) -> list[dict]:
+        return [{"exchange": "kraken", "symbol": "BTC-USD", "timeframe": "1m", "from_ns": start,
+                 "to_ns": start + 60, "candles": 1, "recorded_at_ns": 0} for start in starts]
+
+    assert insert_new(store, candle_gaps, gaps(range(0, 3)), key) == 3
+    assert insert_new(store, candle_gaps, gaps(range(2, 6)), key) == 3  # 2 was stored already
+    assert insert_new(store, candle_gaps, gaps(range(0, 6)), key) == 0
+    store.close()
+
+
 @pytest.mark.parametrize(
     "url", ["mysql+pymysql://user@host/db", "postgresql+psycopg2://postgres@127.0.0.1/db"]
 )
