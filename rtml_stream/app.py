@@ -216,18 +216,7 @@ class Sidecar:
                         exchange=first.exchange, symbol=first.symbol, time_ns=first.time_ns,
                         feed_ns=self.pipeline.feed_ns, sample=repr(first)[:300])
         if self.offline_sink is not None:
-            if out.candles:
-                self.offline_sink.add_candles(out.candles)
-            if out.rows:
-                self.offline_sink.add_rows(out.rows)
-            if out.microstructure:
-                self.offline_sink.add_rows(out.microstructure)
-            if out.corrections:
-                self.offline_sink.add_corrections(out.corrections)
-            if out.gaps:
-                self.offline_sink.add_gaps(out.gaps)
-            if out.corrected:
-                self.offline_sink.add_corrected(out.corrected)
+            self.offline_sink.add_output(out)
 
     def _emit_safely(self) -> None:
         try:
@@ -495,6 +484,26 @@ def parse_list(text: str | Sequence[str]) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
+def pipeline_from_settings(settings: Settings, timeframes: Sequence[str] | None = None) -> Pipeline:
+    """A market pipeline with the stream's settings (the sidecar's and the broker feature service's)."""
+    return Pipeline(
+        list(timeframes or parse_list(settings.stream_timeframes)),
+        allowed_lateness_ns=settings.stream_allowed_lateness_ms * 1_000_000,
+        fill_gaps=settings.stream_fill_gaps,
+        flow_window_ns=int(settings.stream_flow_window_s * 1e9),
+        book_levels=settings.stream_book_levels,
+        max_future_ns=int(settings.stream_max_future_s * 1e9),
+        max_fill_candles=settings.stream_max_fill_candles,
+    )
+
+
+def health_port_from(health_port: int | None, default: int) -> int | None:
+    """None: the setting (0 there = off); 0: any free port; negative: off."""
+    if health_port is None:
+        return default or None
+    return health_port if health_port >= 0 else None
+
+
 def build_sidecar(
     settings: Settings,
     source: Source,
@@ -515,15 +524,7 @@ def build_sidecar(
     from rtml_core.stores.offline import open_offline_store
 
     metrics = metrics or getattr(source, "metrics", None) or StreamMetrics()
-    pipeline = Pipeline(
-        timeframes or parse_list(settings.stream_timeframes),
-        allowed_lateness_ns=settings.stream_allowed_lateness_ms * 1_000_000,
-        fill_gaps=settings.stream_fill_gaps,
-        flow_window_ns=int(settings.stream_flow_window_s * 1e9),
-        book_levels=settings.stream_book_levels,
-        max_future_ns=int(settings.stream_max_future_s * 1e9),
-        max_fill_candles=settings.stream_max_fill_candles,
-    )
+    pipeline = pipeline_from_settings(settings, timeframes)
     if hasattr(source, "max_backfill_age_s"):
         source.max_backfill_age_s = settings.stream_max_backfill_age_s
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -541,10 +542,7 @@ def build_sidecar(
                                                         pipeline.microstructure.version: pipeline.microstructure.to_json()})
     target = resolve_target(settings.stream_dagster, settings.stream_dagster_url)
     reporter = DagsterReporter(target, interval_s=settings.stream_dagster_interval_s) if target else None
-    if health_port is None:
-        port = settings.stream_metrics_port or None
-    else:
-        port = health_port if health_port >= 0 else None
+    port = health_port_from(health_port, settings.stream_metrics_port)
     options = SidecarOptions(
         coalesce_ms=settings.stream_coalesce_ms,
         checkpoint_interval_s=settings.stream_checkpoint_interval_s,

@@ -31,7 +31,7 @@ from rtml_core.stores.stream_tables import (
     read_market_rows,
     trade_corrections,
 )
-from rtml_stream.pipeline import Correction, Gap
+from rtml_stream.pipeline import Correction, Gap, Output
 from rtml_stream.sinks import OfflineLogSink, _OfflineBatch
 
 
@@ -122,6 +122,22 @@ class StreamOfflineSink(OfflineLogSink):
     @property
     def pending(self) -> int:
         return super().pending + len(self._corrections) + len(self._gaps) + len(self._corrected)
+
+    def add_output(self, out: Output) -> None:
+        """Everything a pipeline drain logs offline: candles, feature and microstructure rows,
+        corrections, gaps and the closed candles a late trade changed."""
+        if out.candles:
+            self.add_candles(out.candles)
+        if out.rows:
+            self.add_rows(out.rows)
+        if out.microstructure:
+            self.add_rows(out.microstructure)
+        if out.corrections:
+            self.add_corrections(out.corrections)
+        if out.gaps:
+            self.add_gaps(out.gaps)
+        if out.corrected:
+            self.add_corrected(out.corrected)
 
     def add_corrected(self, candles: Iterable[Candle]) -> None:
         before = len(self._corrected)

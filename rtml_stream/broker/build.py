@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from rtml_core.settings import Settings
 from rtml_core.stores.online import open_online_store
-from rtml_stream.app import parse_list
+from rtml_stream.app import health_port_from, pipeline_from_settings
 from rtml_stream.broker.archive import Archiver
 from rtml_stream.broker.features import FeatureService, FeatureServiceOptions
 from rtml_stream.broker.ingest import Ingestor
@@ -17,17 +17,10 @@ from rtml_stream.pipeline import Pipeline
 from rtml_stream.sinks import OnlineSink
 
 
-def _port(health_port: int | None, default: int) -> int | None:
-    """None: the setting (0 there = off); 0: any free port; negative: off."""
-    if health_port is None:
-        return default or None
-    return health_port if health_port >= 0 else None
-
-
 def build_ingestor(settings: Settings, config: BrokerConfig, source, *, health_port: int | None = None) -> Ingestor:
     return Ingestor(source, config, metrics=getattr(source, "metrics", None),
                     health_host=settings.stream_metrics_host,
-                    health_port=_port(health_port, settings.broker_ingest_metrics_port),
+                    health_port=health_port_from(health_port, settings.broker_ingest_metrics_port),
                     stale_after_s=settings.stream_stale_after_s)
 
 
@@ -37,13 +30,8 @@ def build_feature_service(settings: Settings, config: BrokerConfig, markets: Seq
                           metrics: StreamMetrics | None = None) -> FeatureService:
     from rtml_core.stores.offline import open_offline_store
 
-    tfs = list(timeframes or parse_list(settings.stream_timeframes))
-
     def pipeline() -> Pipeline:  # one per market: each moves on its own feed clock
-        return Pipeline(tfs, allowed_lateness_ns=settings.stream_allowed_lateness_ms * 1_000_000,
-                        fill_gaps=settings.stream_fill_gaps, flow_window_ns=int(settings.stream_flow_window_s * 1e9),
-                        book_levels=settings.stream_book_levels, max_future_ns=int(settings.stream_max_future_s * 1e9),
-                        max_fill_candles=settings.stream_max_fill_candles)
+        return pipeline_from_settings(settings, timeframes)
 
     version = pipeline()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -57,7 +45,7 @@ def build_feature_service(settings: Settings, config: BrokerConfig, markets: Seq
                                      feature_specs={version.version: version.feature_set.stored_spec(),
                                                     version.microstructure.version: version.microstructure.to_json()})
     options = FeatureServiceOptions(coalesce_ms=settings.stream_coalesce_ms, health_host=settings.stream_metrics_host,
-                                    health_port=_port(health_port, settings.stream_metrics_port),
+                                    health_port=health_port_from(health_port, settings.stream_metrics_port),
                                     from_start=from_start, duration_s=duration_s)
     return FeatureService(config, pipeline, online_sink, markets, offline_sink=offline_sink,
                           offline_store_factory=factory, metrics=metrics, options=options)
@@ -69,4 +57,4 @@ def build_archiver(settings: Settings, config: BrokerConfig, *, health_port: int
     offline_url = settings.resolved_offline_url
     settings.home.mkdir(parents=True, exist_ok=True)
     return Archiver(config, lambda: open_offline_store(offline_url), health_host=settings.stream_metrics_host,
-                    health_port=_port(health_port, settings.broker_archive_metrics_port))
+                    health_port=health_port_from(health_port, settings.broker_archive_metrics_port))

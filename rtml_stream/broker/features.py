@@ -137,16 +137,7 @@ class FeatureService:
         for correction in out.corrections:
             sm.late_trades.labels(correction.trade.exchange, correction.trade.symbol).inc()
         if self.offline_sink is not None:
-            if out.candles:
-                self.offline_sink.add_candles(out.candles)
-            if out.rows:
-                self.offline_sink.add_rows(out.rows)
-            if out.microstructure:
-                self.offline_sink.add_rows(out.microstructure)
-            if out.corrections:
-                self.offline_sink.add_corrections(out.corrections)
-            if out.gaps:
-                self.offline_sink.add_gaps(out.gaps)
+            self.offline_sink.add_output(out)
 
     # -- messages ----------------------------------------------------------------------------------
     def on_messages(self, feed: _Feed, msgs: list) -> list:
