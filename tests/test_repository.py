@@ -16,7 +16,8 @@ TEXT_NAMES = {"Makefile", "Dockerfile", "run", ".gitignore", ".dockerignore"}
 RELATIVE_PATH = re.compile(r"(?<![\w.])((?:\.\./)+)([\w.-]*)")
 FILE_PARENTS = re.compile(r"Path\(__file__\)(?:\.resolve\(\))?(\.parents\[(\d+)\]|(?:\.parent\b)+)")
 ROOT_PARENT = re.compile(r"\b(?:ROOT|REPO|REPO_ROOT|PROJECT_ROOT)\.parent\b")
-NAMED_OUTSIDE = re.compile(r"shared/data|\"shared\"\s*/\s*\"data\"|SHARED_DATA|(?<![\w.])/work/")
+SIBLING = "shared"  # the data folder beside the checkout on the machines that develop rtml
+NAMED_OUTSIDE = re.compile(rf"{SIBLING}/data|\"{SIBLING}\"\s*/\s*\"data\"|{SIBLING.upper()}_DATA|(?<![\w.])/work/")
 
 
 def tracked_files(repo: Path) -> list[Path]:
